@@ -1,0 +1,36 @@
+// Convolutions through oneDNN (cached primitives), each with a plain reference kernel beside it:
+// 2-D convolution (NCHW, weights [O, I/groups, KH, KW]) and 1-D convolution (NCL, weights [O, I/groups, K])
+// with stride, padding and groups, and all three backward products.
+#pragma once
+#include <array>
+
+#include "tensor/tensor.h"
+
+namespace sonar {
+
+struct Conv2dParams {
+  std::array<int64_t, 2> stride{1, 1};
+  std::array<int64_t, 2> padding{0, 0};
+  int64_t groups = 1;
+};
+struct Conv1dParams {
+  int64_t stride = 1;
+  int64_t padding = 0;
+  int64_t groups = 1;
+};
+
+struct ConvGrads {
+  Tensor dx, dweight, dbias;  // dbias undefined when there was no bias
+};
+
+Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, const Conv2dParams& p);
+ConvGrads conv2d_backward(const Tensor& grad_y, const Tensor& x, const Tensor& weight, bool has_bias,
+                          const Conv2dParams& p);
+Tensor conv2d_reference(const Tensor& x, const Tensor& weight, const Tensor& bias, const Conv2dParams& p);
+
+Tensor conv1d(const Tensor& x, const Tensor& weight, const Tensor& bias, const Conv1dParams& p);
+ConvGrads conv1d_backward(const Tensor& grad_y, const Tensor& x, const Tensor& weight, bool has_bias,
+                          const Conv1dParams& p);
+Tensor conv1d_reference(const Tensor& x, const Tensor& weight, const Tensor& bias, const Conv1dParams& p);
+
+}  // namespace sonar

@@ -1,0 +1,65 @@
+// Broadcasting elementwise kernels (float32 unless stated), OpenMP-parallel with vectorisable inner loops.
+// Binary ops broadcast like numpy; non-contiguous inputs are accepted. Backward helpers for the
+// non-trivial activations live here too (they accumulate nothing: they return the input gradient).
+#pragma once
+#include "tensor/tensor.h"
+
+namespace sonar {
+
+// Shape both inputs broadcast to; throws naming the op and both shapes when they don't.
+Shape broadcast_shapes(const Shape& a, const Shape& b, const char* op);
+
+Tensor add(const Tensor& a, const Tensor& b);
+Tensor sub(const Tensor& a, const Tensor& b);
+Tensor mul(const Tensor& a, const Tensor& b);
+Tensor div(const Tensor& a, const Tensor& b);
+Tensor pow(const Tensor& a, const Tensor& b);
+Tensor maximum(const Tensor& a, const Tensor& b);
+Tensor minimum(const Tensor& a, const Tensor& b);
+Tensor add(const Tensor& a, float b);
+Tensor sub(const Tensor& a, float b);
+Tensor mul(const Tensor& a, float b);
+Tensor div(const Tensor& a, float b);
+Tensor pow(const Tensor& a, float exponent);
+// a += alpha * b (b broadcast to a), in place; the accumulation primitive for gradients.
+void add_(Tensor& a, const Tensor& b, float alpha = 1.0f);
+void mul_(Tensor& a, float s);
+
+Tensor neg(const Tensor& a);
+Tensor abs(const Tensor& a);
+Tensor exp(const Tensor& a);
+Tensor log(const Tensor& a);
+Tensor sqrt(const Tensor& a);
+Tensor rsqrt(const Tensor& a);
+Tensor tanh(const Tensor& a);
+Tensor sigmoid(const Tensor& a);
+Tensor relu(const Tensor& a);
+Tensor gelu(const Tensor& a);  // exact: x * 0.5 * (1 + erf(x / sqrt(2)))
+Tensor clamp(const Tensor& a, float lo, float hi);
+Tensor sign(const Tensor& a);
+
+// dL/dx for y = gelu(x) given dL/dy (exact erf form).
+Tensor gelu_backward(const Tensor& grad_out, const Tensor& x);
+
+// where(cond, a, b): cond is bool/uint8, all three broadcast together.
+Tensor where(const Tensor& cond, const Tensor& a, const Tensor& b);
+Tensor masked_fill(const Tensor& a, const Tensor& mask, float value);
+
+// Comparisons return bool tensors.
+Tensor eq(const Tensor& a, const Tensor& b);
+Tensor ne(const Tensor& a, const Tensor& b);
+Tensor lt(const Tensor& a, const Tensor& b);
+Tensor le(const Tensor& a, const Tensor& b);
+Tensor gt(const Tensor& a, const Tensor& b);
+Tensor ge(const Tensor& a, const Tensor& b);
+Tensor gt(const Tensor& a, float b);
+Tensor lt(const Tensor& a, float b);
+Tensor logical_not(const Tensor& a);
+Tensor logical_and(const Tensor& a, const Tensor& b);
+Tensor logical_or(const Tensor& a, const Tensor& b);
+
+// Sums `grad` (shape broadcast from `shape`) back down to `shape`: the broadcast-reduction every
+// binary op's backward needs.
+Tensor sum_to_shape(const Tensor& grad, const Shape& shape);
+
+}  // namespace sonar

@@ -1,0 +1,39 @@
+// Seedable random numbers. A Generator is counter based (seed + running offset, hashed per element), so a
+// given seed yields the same numbers whatever the thread count, and its state (seed, offset) can be saved
+// and restored exactly (training checkpoints do).
+#pragma once
+#include <cstdint>
+
+#include "tensor/tensor.h"
+
+namespace sonar {
+
+class Generator {
+ public:
+  explicit Generator(uint64_t seed = 0) : seed_(seed) {}
+  uint64_t seed() const { return seed_; }
+  uint64_t offset() const { return offset_; }
+  void set_state(uint64_t seed, uint64_t offset) { seed_ = seed; offset_ = offset; }
+  // Reserves `n` counters and returns the first; element i of a draw uses counter first + i.
+  uint64_t advance(uint64_t n) { uint64_t o = offset_; offset_ += n; return o; }
+  // Scalar draws for host-side code (shuffles, crops): consume one counter each.
+  uint64_t next_u64();
+  double next_uniform();               // [0, 1)
+  int64_t next_int(int64_t lo, int64_t hi);  // [lo, hi)
+  double next_normal();
+
+ private:
+  uint64_t seed_ = 0;
+  uint64_t offset_ = 0;
+};
+
+// 64 random bits for (seed, counter): a stateless hash (splitmix64 of both).
+uint64_t random_bits(uint64_t seed, uint64_t counter);
+
+Tensor rand(const Shape& shape, Generator& gen);                     // U[0, 1) float32
+Tensor randn(const Shape& shape, Generator& gen);                    // N(0, 1) float32
+Tensor randint(int64_t low, int64_t high, const Shape& shape, Generator& gen);  // int64 in [low, high)
+Tensor bernoulli(const Shape& shape, double p, Generator& gen);      // bool, 1 with probability p
+Tensor randperm(int64_t n, Generator& gen);                          // int64 permutation of [0, n)
+
+}  // namespace sonar
