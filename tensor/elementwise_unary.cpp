@@ -1,0 +1,122 @@
+// Unary elementwise math (neg, abs, exp, log, sqrt, rsqrt, tanh, sigmoid, relu, gelu, clamp, sign) and
+// gelu_backward. All float32 math is done in float32; outputs are fresh contiguous tensors of the input's
+// shape, inputs may be strided. Not here: binary ops (elementwise.cpp), comparisons (elementwise_compare.cpp).
+#include <cmath>
+
+#include "tensor/broadcast_iter.h"
+#include "tensor/elementwise.h"
+
+namespace sonar {
+
+using detail::map_binary;
+using detail::map_unary;
+
+namespace {
+
+void check_defined(const Tensor& t, const char* op) { SONAR_CHECK(t.defined(), op, ": undefined tensor"); }
+
+// Float-only op: throws naming the op and dtype for non-float input.
+template <class Op>
+Tensor unary_float(const Tensor& a, const char* name, Op op, int64_t grain = detail::kGrainMath) {
+  check_defined(a, name);
+  SONAR_CHECK(a.dtype() == DType::Float32, name, ": needs a float32 tensor, got ", dtype_name(a.dtype()), " ",
+              shape_str(a.shape()), " (convert with .to(DType::Float32))");
+  Tensor out = Tensor::empty(a.shape());
+  map_unary<float, float>(out, a, op, grain, name);
+  return out;
+}
+
+// Op defined for float32 and int64 (keeps the dtype); bool/uint8 are refused.
+template <class Op>
+Tensor unary_numeric(const Tensor& a, const char* name, Op op) {
+  check_defined(a, name);
+  if (a.dtype() == DType::Int64) {
+    Tensor out = Tensor::empty(a.shape(), DType::Int64);
+    map_unary<int64_t, int64_t>(out, a, op, detail::kGrainCheap, name);
+    return out;
+  }
+  SONAR_CHECK(a.dtype() == DType::Float32, name, ": needs a float32 or int64 tensor, got ", dtype_name(a.dtype()));
+  Tensor out = Tensor::empty(a.shape());
+  map_unary<float, float>(out, a, op, detail::kGrainCheap, name);
+  return out;
+}
+
+constexpr float kInvSqrt2 = 0.70710678118654752440f;
+constexpr float kInvSqrt2Pi = 0.39894228040143267794f;
+
+}  // namespace
+
+Tensor neg(const Tensor& a) {
+  return unary_numeric(a, "neg", [](auto x) { return -x; });
+}
+Tensor abs(const Tensor& a) {
+  return unary_numeric(a, "abs", [](auto x) { return x < 0 ? -x : x; });
+}
+Tensor sign(const Tensor& a) {
+  // NaN stays NaN for floats.
+  return unary_numeric(a, "sign", [](auto x) {
+    using T = decltype(x);
+    return x != x ? x : static_cast<T>((x > 0) - (x < 0));
+  });
+}
+Tensor relu(const Tensor& a) {
+  return unary_numeric(a, "relu", [](auto x) { return x < 0 ? decltype(x)(0) : x; });  // NaN propagates
+}
+Tensor clamp(const Tensor& a, float lo, float hi) {
+  check_defined(a, "clamp");
+  SONAR_CHECK(!(lo > hi), "clamp: lo ", lo, " is greater than hi ", hi);
+  if (a.dtype() == DType::Int64) {
+    const int64_t l = static_cast<int64_t>(std::ceil(lo)), h = static_cast<int64_t>(std::floor(hi));
+    return unary_numeric(a, "clamp", [=](int64_t x) { return x < l ? l : (x > h ? h : x); });
+  }
+  return unary_numeric(a, "clamp", [=](float x) { return x < lo ? lo : (x > hi ? hi : x); });  // NaN propagates
+}
+
+Tensor exp(const Tensor& a) {
+  return unary_float(a, "exp", [](float x) { return std::exp(x); });
+}
+Tensor log(const Tensor& a) {
+  return unary_float(a, "log", [](float x) { return std::log(x); });
+}
+Tensor sqrt(const Tensor& a) {
+  return unary_float(a, "sqrt", [](float x) { return std::sqrt(x); }, detail::kGrainCheap);
+}
+Tensor rsqrt(const Tensor& a) {
+  return unary_float(a, "rsqrt", [](float x) { return 1.0f / std::sqrt(x); }, detail::kGrainCheap);
+}
+Tensor tanh(const Tensor& a) {
+  return unary_float(a, "tanh", [](float x) { return std::tanh(x); });
+}
+Tensor sigmoid(const Tensor& a) {
+  // Stable for large |x|: exp only ever sees -|x|, and the negative side is e / (1 + e), not 1 - s.
+  return unary_float(a, "sigmoid", [](float x) {
+    const float e = std::exp(-std::fabs(x));
+    const float r = 1.0f / (1.0f + e);
+    return x >= 0.0f ? r : e * r;
+  });
+}
+Tensor gelu(const Tensor& a) {
+  return unary_float(a, "gelu", [](float x) { return 0.5f * x * (1.0f + std::erf(x * kInvSqrt2)); });
+}
+
+Tensor gelu_backward(const Tensor& grad_out, const Tensor& x) {
+  check_defined(grad_out, "gelu_backward");
+  check_defined(x, "gelu_backward");
+  SONAR_CHECK(grad_out.dtype() == DType::Float32 && x.dtype() == DType::Float32,
+              "gelu_backward: needs float32 tensors, got ", dtype_name(grad_out.dtype()), " and ",
+              dtype_name(x.dtype()));
+  const Shape shape = broadcast_shapes(grad_out.shape(), x.shape(), "gelu_backward");
+  Tensor out = Tensor::empty(shape);
+  // d/dx [x * Phi(x)] = Phi(x) + x * phi(x).
+  map_binary<float, float, float>(
+      out, grad_out, x,
+      [](float g, float v) {
+        const float cdf = 0.5f * (1.0f + std::erf(v * kInvSqrt2));
+        const float pdf = kInvSqrt2Pi * std::exp(-0.5f * v * v);
+        return g * (cdf + v * pdf);
+      },
+      detail::kGrainMath, "gelu_backward");
+  return out;
+}
+
+}  // namespace sonar
