@@ -18,5 +18,20 @@ Tensor matmul(const Tensor& a, const Tensor& b, bool trans_a = false, bool trans
               MatmulBackend backend = MatmulBackend::Auto);
 // y = x @ W^T + bias, x [..., in], W [out, in], bias [out] or undefined. The Linear layer's kernel.
 Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias);
+// The same with an explicit backend (tests and benchmarks).
+Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias, MatmulBackend backend);
+
+// Gradients of y = linear(x, W, b) given dL/dy [..., out]: dx [..., in] = dy @ W, dweight [out, in] = dy^T @ x
+// (summed over all leading dims), dbias [out] = dy summed over leading dims (undefined unless need_bias).
+// Fresh tensors (the caller accumulates). Transposes are passed to the kernels as flags, never copied.
+struct LinearGrads {
+  Tensor dx, dweight, dbias;
+};
+LinearGrads linear_backward(const Tensor& grad_y, const Tensor& x, const Tensor& weight, bool need_bias,
+                            MatmulBackend backend = MatmulBackend::Auto);
+
+// Name of the oneDNN implementation matmul(a, b, trans_a, trans_b) would run (e.g. "brg:avx512_core_amx",
+// or "openblas" when the layout has no fast oneDNN kernel and the OpenBLAS loop is used). For tests/benchmarks.
+std::string matmul_onednn_impl(const Tensor& a, const Tensor& b, bool trans_a = false, bool trans_b = false);
 
 }  // namespace sonar

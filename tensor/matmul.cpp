@@ -1,0 +1,434 @@
+// Matrix products (see matmul.h): the shared front end (shape checks, batch broadcasting, layout analysis),
+// then three backends: a cached oneDNN matmul primitive (default), an OpenBLAS cblas_sgemm loop over the
+// batch, and a plain triple loop accumulating in double (the test oracle). Not here: autograd nodes (they
+// call these with transpose flags) and convolutions (conv.cpp).
+#include "tensor/matmul.h"
+
+#include <cblas.h>
+#include <omp.h>
+
+#include <atomic>
+#include <cstring>
+
+#include "tensor/dnnl_context.h"
+
+namespace sonar {
+
+namespace {
+
+std::atomic<MatmulBackend> g_default_backend{MatmulBackend::OneDNN};
+
+MatmulBackend resolve(MatmulBackend b) {
+  if (b != MatmulBackend::Auto) return b;
+  MatmulBackend d = g_default_backend.load();
+  return d == MatmulBackend::Auto ? MatmulBackend::OneDNN : d;
+}
+
+// One operand's logical matrix op(X) [rows, cols] as dense memory: row-major (element (r, c) at r*ld + c)
+// or column-major (at r + c*ld), plus its strides over the (collapsed) batch dims, 0 where broadcast.
+struct Operand {
+  const float* ptr = nullptr;
+  int64_t rows = 0, cols = 0;
+  bool col_major = false;
+  int64_t ld = 0;
+  std::vector<int64_t> bstride;
+  Tensor keep;  // the tensor that owns ptr (a copy when the input had to be made dense)
+};
+
+// A whole product C[b] = A[b] @ B[b] (+ bias) after analysis.
+struct Problem {
+  std::vector<int64_t> bshape;  // batch dims of size > 1, collapsed where all strides allow
+  std::vector<int64_t> cstride;  // C's strides over those dims
+  int64_t M = 0, N = 0, K = 0;
+  Operand A, B;
+  float* C = nullptr;
+  const float* bias = nullptr;  // [N] or null
+};
+
+// Classifies the last two dims of `t` (a logical [rows, cols] view) as a dense row- or column-major matrix.
+bool dense_layout(const Tensor& t, bool& col_major, int64_t& ld) {
+  const int64_t r = t.size(-2), c = t.size(-1), rs = t.stride(-2), cs = t.stride(-1);
+  if ((c == 1 || cs == 1) && (r == 1 || rs >= c)) {
+    col_major = false;
+    ld = (r == 1) ? std::max<int64_t>(c, 1) : rs;
+    return true;
+  }
+  if ((r == 1 || rs == 1) && (c == 1 || cs >= r)) {
+    col_major = true;
+    ld = (c == 1) ? std::max<int64_t>(r, 1) : cs;
+    return true;
+  }
+  return false;
+}
+
+// Strides of t's batch dims aligned to the output batch shape `out` (right-aligned, 0 where broadcast).
+std::vector<int64_t> batch_strides(const Tensor& t, const Shape& out) {
+  const int64_t nb = static_cast<int64_t>(out.size()), tb = t.dim() - 2;
+  std::vector<int64_t> s(nb, 0);
+  for (int64_t i = 0; i < tb; ++i) {
+    const int64_t od = nb - tb + i;
+    s[od] = (t.size(i) == 1) ? 0 : t.stride(i);
+  }
+  return s;
+}
+
+Shape broadcast_batch(const Tensor& a, const Tensor& b, const Tensor& a_in, const Tensor& b_in, bool ta, bool tb) {
+  const int64_t na = a.dim() - 2, nb = b.dim() - 2, n = std::max(na, nb);
+  Shape out(n, 1);
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t ia = i - (n - na), ib = i - (n - nb);
+    const int64_t sa = ia >= 0 ? a.size(ia) : 1, sb = ib >= 0 ? b.size(ib) : 1;
+    SONAR_CHECK(sa == sb || sa == 1 || sb == 1, "matmul: batch dims of a ", shape_str(a_in.shape()),
+                (ta ? " (transposed)" : ""), " and b ", shape_str(b_in.shape()), (tb ? " (transposed)" : ""),
+                " do not broadcast (", sa, " vs ", sb, " at batch dim ", i, ")");
+    out[i] = std::max(sa, sb);
+  }
+  return out;
+}
+
+void check_operand(const Tensor& t, const char* op, const char* name) {
+  SONAR_CHECK(t.defined(), op, ": ", name, " is undefined");
+  SONAR_CHECK(t.dtype() == DType::Float32, op, ": ", name, " must be float32, got ", dtype_name(t.dtype()), " ",
+              shape_str(t.shape()));
+}
+
+// Logical views: A [..., M, K], B [..., K, N]; checks ranks, dtypes and the inner dimension.
+void logical_views(const Tensor& a, const Tensor& b, bool ta, bool tb, Tensor& A, Tensor& B) {
+  check_operand(a, "matmul", "a");
+  check_operand(b, "matmul", "b");
+  SONAR_CHECK(a.dim() >= 2 && b.dim() >= 2, "matmul: both operands need at least 2 dims, got a ",
+              shape_str(a.shape()), " and b ", shape_str(b.shape()));
+  A = ta ? a.transpose(-2, -1) : a;
+  B = tb ? b.transpose(-2, -1) : b;
+  SONAR_CHECK(A.size(-1) == B.size(-2), "matmul: inner dimensions differ: a ", shape_str(a.shape()),
+              (ta ? " (transposed)" : ""), " gives K=", A.size(-1), " but b ", shape_str(b.shape()),
+              (tb ? " (transposed)" : ""), " gives K=", B.size(-2));
+}
+
+Operand make_operand(Tensor t, const Shape& out_batch) {
+  Operand o;
+  if (!dense_layout(t, o.col_major, o.ld)) {
+    t = t.contiguous();
+    dense_layout(t, o.col_major, o.ld);
+  }
+  o.ptr = t.data<float>();
+  o.rows = t.size(-2);
+  o.cols = t.size(-1);
+  o.bstride = batch_strides(t, out_batch);
+  o.keep = t;
+  return o;
+}
+
+// Builds the problem for C (contiguous [out_batch..., M, N]) from logical views.
+Problem analyse(const Tensor& A, const Tensor& B, const Shape& out_batch, Tensor& C, const float* bias) {
+  Problem p;
+  p.M = A.size(-2);
+  p.K = A.size(-1);
+  p.N = B.size(-1);
+  p.A = make_operand(A, out_batch);
+  p.B = make_operand(B, out_batch);
+  p.C = C.data<float>();
+  p.bias = bias;
+  const Shape cst = contiguous_strides(C.shape());
+  // Keep batch dims of size > 1 and merge neighbours whose strides nest for all three tensors.
+  std::vector<int64_t> sz, sa, sb, sc;
+  for (size_t i = 0; i < out_batch.size(); ++i) {
+    if (out_batch[i] == 1) continue;
+    const int64_t a = p.A.bstride[i], b = p.B.bstride[i], c = cst[i];
+    if (!sz.empty() && sa.back() == a * out_batch[i] && sb.back() == b * out_batch[i] &&
+        sc.back() == c * out_batch[i]) {
+      sz.back() *= out_batch[i];
+      sa.back() = a;
+      sb.back() = b;
+      sc.back() = c;
+      continue;
+    }
+    sz.push_back(out_batch[i]);
+    sa.push_back(a);
+    sb.push_back(b);
+    sc.push_back(c);
+  }
+  // B shared by the whole batch and A's batch stacked row-major: one big [batch*M, K] product.
+  if (sz.size() == 1 && sb[0] == 0 && !p.A.col_major &&
+      ((p.M == 1 && sa[0] >= p.K) || (p.M > 1 && sa[0] == p.M * p.A.ld))) {
+    if (p.M == 1) p.A.ld = sa[0];
+    p.M *= sz[0];
+    p.A.rows = p.M;
+    sz.clear();
+    sa.clear();
+    sb.clear();
+    sc.clear();
+  }
+  p.bshape = sz;
+  p.A.bstride = sa;
+  p.B.bstride = sb;
+  p.cstride = sc;
+  return p;
+}
+
+// ---------------------------------------------------------------- reference
+// Plain loops over the logical views' own strides (no layout analysis, no copies): the oracle.
+void matmul_reference_into(const Tensor& A, const Tensor& B, Tensor& C, const Shape& out_batch,
+                           const float* bias) {
+  const int64_t M = A.size(-2), K = A.size(-1), N = B.size(-1);
+  const std::vector<int64_t> sa = batch_strides(A, out_batch), sb = batch_strides(B, out_batch);
+  const int64_t nbatch = shape_numel(out_batch);
+  const int64_t am = A.stride(-2), ak = A.stride(-1), bk = B.stride(-2), bn = B.stride(-1);
+  const float* pa = A.data<float>();
+  const float* pb = B.data<float>();
+  float* pc = C.data<float>();
+  const int64_t nd = static_cast<int64_t>(out_batch.size());
+#pragma omp parallel for schedule(static)
+  for (int64_t bm = 0; bm < nbatch * M; ++bm) {
+    const int64_t bi = bm / M, m = bm % M;
+    int64_t oa = 0, ob = 0, rem = bi;
+    for (int64_t d = nd - 1; d >= 0; --d) {
+      const int64_t idx = rem % out_batch[d];
+      rem /= out_batch[d];
+      oa += idx * sa[d];
+      ob += idx * sb[d];
+    }
+    const float* arow = pa + oa + m * am;
+    float* crow = pc + bi * M * N + m * N;
+    for (int64_t n = 0; n < N; ++n) {
+      double acc = bias ? static_cast<double>(bias[n]) : 0.0;
+      const float* bcol = pb + ob + n * bn;
+      for (int64_t k = 0; k < K; ++k) acc += static_cast<double>(arow[k * ak]) * static_cast<double>(bcol[k * bk]);
+      crow[n] = static_cast<float>(acc);
+    }
+  }
+}
+
+// ---------------------------------------------------------------- OpenBLAS
+void run_openblas(const Problem& p) {
+  const int64_t nbatch = shape_numel(p.bshape);
+  const int64_t nd = static_cast<int64_t>(p.bshape.size());
+  const CBLAS_TRANSPOSE ta = p.A.col_major ? CblasTrans : CblasNoTrans;
+  const CBLAS_TRANSPOSE tb = p.B.col_major ? CblasTrans : CblasNoTrans;
+  for (int64_t bi = 0; bi < nbatch; ++bi) {
+    int64_t oa = 0, ob = 0, oc = 0, rem = bi;
+    for (int64_t d = nd - 1; d >= 0; --d) {
+      const int64_t idx = rem % p.bshape[d];
+      rem /= p.bshape[d];
+      oa += idx * p.A.bstride[d];
+      ob += idx * p.B.bstride[d];
+      oc += idx * p.cstride[d];
+    }
+    float* c = p.C + oc;
+    float beta = 0.0f;
+    if (p.bias) {
+      for (int64_t m = 0; m < p.M; ++m) std::memcpy(c + m * p.N, p.bias, sizeof(float) * p.N);
+      beta = 1.0f;
+    }
+    cblas_sgemm(CblasRowMajor, ta, tb, static_cast<blasint>(p.M), static_cast<blasint>(p.N),
+                static_cast<blasint>(p.K), 1.0f, p.A.ptr + oa, static_cast<blasint>(p.A.ld), p.B.ptr + ob,
+                static_cast<blasint>(p.B.ld), beta, c, static_cast<blasint>(p.N));
+  }
+}
+
+// ---------------------------------------------------------------- oneDNN
+using dnnl::memory;
+
+struct MatmulPrim {
+  dnnl::matmul prim;
+  std::string impl;
+  bool fast = false;  // false for oneDNN's reference implementation: the OpenBLAS loop is used instead
+  memory::desc a_md, b_md, c_md, bias_md;
+};
+
+// dims/strides of one operand as a oneDNN descriptor over [batch..., rows, cols].
+void operand_md(const Operand& o, const std::vector<int64_t>& bshape, memory::dims& dims, memory::dims& strides) {
+  const size_t nb = bshape.size();
+  dims.assign(nb + 2, 1);
+  strides.assign(nb + 2, 1);
+  dims[nb] = o.rows;
+  dims[nb + 1] = o.cols;
+  strides[nb] = o.col_major ? 1 : o.ld;
+  strides[nb + 1] = o.col_major ? o.ld : 1;
+  int64_t span = o.col_major ? o.ld * o.cols : o.ld * o.rows;  // stride given to broadcast (size-1) dims
+  for (size_t i = nb; i-- > 0;) {
+    if (o.bstride[i] == 0) {
+      dims[i] = 1;
+      strides[i] = span;
+    } else {
+      dims[i] = bshape[i];
+      strides[i] = o.bstride[i];
+      span = o.bstride[i] * bshape[i];
+    }
+  }
+}
+
+std::shared_ptr<MatmulPrim> onednn_prim(const Problem& p) {
+  memory::dims ad, as, bd, bs;
+  operand_md(p.A, p.bshape, ad, as);
+  operand_md(p.B, p.bshape, bd, bs);
+  const size_t nb = p.bshape.size();
+  memory::dims cd(p.bshape.begin(), p.bshape.end()), cs(p.cstride.begin(), p.cstride.end());
+  cd.push_back(p.M);
+  cd.push_back(p.N);
+  cs.push_back(p.N);
+  cs.push_back(1);
+  dnnl_ctx::Key key("matmul");
+  key << dnnl_ctx::max_threads() << ad << as << bd << bs << cd << cs << (p.bias ? "bias" : "nobias");
+  return dnnl_ctx::cached<MatmulPrim>(key, [&] {
+    auto r = std::make_shared<MatmulPrim>();
+    r->a_md = memory::desc(ad, memory::data_type::f32, as);
+    r->b_md = memory::desc(bd, memory::data_type::f32, bs);
+    r->c_md = memory::desc(cd, memory::data_type::f32, cs);
+    dnnl::matmul::desc d = [&] {
+      if (!p.bias) return dnnl::matmul::desc(r->a_md, r->b_md, r->c_md);
+      memory::dims bias_d(nb + 2, 1);
+      bias_d[nb + 1] = p.N;
+      memory::dims bias_s(nb + 2, p.N);
+      bias_s[nb + 1] = 1;
+      r->bias_md = memory::desc(bias_d, memory::data_type::f32, bias_s);
+      return dnnl::matmul::desc(r->a_md, r->b_md, r->bias_md, r->c_md);
+    }();
+    try {
+      dnnl::matmul::primitive_desc pd(d, dnnl_ctx::engine());
+      r->impl = pd.impl_info_str();
+      r->fast = r->impl.rfind("ref", 0) != 0;
+      if (r->fast) r->prim = dnnl::matmul(pd);
+    } catch (const dnnl::error& e) {
+      r->impl = std::string("unsupported: ") + e.what();
+      r->fast = false;
+    }
+    return r;
+  });
+}
+
+void run_onednn(const Problem& p) {
+  std::shared_ptr<MatmulPrim> mp = onednn_prim(p);
+  if (!mp->fast) {
+    run_openblas(p);
+    return;
+  }
+  const dnnl::engine& eng = dnnl_ctx::engine();
+  memory am(mp->a_md, eng, const_cast<float*>(p.A.ptr));
+  memory bm(mp->b_md, eng, const_cast<float*>(p.B.ptr));
+  memory cm(mp->c_md, eng, p.C);
+  dnnl::stream& s = dnnl_ctx::stream();
+  if (p.bias) {
+    memory biasm(mp->bias_md, eng, const_cast<float*>(p.bias));
+    mp->prim.execute(s, {{DNNL_ARG_SRC, am}, {DNNL_ARG_WEIGHTS, bm}, {DNNL_ARG_BIAS, biasm}, {DNNL_ARG_DST, cm}});
+  } else {
+    mp->prim.execute(s, {{DNNL_ARG_SRC, am}, {DNNL_ARG_WEIGHTS, bm}, {DNNL_ARG_DST, cm}});
+  }
+  s.wait();
+}
+
+// Shared driver for matmul and linear.
+Tensor matmul_impl(const Tensor& a, const Tensor& b, bool ta, bool tb, const Tensor& bias, MatmulBackend backend) {
+  Tensor A, B;
+  logical_views(a, b, ta, tb, A, B);
+  const Shape out_batch = broadcast_batch(A, B, a, b, ta, tb);
+  Shape out_shape = out_batch;
+  out_shape.push_back(A.size(-2));
+  out_shape.push_back(B.size(-1));
+  Tensor C = Tensor::empty(out_shape, DType::Float32);
+  const float* bias_ptr = nullptr;
+  Tensor bias_c;
+  if (bias.defined()) {
+    check_operand(bias, "linear", "bias");
+    SONAR_CHECK(bias.dim() == 1 && bias.size(0) == B.size(-1), "linear: bias ", shape_str(bias.shape()),
+                " does not match ", B.size(-1), " output features");
+    bias_c = bias.contiguous();
+    bias_ptr = bias_c.data<float>();
+  }
+  if (C.numel() == 0) return C;
+  if (A.size(-1) == 0) {  // empty inner dim: C = bias (or 0)
+    float* c = C.data<float>();
+    const int64_t N = B.size(-1);
+    for (int64_t i = 0; i < C.numel(); ++i) c[i] = bias_ptr ? bias_ptr[i % N] : 0.0f;
+    return C;
+  }
+  switch (resolve(backend)) {
+    case MatmulBackend::Reference:
+      matmul_reference_into(A, B, C, out_batch, bias_ptr);
+      break;
+    case MatmulBackend::OpenBLAS:
+      run_openblas(analyse(A, B, out_batch, C, bias_ptr));
+      break;
+    default:
+      run_onednn(analyse(A, B, out_batch, C, bias_ptr));
+      break;
+  }
+  return C;
+}
+
+void check_linear(const Tensor& x, const Tensor& weight) {
+  check_operand(x, "linear", "x");
+  check_operand(weight, "linear", "weight");
+  SONAR_CHECK(weight.dim() == 2, "linear: weight must be [out, in], got ", shape_str(weight.shape()));
+  SONAR_CHECK(x.dim() >= 1 && x.size(-1) == weight.size(1), "linear: x ", shape_str(x.shape()),
+              " has ", (x.dim() >= 1 ? x.size(-1) : 0), " input features but weight ", shape_str(weight.shape()),
+              " expects ", weight.size(1));
+}
+
+}  // namespace
+
+void set_default_matmul_backend(MatmulBackend b) { g_default_backend.store(b); }
+MatmulBackend default_matmul_backend() { return g_default_backend.load(); }
+
+Tensor matmul(const Tensor& a, const Tensor& b, bool trans_a, bool trans_b, MatmulBackend backend) {
+  return matmul_impl(a, b, trans_a, trans_b, Tensor(), backend);
+}
+
+Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias, MatmulBackend backend) {
+  check_linear(x, weight);
+  if (x.dim() == 1) {
+    Tensor y = matmul_impl(x.unsqueeze(0), weight, false, true, bias, backend);
+    return y.view({weight.size(0)});
+  }
+  return matmul_impl(x, weight, false, true, bias, backend);
+}
+
+Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
+  return linear(x, weight, bias, MatmulBackend::Auto);
+}
+
+LinearGrads linear_backward(const Tensor& grad_y, const Tensor& x, const Tensor& weight, bool need_bias,
+                            MatmulBackend backend) {
+  check_linear(x, weight);
+  check_operand(grad_y, "linear_backward", "grad_y");
+  Shape expect = x.shape();
+  expect.back() = weight.size(0);
+  SONAR_CHECK(grad_y.shape() == expect, "linear_backward: grad_y ", shape_str(grad_y.shape()), " should be ",
+              shape_str(expect), " for x ", shape_str(x.shape()), " and weight ", shape_str(weight.shape()));
+  const int64_t out = weight.size(0), in = weight.size(1);
+  LinearGrads g;
+  // Rows of all leading dims: [R, out] and [R, in] (views when the layout allows, else copies).
+  Tensor gy2 = grad_y.reshape({-1, out});
+  Tensor x2 = x.reshape({-1, in});
+  g.dx = matmul(gy2, weight, false, false, backend).view(x.shape());
+  g.dweight = matmul(gy2, x2, true, false, backend);
+  if (need_bias) {
+    g.dbias = Tensor::empty({out}, DType::Float32);
+    Tensor gyc = gy2.contiguous();
+    const float* pg = gyc.data<float>();
+    float* pb = g.dbias.data<float>();
+    const int64_t R = gyc.size(0);
+#pragma omp parallel for schedule(static)
+    for (int64_t o = 0; o < out; ++o) {
+      double acc = 0.0;
+      for (int64_t r = 0; r < R; ++r) acc += pg[r * out + o];
+      pb[o] = static_cast<float>(acc);
+    }
+  }
+  return g;
+}
+
+std::string matmul_onednn_impl(const Tensor& a, const Tensor& b, bool trans_a, bool trans_b) {
+  Tensor A, B;
+  logical_views(a, b, trans_a, trans_b, A, B);
+  const Shape out_batch = broadcast_batch(A, B, a, b, trans_a, trans_b);
+  Shape out_shape = out_batch;
+  out_shape.push_back(A.size(-2));
+  out_shape.push_back(B.size(-1));
+  Tensor C = Tensor::empty(out_shape, DType::Float32);
+  if (C.numel() == 0 || A.size(-1) == 0) return "none (empty)";
+  std::shared_ptr<MatmulPrim> mp = onednn_prim(analyse(A, B, out_batch, C, nullptr));
+  return mp->fast ? mp->impl : "openblas (oneDNN offers " + mp->impl + ")";
+}
+
+}  // namespace sonar

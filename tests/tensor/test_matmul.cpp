@@ -1,0 +1,270 @@
+// Tests of matmul/linear (tensor/matmul.h): the reference kernel against hand-computed products, then the
+// oneDNN and OpenBLAS backends against the reference on odd shapes, transposes, broadcast batches and
+// strided (non-contiguous) operands, linear and its backward, and the error messages. Not tested here:
+// speed (bench/bench_tensor.cpp) and autograd nodes (tests/autograd).
+#include <gtest/gtest.h>
+#include <omp.h>
+
+#include <cmath>
+#include <cstdint>
+#include <functional>
+#include <tuple>
+#include <string>
+
+#include "tensor/dnnl_context.h"
+#include "tensor/matmul.h"
+
+using namespace sonar;
+
+namespace {
+
+// float32 products against the double-accumulating reference: error grows with the inner dim K.
+constexpr double kAbsTolPerK = 2e-6;  // per accumulated term, inputs in [-1, 1]
+constexpr double kRelTol = 1e-5;
+
+// Deterministic uniform [-1, 1) values (no dependency on tensor/random.h).
+Tensor uniform(const Shape& shape, uint64_t seed) {
+  std::vector<float> v(static_cast<size_t>(shape_numel(shape)));
+  uint64_t s = seed * 0x9E3779B97F4A7C15ull + 12345;
+  for (float& x : v) {
+    s = s * 6364136223846793005ull + 1442695040888963407ull;
+    x = static_cast<float>(static_cast<double>(s >> 11) / 9007199254740992.0 * 2.0 - 1.0);
+  }
+  return from_vector(v, shape);
+}
+
+// Max-abs comparison; prints the first mismatches.
+void expect_close(const Tensor& got, const Tensor& want, double atol, double rtol, const std::string& what) {
+  ASSERT_EQ(got.shape(), want.shape()) << what;
+  const std::vector<float> g = got.to_vector<float>(), w = want.to_vector<float>();
+  int bad = 0;
+  double max_err = 0;
+  for (size_t i = 0; i < g.size(); ++i) {
+    const double err = std::fabs(static_cast<double>(g[i]) - w[i]);
+    max_err = std::max(max_err, err);
+    if (!(err <= atol + rtol * std::fabs(w[i]))) {
+      if (bad < 5) ADD_FAILURE() << what << ": element " << i << " got " << g[i] << " want " << w[i];
+      ++bad;
+    }
+  }
+  EXPECT_EQ(bad, 0) << what << ": " << bad << " of " << g.size() << " mismatches, max abs err " << max_err;
+}
+
+double tol_for(int64_t K) { return kAbsTolPerK * static_cast<double>(std::max<int64_t>(K, 1)); }
+
+const MatmulBackend kFast[] = {MatmulBackend::OneDNN, MatmulBackend::OpenBLAS};
+const char* name(MatmulBackend b) { return b == MatmulBackend::OneDNN ? "oneDNN" : "OpenBLAS"; }
+
+// Checks every fast backend against the reference for one call.
+void check_all(const Tensor& a, const Tensor& b, bool ta, bool tb, const std::string& what) {
+  Tensor ref = matmul(a, b, ta, tb, MatmulBackend::Reference);
+  const int64_t K = ta ? a.size(-2) : a.size(-1);
+  for (MatmulBackend be : kFast) {
+    Tensor c = matmul(a, b, ta, tb, be);
+    expect_close(c, ref, tol_for(K), kRelTol, what + " [" + name(be) + "]");
+  }
+}
+
+std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+}  // namespace
+
+TEST(Matmul, ReferenceMatchesHandComputedProduct) {
+  // [[1,2,3],[4,5,6]] @ [[7,8],[9,10],[11,12]] = [[58,64],[139,154]]
+  Tensor a = from_vector(std::vector<float>{1, 2, 3, 4, 5, 6}, {2, 3});
+  Tensor b = from_vector(std::vector<float>{7, 8, 9, 10, 11, 12}, {3, 2});
+  Tensor c = matmul(a, b, false, false, MatmulBackend::Reference);
+  EXPECT_EQ(c.to_vector<float>(), (std::vector<float>{58, 64, 139, 154}));
+  // a^T [3,2] @ a [2,3]: entry (0,0) = 1*1 + 4*4 = 17, (1,2) = 2*3 + 5*6 = 36
+  Tensor g = matmul(a, a, true, false, MatmulBackend::Reference);
+  EXPECT_EQ(g.shape(), (Shape{3, 3}));
+  EXPECT_EQ(g.at({0, 0}), 17.0);
+  EXPECT_EQ(g.at({1, 2}), 36.0);
+  // a @ a^T: (0,1) = 1*4 + 2*5 + 3*6 = 32
+  EXPECT_EQ(matmul(a, a, false, true, MatmulBackend::Reference).at({0, 1}), 32.0);
+}
+
+TEST(Matmul, ReferenceAccumulatesInDouble) {
+  // 1e8 + 1 - 1e8 in float32 loses the 1; a double accumulator keeps it.
+  Tensor a = from_vector(std::vector<float>{1e8f, 1.f, -1e8f}, {1, 3});
+  Tensor b = from_vector(std::vector<float>{1.f, 1.f, 1.f}, {3, 1});
+  EXPECT_EQ(matmul(a, b, false, false, MatmulBackend::Reference).item<float>(), 1.0f);
+}
+
+TEST(Matmul, OddShapes) {
+  check_all(uniform({1, 1}, 1), uniform({1, 1}, 2), false, false, "1x1x1");
+  check_all(uniform({7, 13}, 3), uniform({13, 5}, 4), false, false, "7x13x5");
+  check_all(uniform({1, 13}, 5), uniform({13, 9}, 6), false, false, "1x13x9");
+  check_all(uniform({9, 13}, 7), uniform({13, 1}, 8), false, false, "9x13x1");
+  check_all(uniform({33, 70}, 9), uniform({70, 65}, 10), false, false, "33x70x65");
+}
+
+TEST(Matmul, Transposes) {
+  Tensor a = uniform({13, 7}, 11);  // op(a) = a^T is [7, 13]
+  Tensor b = uniform({5, 13}, 12);  // op(b) = b^T is [13, 5]
+  check_all(a, uniform({13, 5}, 13), true, false, "a^T b");
+  check_all(uniform({7, 13}, 14), b, false, true, "a b^T");
+  check_all(a, b, true, true, "a^T b^T");
+  // A transposed view is the same as the transpose flag.
+  Tensor r1 = matmul(a.t(), b.t());
+  Tensor r2 = matmul(a, b, true, true);
+  expect_close(r1, r2, 0, 0, "view vs flag");
+}
+
+TEST(Matmul, BatchedAndBroadcastBatch) {
+  check_all(uniform({3, 7, 13}, 20), uniform({3, 13, 5}, 21), false, false, "batched 3x7x13x5");
+  check_all(uniform({3, 13, 7}, 22), uniform({3, 5, 13}, 23), true, true, "batched both transposed");
+  check_all(uniform({2, 1, 4, 5}, 24), uniform({3, 5, 6}, 25), false, false, "broadcast [2,1]x[3]");
+  check_all(uniform({4, 7, 13}, 26), uniform({13, 5}, 27), false, false, "batched a, 2-D b");
+  check_all(uniform({7, 13}, 28), uniform({4, 13, 5}, 29), false, false, "2-D a, batched b");
+  check_all(uniform({2, 3, 7, 13}, 30), uniform({2, 3, 5, 13}, 31), false, true, "4-D batched, b^T");
+  Tensor r = matmul(uniform({2, 1, 4, 5}, 24), uniform({3, 5, 6}, 25));
+  EXPECT_EQ(r.shape(), (Shape{2, 3, 4, 6}));
+}
+
+TEST(Matmul, StridedOperandsWithoutCopy) {
+  // Column slice: rows have a leading dimension larger than the row length.
+  Tensor big = uniform({9, 20}, 40);
+  Tensor a = big.narrow(1, 3, 11);  // [9, 11], ld 20
+  ASSERT_FALSE(a.is_contiguous());
+  check_all(a, uniform({11, 6}, 41), false, false, "column slice");
+  check_all(a, uniform({9, 6}, 42), true, false, "column slice transposed");
+  // Attention layout: [B, T, H, D] viewed as [B, H, T, D] and multiplied by its own transpose.
+  Tensor q = uniform({2, 7, 3, 4}, 43).permute({0, 2, 1, 3});
+  Tensor k = uniform({2, 7, 3, 4}, 44).permute({0, 2, 1, 3});
+  check_all(q, k, false, true, "attention q k^T");
+  // Expanded (stride 0) batch of b.
+  Tensor w = uniform({1, 13, 5}, 45).expand({4, 13, 5});
+  check_all(uniform({4, 7, 13}, 46), w, false, false, "expanded b");
+  // Not a dense matrix (every other column): must be copied, result still right.
+  Tensor s = uniform({7, 26}, 47).slice(1, 0, 26, 2);  // [7, 13], column stride 2
+  check_all(s, uniform({13, 5}, 48), false, false, "stepped columns");
+  // Broadcast matrix rows (stride 0 inside the matrix).
+  Tensor e = uniform({1, 13}, 49).expand({7, 13});
+  check_all(e, uniform({13, 5}, 50), false, false, "expanded rows");
+}
+
+TEST(Matmul, TransposedOperandsUseFastOneDnnKernels) {
+  // The backward products dA = dC @ B^T and dB = A^T @ dC must not fall back to copies or slow kernels.
+  Tensor a = uniform({64, 48}, 60), b = uniform({48, 32}, 61), dc = uniform({64, 32}, 62);
+  for (auto [x, y, ta, tb] : {std::tuple{a, b, false, false}, std::tuple{dc, b, false, true},
+                              std::tuple{a, dc, true, false}}) {
+    const std::string impl = matmul_onednn_impl(x, y, ta, tb);
+    EXPECT_EQ(impl.rfind("ref", 0), std::string::npos) << impl;
+    EXPECT_EQ(impl.rfind("openblas", 0), std::string::npos) << impl;
+  }
+}
+
+TEST(Matmul, EmptyDims) {
+  Tensor c = matmul(uniform({0, 3}, 1), uniform({3, 4}, 2));
+  EXPECT_EQ(c.shape(), (Shape{0, 4}));
+  for (MatmulBackend be : {MatmulBackend::OneDNN, MatmulBackend::OpenBLAS, MatmulBackend::Reference}) {
+    Tensor z = matmul(Tensor::empty({2, 0}), Tensor::empty({0, 3}), false, false, be);
+    EXPECT_EQ(z.to_vector<float>(), std::vector<float>(6, 0.0f));
+  }
+}
+
+TEST(Matmul, PrimitivesAreCachedAndThreadCountIsPartOfTheKey) {
+  Tensor a = uniform({17, 19}, 70), b = uniform({19, 23}, 71);
+  matmul(a, b, false, false, MatmulBackend::OneDNN);
+  const size_t n = dnnl_ctx::cache_size();
+  Tensor c1 = matmul(a, b, false, false, MatmulBackend::OneDNN);
+  EXPECT_EQ(dnnl_ctx::cache_size(), n);
+  const int threads = omp_get_max_threads();
+  omp_set_num_threads(1);
+  Tensor c2 = matmul(a, b, false, false, MatmulBackend::OneDNN);
+  omp_set_num_threads(threads);
+  if (threads > 1) {
+    EXPECT_EQ(dnnl_ctx::cache_size(), n + 1);
+  }
+  expect_close(c2, c1, tol_for(19), kRelTol, "1 thread vs many");
+}
+
+TEST(Matmul, DefaultBackendSwitch) {
+  EXPECT_EQ(default_matmul_backend(), MatmulBackend::OneDNN);
+  Tensor a = uniform({5, 6}, 80), b = uniform({6, 7}, 81);
+  Tensor want = matmul(a, b, false, false, MatmulBackend::Reference);
+  for (MatmulBackend be : {MatmulBackend::OpenBLAS, MatmulBackend::Reference, MatmulBackend::OneDNN}) {
+    set_default_matmul_backend(be);
+    expect_close(matmul(a, b), want, tol_for(6), kRelTol, "default backend");
+  }
+  set_default_matmul_backend(MatmulBackend::OneDNN);
+}
+
+TEST(Linear, MatchesReferenceWithAndWithoutBias) {
+  Tensor w = uniform({5, 13}, 90), bias = uniform({5}, 91);
+  for (const Shape& xs : {Shape{7, 13}, Shape{2, 3, 13}, Shape{1, 13}}) {
+    Tensor x = uniform(xs, 92);
+    Tensor ref = matmul(x, w, false, true, MatmulBackend::Reference);
+    // Add the bias by hand in double to the reference.
+    std::vector<float> rv = ref.to_vector<float>();
+    const std::vector<float> bv = bias.to_vector<float>();
+    for (size_t i = 0; i < rv.size(); ++i) rv[i] = static_cast<float>(static_cast<double>(rv[i]) + bv[i % 5]);
+    Tensor ref_b = from_vector(rv, ref.shape());
+    for (MatmulBackend be : {MatmulBackend::OneDNN, MatmulBackend::OpenBLAS, MatmulBackend::Reference}) {
+      expect_close(linear(x, w, bias, be), ref_b, tol_for(13), kRelTol, std::string("linear+bias ") + shape_str(xs));
+      expect_close(linear(x, w, Tensor(), be), ref, tol_for(13), kRelTol, std::string("linear ") + shape_str(xs));
+    }
+  }
+  // A 1-D input gives a 1-D output; a permuted (non-contiguous) 3-D input is accepted.
+  EXPECT_EQ(linear(uniform({13}, 93), w, bias).shape(), (Shape{5}));
+  Tensor xp = uniform({3, 2, 13}, 94).permute({1, 0, 2});
+  expect_close(linear(xp, w, bias), linear(xp.contiguous(), w, bias, MatmulBackend::Reference), tol_for(13),
+               kRelTol, "permuted x");
+}
+
+TEST(Linear, BackwardMatchesExplicitLoops) {
+  const int64_t B = 2, T = 3, in = 6, out = 4;
+  Tensor x = uniform({B, T, in}, 100), w = uniform({out, in}, 101), gy = uniform({B, T, out}, 102);
+  LinearGrads g = linear_backward(gy, x, w, true);
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t t = 0; t < T; ++t)
+      for (int64_t i = 0; i < in; ++i) {
+        double acc = 0;
+        for (int64_t o = 0; o < out; ++o) acc += gy.at({b, t, o}) * w.at({o, i});
+        EXPECT_NEAR(g.dx.at({b, t, i}), acc, tol_for(out));
+      }
+  for (int64_t o = 0; o < out; ++o) {
+    double db = 0;
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t t = 0; t < T; ++t) db += gy.at({b, t, o});
+    EXPECT_NEAR(g.dbias.at({o}), db, tol_for(B * T));
+    for (int64_t i = 0; i < in; ++i) {
+      double acc = 0;
+      for (int64_t b = 0; b < B; ++b)
+        for (int64_t t = 0; t < T; ++t) acc += gy.at({b, t, o}) * x.at({b, t, i});
+      EXPECT_NEAR(g.dweight.at({o, i}), acc, tol_for(B * T));
+    }
+  }
+  EXPECT_FALSE(linear_backward(gy, x, w, false).dbias.defined());
+}
+
+TEST(MatmulErrors, InnerDimMismatchNamesBothShapes) {
+  const std::string msg = error_of([] { matmul(Tensor::empty({2, 3}), Tensor::empty({4, 5})); });
+  EXPECT_NE(msg.find("matmul"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("[2, 3]"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("[4, 5]"), std::string::npos) << msg;
+  const std::string msg_t = error_of([] { matmul(Tensor::empty({2, 3}), Tensor::empty({3, 5}), true, false); });
+  EXPECT_NE(msg_t.find("transposed"), std::string::npos) << msg_t;
+}
+
+TEST(MatmulErrors, BadRankDtypeBatchAndLinearShapes) {
+  EXPECT_NE(error_of([] { matmul(Tensor::empty({3}), Tensor::empty({3, 2})); }).find("at least 2 dims"),
+            std::string::npos);
+  EXPECT_NE(error_of([] { matmul(Tensor::empty({2, 3}, DType::Int64), Tensor::empty({3, 2})); }).find("float32"),
+            std::string::npos);
+  const std::string batch = error_of([] { matmul(Tensor::empty({2, 2, 3}), Tensor::empty({3, 3, 2})); });
+  EXPECT_NE(batch.find("do not broadcast"), std::string::npos) << batch;
+  const std::string lin = error_of([] { linear(Tensor::empty({4, 7}), Tensor::empty({5, 6}), Tensor()); });
+  EXPECT_NE(lin.find("[4, 7]"), std::string::npos) << lin;
+  EXPECT_NE(lin.find("[5, 6]"), std::string::npos) << lin;
+  const std::string bias = error_of([] { linear(Tensor::empty({4, 6}), Tensor::empty({5, 6}), Tensor::empty({4})); });
+  EXPECT_NE(bias.find("bias"), std::string::npos) << bias;
+}
