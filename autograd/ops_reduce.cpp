@@ -34,8 +34,14 @@ Shape keepdim_shape(const Shape& in, const std::vector<int64_t>& dims, const cha
   return k;
 }
 
+// Reshape that also handles a 0-dim source (Tensor::reshape of a 0-dim tensor to [1, ...] currently throws).
+Tensor reshape_to(const Tensor& g, const Shape& shape) {
+  if (g.dim() == 0 && shape_numel(shape) == 1) return Tensor(g.storage(), shape, contiguous_strides(shape), g.offset(), g.dtype());
+  return g.reshape(shape);
+}
+
 // A gradient of the reduced shape, broadcast back over the input's shape (a stride-0 view, no copy).
-Tensor expand_back(const Tensor& g, const Shape& kshape, const Shape& in) { return g.reshape(kshape).expand(in); }
+Tensor expand_back(const Tensor& g, const Shape& kshape, const Shape& in) { return reshape_to(g, kshape).expand(in); }
 }  // namespace
 
 Var sum(const Var& a, const std::vector<int64_t>& dims, bool keepdim) {
@@ -77,9 +83,9 @@ Var norm(const Var& a, double p, const std::vector<int64_t>& dims, bool keepdim)
   Tensor y = sonar::norm(x, p, dims, keepdim);
   return make_result(y, {a}, [x, y, p, ks](const Tensor& g) {
     // d||x||_p / dx = sign(x) |x|^(p-1) / ||x||^(p-1); 0 where the norm is 0.
-    Tensor gk = g.reshape(ks);
+    Tensor gk = reshape_to(g, ks);
     if (p == 1.0) return Grads{sonar::mul(sonar::sign(x), gk)};
-    Tensor yk = y.reshape(ks);
+    Tensor yk = reshape_to(y, ks);
     Tensor zero = sonar::eq(yk, scalar_tensor(0.0f));
     Tensor ysafe = sonar::masked_fill(yk, zero, 1.0f);
     const float pm1 = static_cast<float>(p - 1.0);
