@@ -3,6 +3,7 @@
 // with stride, padding and groups, and all three backward products.
 #pragma once
 #include <array>
+#include <string>
 
 #include "tensor/tensor.h"
 
@@ -32,5 +33,24 @@ Tensor conv1d(const Tensor& x, const Tensor& weight, const Tensor& bias, const C
 ConvGrads conv1d_backward(const Tensor& grad_y, const Tensor& x, const Tensor& weight, bool has_bias,
                           const Conv1dParams& p);
 Tensor conv1d_reference(const Tensor& x, const Tensor& weight, const Tensor& bias, const Conv1dParams& p);
+
+// Backward references: plain loops (double accumulation) for the three gradients; the test oracle.
+ConvGrads conv2d_backward_reference(const Tensor& grad_y, const Tensor& x, const Tensor& weight, bool has_bias,
+                                    const Conv2dParams& p);
+ConvGrads conv1d_backward_reference(const Tensor& grad_y, const Tensor& x, const Tensor& weight, bool has_bias,
+                                    const Conv1dParams& p);
+// Bias gradient of any convolution: grad_y [N, O, ...] summed over the batch and spatial dims -> [O].
+Tensor bias_grad_reference(const Tensor& grad_y);
+
+// Layouts inside the oneDNN primitives: Blocked lets oneDNN choose (activations and weights are reordered
+// from/to NCHW around each call, with cached reorders); Plain keeps NCHW / OIHW throughout. Process-wide;
+// default Blocked. For benchmarks and tests.
+enum class ConvLayout { Blocked, Plain };
+void set_conv_layout(ConvLayout layout);
+ConvLayout conv_layout();
+
+// The oneDNN implementations the calls would use ("fwd ..., bwd_data ..., bwd_weights ..."), for benchmarks.
+std::string conv2d_impl(const Tensor& x, const Tensor& weight, bool has_bias, const Conv2dParams& p);
+std::string conv1d_impl(const Tensor& x, const Tensor& weight, bool has_bias, const Conv1dParams& p);
 
 }  // namespace sonar

@@ -1,0 +1,256 @@
+// Tests of conv1d/conv2d (tensor/conv.h): the reference kernels against hand-computed values and central
+// finite differences, then the oneDNN forward, backward-data and backward-weights primitives against the
+// reference on odd shapes, strides, padding, groups and the BEATs shapes (scaled down in batch), in both
+// internal layouts, and the error messages. Not tested here: speed (bench/bench_tensor.cpp).
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdint>
+#include <functional>
+#include <string>
+
+#include "tensor/conv.h"
+
+using namespace sonar;
+
+namespace {
+
+// float32 kernels against the double-accumulating reference; error grows with the terms per output.
+constexpr double kAbsTolPerTerm = 2e-6;  // inputs in [-1, 1]
+constexpr double kRelTol = 1e-5;
+// Central differences of the (double-accumulating, float32-output) reference: step and tolerance.
+constexpr double kFdStep = 1e-2;
+constexpr double kFdTol = 2e-3;
+
+Tensor uniform(const Shape& shape, uint64_t seed) {
+  std::vector<float> v(static_cast<size_t>(shape_numel(shape)));
+  uint64_t s = seed * 0x9E3779B97F4A7C15ull + 777;
+  for (float& x : v) {
+    s = s * 6364136223846793005ull + 1442695040888963407ull;
+    x = static_cast<float>(static_cast<double>(s >> 11) / 9007199254740992.0 * 2.0 - 1.0);
+  }
+  return from_vector(v, shape);
+}
+
+void expect_close(const Tensor& got, const Tensor& want, double atol, double rtol, const std::string& what) {
+  ASSERT_TRUE(got.defined()) << what;
+  ASSERT_EQ(got.shape(), want.shape()) << what;
+  const std::vector<float> g = got.to_vector<float>(), w = want.to_vector<float>();
+  int bad = 0;
+  double max_err = 0;
+  for (size_t i = 0; i < g.size(); ++i) {
+    const double err = std::fabs(static_cast<double>(g[i]) - w[i]);
+    max_err = std::max(max_err, err);
+    if (!(err <= atol + rtol * std::fabs(w[i]))) {
+      if (bad < 5) ADD_FAILURE() << what << ": element " << i << " got " << g[i] << " want " << w[i];
+      ++bad;
+    }
+  }
+  EXPECT_EQ(bad, 0) << what << ": " << bad << " of " << g.size() << " mismatches, max abs err " << max_err;
+}
+
+double tol(int64_t terms) { return kAbsTolPerTerm * static_cast<double>(std::max<int64_t>(terms, 1)); }
+
+std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+// sum(y * r) for a fixed random r: a scalar loss whose gradient w.r.t. y is r.
+double loss(const Tensor& y, const Tensor& r) {
+  const std::vector<float> a = y.to_vector<float>(), b = r.to_vector<float>();
+  double s = 0;
+  for (size_t i = 0; i < a.size(); ++i) s += static_cast<double>(a[i]) * b[i];
+  return s;
+}
+
+// Central-difference check of an analytic gradient `grad` of loss(f(t), r) with respect to `t`.
+void check_fd(Tensor t, const Tensor& grad, const std::function<Tensor()>& f, const Tensor& r, const std::string& what) {
+  float* p = t.data<float>();
+  const std::vector<float> g = grad.to_vector<float>();
+  for (int64_t i = 0; i < t.numel(); ++i) {
+    const float keep = p[i];
+    p[i] = static_cast<float>(keep + kFdStep);
+    const double lp = loss(f(), r);
+    p[i] = static_cast<float>(keep - kFdStep);
+    const double lm = loss(f(), r);
+    p[i] = keep;
+    EXPECT_NEAR(g[i], (lp - lm) / (2 * kFdStep), kFdTol) << what << " element " << i;
+  }
+}
+
+struct Case2d {
+  Shape x, w;
+  Conv2dParams p;
+  const char* name;
+};
+
+Conv2dParams p2(int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t g) {
+  Conv2dParams p;
+  p.stride = {sh, sw};
+  p.padding = {ph, pw};
+  p.groups = g;
+  return p;
+}
+Conv1dParams p1(int64_t s, int64_t pad, int64_t g) {
+  Conv1dParams p;
+  p.stride = s;
+  p.padding = pad;
+  p.groups = g;
+  return p;
+}
+
+}  // namespace
+
+TEST(ConvReference, HandComputed1d) {
+  // x = [1 2 3 4], w = [1 0 -1], padding 1: y[t] = x[t-1] - x[t+1] -> [-2, -2, -2, 3]; bias 0.5 added.
+  Tensor x = from_vector(std::vector<float>{1, 2, 3, 4}, {1, 1, 4});
+  Tensor w = from_vector(std::vector<float>{1, 0, -1}, {1, 1, 3});
+  Tensor b = from_vector(std::vector<float>{0.5f}, {1});
+  Tensor y = conv1d_reference(x, w, b, p1(1, 1, 1));
+  EXPECT_EQ(y.to_vector<float>(), (std::vector<float>{-1.5f, -1.5f, -1.5f, 3.5f}));
+  // Stride 2 keeps outputs 0 and 2.
+  EXPECT_EQ(conv1d_reference(x, w, Tensor(), p1(2, 1, 1)).to_vector<float>(), (std::vector<float>{-2, -2}));
+}
+
+TEST(ConvReference, HandComputed2dGrouped) {
+  // Two groups of one channel: output channel 0 sums channel 0's 2x2 window, channel 1 doubles channel 1's.
+  Tensor x = from_vector(std::vector<float>{1, 2, 3, 4, 10, 20, 30, 40}, {1, 2, 2, 2});
+  Tensor w = from_vector(std::vector<float>{1, 1, 1, 1, 2, 0, 0, 0}, {2, 1, 2, 2});
+  Tensor y = conv2d_reference(x, w, Tensor(), p2(1, 1, 0, 0, 2));
+  EXPECT_EQ(y.shape(), (Shape{1, 2, 1, 1}));
+  EXPECT_EQ(y.to_vector<float>(), (std::vector<float>{10, 20}));
+}
+
+TEST(ConvReference, BackwardMatchesFiniteDifferences) {
+  {
+    Tensor x = uniform({2, 4, 5, 6}, 1), w = uniform({6, 2, 3, 2}, 2), b = uniform({6}, 3);
+    const Conv2dParams p = p2(2, 1, 1, 1, 2);
+    Tensor y = conv2d_reference(x, w, b, p);
+    Tensor r = uniform(y.shape(), 4);
+    ConvGrads g = conv2d_backward_reference(r, x, w, true, p);
+    auto f = [&] { return conv2d_reference(x, w, b, p); };
+    check_fd(x, g.dx, f, r, "conv2d dx");
+    check_fd(w, g.dweight, f, r, "conv2d dw");
+    check_fd(b, g.dbias, f, r, "conv2d db");
+  }
+  {
+    Tensor x = uniform({2, 4, 9}, 5), w = uniform({4, 1, 4}, 6), b = uniform({4}, 7);
+    const Conv1dParams p = p1(2, 2, 4);
+    Tensor y = conv1d_reference(x, w, b, p);
+    Tensor r = uniform(y.shape(), 8);
+    ConvGrads g = conv1d_backward_reference(r, x, w, true, p);
+    auto f = [&] { return conv1d_reference(x, w, b, p); };
+    check_fd(x, g.dx, f, r, "conv1d dx");
+    check_fd(w, g.dweight, f, r, "conv1d dw");
+    check_fd(b, g.dbias, f, r, "conv1d db");
+  }
+}
+
+TEST(ConvReference, BiasGradIsSumOverBatchAndSpace) {
+  Tensor gy = from_vector(std::vector<float>{1, 2, 3, 4, 5, 6, 7, 8}, {2, 2, 2});  // [N=2, O=2, L=2]
+  EXPECT_EQ(bias_grad_reference(gy).to_vector<float>(), (std::vector<float>{1 + 2 + 5 + 6, 3 + 4 + 7 + 8}));
+}
+
+class ConvOneDnn : public ::testing::TestWithParam<ConvLayout> {
+ protected:
+  void SetUp() override { set_conv_layout(GetParam()); }
+  void TearDown() override { set_conv_layout(ConvLayout::Blocked); }
+};
+
+TEST_P(ConvOneDnn, Conv2dForwardAndBackwardMatchReference) {
+  const Case2d cases[] = {
+      {{1, 1, 1, 1}, {1, 1, 1, 1}, p2(1, 1, 0, 0, 1), "1x1"},
+      {{2, 3, 7, 9}, {5, 3, 3, 3}, p2(1, 1, 1, 1, 1), "3x3 pad 1"},
+      {{1, 4, 11, 10}, {6, 2, 3, 2}, p2(2, 3, 1, 0, 2), "grouped, strided, uneven"},
+      {{2, 1, 64, 32}, {32, 1, 16, 16}, p2(16, 16, 0, 0, 1), "BEATs patch embedding (small)"},
+      {{1, 2, 10, 10}, {4, 2, 3, 3}, p2(4, 4, 0, 0, 1), "stride drops the last rows"},
+      {{1, 16, 6, 7}, {32, 1, 3, 3}, p2(1, 1, 1, 1, 16), "depthwise x2"},
+  };
+  for (const Case2d& c : cases) {
+    Tensor x = uniform(c.x, 10), w = uniform(c.w, 11), b = uniform({c.w[0]}, 12);
+    const int64_t terms = c.w[1] * c.w[2] * c.w[3];
+    Tensor ref = conv2d_reference(x, w, b, c.p);
+    expect_close(conv2d(x, w, b, c.p), ref, tol(terms), kRelTol, std::string(c.name) + " fwd");
+    expect_close(conv2d(x, w, Tensor(), c.p), conv2d_reference(x, w, Tensor(), c.p), tol(terms), kRelTol,
+                 std::string(c.name) + " fwd no bias");
+    Tensor gy = uniform(ref.shape(), 13);
+    ConvGrads want = conv2d_backward_reference(gy, x, w, true, c.p);
+    ConvGrads got = conv2d_backward(gy, x, w, true, c.p);
+    const int64_t o_terms = (c.w[0] / c.p.groups) * c.w[2] * c.w[3];
+    const int64_t w_terms = ref.size(0) * ref.size(2) * ref.size(3);
+    expect_close(got.dx, want.dx, tol(o_terms), kRelTol, std::string(c.name) + " dx");
+    expect_close(got.dweight, want.dweight, tol(w_terms), kRelTol, std::string(c.name) + " dw");
+    expect_close(got.dbias, want.dbias, tol(w_terms), kRelTol, std::string(c.name) + " db");
+    EXPECT_FALSE(conv2d_backward(gy, x, w, false, c.p).dbias.defined());
+  }
+}
+
+TEST_P(ConvOneDnn, Conv1dForwardAndBackwardMatchReference) {
+  struct Case1d {
+    Shape x, w;
+    Conv1dParams p;
+    const char* name;
+  } cases[] = {
+      {{1, 1, 1}, {1, 1, 1}, p1(1, 0, 1), "1x1"},
+      {{2, 3, 13}, {5, 3, 4}, p1(1, 2, 1), "pad 2, even kernel"},
+      {{2, 6, 17}, {9, 2, 5}, p1(3, 1, 3), "grouped strided"},
+      {{1, 32, 31}, {32, 2, 16}, p1(1, 8, 16), "BEATs positional conv (scaled down)"},
+  };
+  for (const Case1d& c : cases) {
+    Tensor x = uniform(c.x, 20), w = uniform(c.w, 21), b = uniform({c.w[0]}, 22);
+    const int64_t terms = c.w[1] * c.w[2];
+    Tensor ref = conv1d_reference(x, w, b, c.p);
+    expect_close(conv1d(x, w, b, c.p), ref, tol(terms), kRelTol, std::string(c.name) + " fwd");
+    Tensor gy = uniform(ref.shape(), 23);
+    ConvGrads want = conv1d_backward_reference(gy, x, w, true, c.p);
+    ConvGrads got = conv1d_backward(gy, x, w, true, c.p);
+    const int64_t o_terms = (c.w[0] / c.p.groups) * c.w[2];
+    const int64_t w_terms = ref.size(0) * ref.size(2);
+    expect_close(got.dx, want.dx, tol(o_terms), kRelTol, std::string(c.name) + " dx");
+    expect_close(got.dweight, want.dweight, tol(w_terms), kRelTol, std::string(c.name) + " dw");
+    expect_close(got.dbias, want.dbias, tol(w_terms), kRelTol, std::string(c.name) + " db");
+  }
+}
+
+TEST_P(ConvOneDnn, NonContiguousInputs) {
+  // A transposed view of [N, L, C] as [N, C, L] (how BEATs feeds the positional conv) and a sliced weight.
+  Tensor x = uniform({2, 11, 8}, 30).permute({0, 2, 1});
+  Tensor w = uniform({8, 4, 6}, 31).narrow(2, 1, 3);  // [8, 4, 3]
+  const Conv1dParams p = p1(1, 1, 2);
+  expect_close(conv1d(x, w, Tensor(), p), conv1d_reference(x.contiguous(), w.contiguous(), Tensor(), p), tol(12),
+               kRelTol, "permuted x");
+  Tensor gy = uniform({2, 8, 11}, 32);
+  ConvGrads got = conv1d_backward(gy, x, w, false, p);
+  ConvGrads want = conv1d_backward_reference(gy, x.contiguous(), w.contiguous(), false, p);
+  expect_close(got.dx, want.dx, tol(12), kRelTol, "permuted x: dx");
+  expect_close(got.dweight, want.dweight, tol(22), kRelTol, "permuted x: dw");
+}
+
+INSTANTIATE_TEST_SUITE_P(Layouts, ConvOneDnn, ::testing::Values(ConvLayout::Blocked, ConvLayout::Plain),
+                         [](const auto& info) { return info.param == ConvLayout::Plain ? "Plain" : "Blocked"; });
+
+TEST(ConvErrors, MessagesNameShapesAndValues) {
+  const std::string ch = error_of([] { conv2d(Tensor::empty({1, 3, 8, 8}), Tensor::empty({4, 2, 3, 3}), Tensor(), {}); });
+  EXPECT_NE(ch.find("conv2d"), std::string::npos) << ch;
+  EXPECT_NE(ch.find("[1, 3, 8, 8]"), std::string::npos) << ch;
+  EXPECT_NE(ch.find("[4, 2, 3, 3]"), std::string::npos) << ch;
+  const std::string rank = error_of([] { conv1d(Tensor::empty({3, 8}), Tensor::empty({4, 3, 3}), Tensor(), {}); });
+  EXPECT_NE(rank.find("[3, 8]"), std::string::npos) << rank;
+  const std::string groups = error_of([] { conv1d(Tensor::empty({1, 6, 8}), Tensor::empty({4, 2, 3}), Tensor(), p1(1, 0, 3)); });
+  EXPECT_NE(groups.find("groups 3"), std::string::npos) << groups;
+  const std::string big = error_of([] { conv1d(Tensor::empty({1, 2, 4}), Tensor::empty({2, 2, 7}), Tensor(), {}); });
+  EXPECT_NE(big.find("larger than the padded input"), std::string::npos) << big;
+  const std::string stride = error_of([] { conv1d(Tensor::empty({1, 2, 4}), Tensor::empty({2, 2, 2}), Tensor(), p1(0, 0, 1)); });
+  EXPECT_NE(stride.find("stride must be >= 1, got 0"), std::string::npos) << stride;
+  const std::string bias = error_of([] { conv1d(Tensor::empty({1, 2, 4}), Tensor::empty({3, 2, 2}), Tensor::empty({2}), {}); });
+  EXPECT_NE(bias.find("bias"), std::string::npos) << bias;
+  const std::string gy = error_of([] {
+    conv1d_backward(Tensor::empty({1, 3, 4}), Tensor::empty({1, 2, 4}), Tensor::empty({3, 2, 2}), false, {});
+  });
+  EXPECT_NE(gy.find("[1, 3, 3]"), std::string::npos) << gy;
+}
