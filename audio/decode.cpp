@@ -1,0 +1,244 @@
+// libsndfile decoding and encoding, mono mix-down and the .npy waveform reader (see decode.h). Not the
+// resampler (resample.cpp) and not dataset logic.
+#include "audio/decode.h"
+
+#include <sndfile.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+
+#include "tensor/error.h"
+#include "tensor/io.h"
+
+namespace sonar::audio {
+
+namespace {
+
+std::string lower_extension(const std::string& path) {
+  std::string ext = std::filesystem::path(path).extension().string();
+  std::transform(ext.begin(), ext.end(), ext.begin(), [](unsigned char c) { return std::tolower(c); });
+  return ext;
+}
+
+// An open libsndfile handle that closes itself.
+struct SndFile {
+  SNDFILE* f = nullptr;
+  SF_INFO info{};
+  ~SndFile() {
+    if (f) sf_close(f);
+  }
+};
+
+void open_for_read(const std::string& path, SndFile& sf) {
+  std::error_code ec;
+  SONAR_CHECK(std::filesystem::exists(path, ec), path, ": no such file");
+  SONAR_CHECK(!std::filesystem::is_directory(path, ec), path, ": is a directory, not an audio file");
+  SONAR_CHECK(std::filesystem::file_size(path, ec) > 0 || ec, path, ": empty file (0 bytes)");
+  sf.f = sf_open(path.c_str(), SFM_READ, &sf.info);
+  SONAR_CHECK(sf.f != nullptr, path, ": cannot decode (libsndfile: ", sf_strerror(nullptr), ")");
+  SONAR_CHECK(sf.info.channels > 0 && sf.info.samplerate > 0, path, ": invalid header (", sf.info.channels,
+              " channels at ", sf.info.samplerate, " Hz)");
+}
+
+std::string format_name(int format) {
+  SF_FORMAT_INFO major{}, sub{};
+  major.format = format & SF_FORMAT_TYPEMASK;
+  sub.format = format & SF_FORMAT_SUBMASK;
+  std::string s = sf_command(nullptr, SFC_GET_FORMAT_INFO, &major, sizeof(major)) == 0 && major.name
+                      ? major.name
+                      : "unknown container";
+  if (sf_command(nullptr, SFC_GET_FORMAT_INFO, &sub, sizeof(sub)) == 0 && sub.name) s += std::string(" / ") + sub.name;
+  return s;
+}
+
+void check_finite(const std::vector<float>& v, int channels, const std::string& path) {
+  bool ok = true;
+  for (float x : v) ok &= std::isfinite(x);
+  if (ok) return;
+  for (size_t i = 0; i < v.size(); ++i)
+    SONAR_CHECK(std::isfinite(v[i]), path, ": sample ", i / channels, " (channel ", i % channels, ") is ", v[i],
+                " (NaN or Inf)");
+}
+
+int container_for(const std::string& ext) {
+  if (ext == ".wav") return SF_FORMAT_WAV;
+  if (ext == ".flac") return SF_FORMAT_FLAC;
+  if (ext == ".ogg" || ext == ".oga" || ext == ".opus") return SF_FORMAT_OGG;
+  if (ext == ".mp3") return SF_FORMAT_MPEG;
+  if (ext == ".aiff" || ext == ".aif") return SF_FORMAT_AIFF;
+  if (ext == ".au") return SF_FORMAT_AU;
+  if (ext == ".caf") return SF_FORMAT_CAF;
+  if (ext == ".w64") return SF_FORMAT_W64;
+  return 0;
+}
+
+int subtype_for(SampleFormat f, int container, const std::string& ext) {
+  switch (f) {
+    case SampleFormat::PCM16: return SF_FORMAT_PCM_16;
+    case SampleFormat::PCM24: return SF_FORMAT_PCM_24;
+    case SampleFormat::PCM32: return SF_FORMAT_PCM_32;
+    case SampleFormat::PCMU8: return SF_FORMAT_PCM_U8;
+    case SampleFormat::Float: return SF_FORMAT_FLOAT;
+    case SampleFormat::Double: return SF_FORMAT_DOUBLE;
+    case SampleFormat::Vorbis: return SF_FORMAT_VORBIS;
+    case SampleFormat::Opus: return SF_FORMAT_OPUS;
+    case SampleFormat::MP3: return SF_FORMAT_MPEG_LAYER_III;
+    case SampleFormat::Default: break;
+  }
+  if (container == SF_FORMAT_OGG) return ext == ".opus" ? SF_FORMAT_OPUS : SF_FORMAT_VORBIS;
+  if (container == SF_FORMAT_MPEG) return SF_FORMAT_MPEG_LAYER_III;
+  return SF_FORMAT_PCM_16;
+}
+
+}  // namespace
+
+bool has_npy_extension(const std::string& path) { return lower_extension(path) == ".npy"; }
+
+Tensor load_wave_npy(const std::string& path) {
+  Tensor t;
+  try {
+    t = load_npy(path);
+  } catch (const Error& e) {
+    const std::string msg = e.what();
+    // io's messages already name the path; add it when they don't.
+    if (msg.find(path) != std::string::npos) throw;
+    SONAR_FAIL(path, ": ", msg);
+  }
+  SONAR_CHECK(t.dtype() == DType::Float32, path, ": expected float32 samples, got ", dtype_name(t.dtype()));
+  SONAR_CHECK(t.dim() == 1 || t.dim() == 2, path, ": expected [samples] or [clips, samples], got shape ",
+              shape_str(t.shape()));
+  t = t.contiguous();
+  const float* p = t.data<float>();
+  const int64_t n = t.numel(), row = t.size(-1);
+  bool ok = true;
+  for (int64_t i = 0; i < n; ++i) ok &= std::isfinite(p[i]);
+  if (!ok)
+    for (int64_t i = 0; i < n; ++i)
+      SONAR_CHECK(std::isfinite(p[i]), path, ": ", t.dim() == 2 ? "clip " + std::to_string(i / row) + ", " : "",
+                  "sample ", i % row, " is ", p[i], " (NaN or Inf)");
+  return t;
+}
+
+AudioInfo probe_audio(const std::string& path) {
+  AudioInfo info;
+  if (has_npy_extension(path)) {
+    Tensor t = load_wave_npy(path);
+    info.frames = t.size(-1);
+    info.sample_rate = kBeatsSampleRate;
+    info.channels = 1;
+    info.format = "npy float32 (16 kHz)";
+    return info;
+  }
+  SndFile sf;
+  open_for_read(path, sf);
+  info.frames = sf.info.frames;
+  info.sample_rate = sf.info.samplerate;
+  info.channels = sf.info.channels;
+  info.format = format_name(sf.info.format);
+  return info;
+}
+
+DecodedAudio decode_audio(const std::string& path) {
+  SndFile sf;
+  open_for_read(path, sf);
+  DecodedAudio a;
+  a.channels = sf.info.channels;
+  a.sample_rate = sf.info.samplerate;
+  const int64_t expected = sf.info.frames;
+  // Read in blocks until the decoder stops, rather than trusting the header's frame count alone.
+  constexpr sf_count_t kBlock = 1 << 15;
+  if (expected > 0) a.samples.reserve(static_cast<size_t>(expected) * a.channels);
+  std::vector<float> block(static_cast<size_t>(kBlock) * a.channels);
+  int64_t total = 0;
+  for (;;) {
+    const sf_count_t got = sf_readf_float(sf.f, block.data(), kBlock);
+    if (got <= 0) break;
+    a.samples.insert(a.samples.end(), block.begin(), block.begin() + got * a.channels);
+    total += got;
+  }
+  const int err = sf_error(sf.f);
+  SONAR_CHECK(err == SF_ERR_NO_ERROR, path, ": decoding failed after ", total, " frames (libsndfile: ",
+              sf_strerror(sf.f), ")");
+  SONAR_CHECK(total > 0, path, ": no audio samples (", format_name(sf.info.format), ")");
+  SONAR_CHECK(total >= expected, path, ": truncated or corrupt: decoded ", total, " of the ", expected,
+              " frames its header announces");
+  a.frames = total;
+  check_finite(a.samples, a.channels, path);
+  return a;
+}
+
+std::vector<float> mix_to_mono(const DecodedAudio& a) {
+  if (a.channels == 1) return a.samples;
+  std::vector<float> mono(static_cast<size_t>(a.frames));
+  const int c = a.channels;
+  for (int64_t i = 0; i < a.frames; ++i) {
+    double s = 0.0;
+    for (int k = 0; k < c; ++k) s += a.samples[static_cast<size_t>(i) * c + k];
+    mono[i] = static_cast<float>(s / c);
+  }
+  return mono;
+}
+
+Tensor load_audio(const std::string& path, int sample_rate, ResampleQuality quality) {
+  SONAR_CHECK(sample_rate > 0, "load_audio: target sample rate must be positive, got ", sample_rate);
+  if (has_npy_extension(path)) {
+    Tensor t = load_wave_npy(path);
+    if (t.dim() == 2) {
+      SONAR_CHECK(t.size(0) == 1, path, ": holds ", t.size(0), " clips ([clips, samples]); one was expected");
+      t = t.select(0, 0).contiguous();
+    }
+    SONAR_CHECK(t.numel() > 0, path, ": no audio samples");
+    if (sample_rate == kBeatsSampleRate) return t;
+    return resample(t, kBeatsSampleRate, sample_rate, quality);
+  }
+  DecodedAudio a = decode_audio(path);
+  std::vector<float> mono = mix_to_mono(a);
+  if (a.sample_rate != sample_rate) mono = resample(mono.data(), a.frames, a.sample_rate, sample_rate, quality);
+  return from_vector(mono, {static_cast<int64_t>(mono.size())});
+}
+
+void write_audio(const std::string& path, const std::vector<float>& interleaved, int channels, int sample_rate,
+                 SampleFormat format) {
+  SONAR_CHECK(channels > 0 && sample_rate > 0, path, ": cannot write ", channels, " channels at ", sample_rate, " Hz");
+  SONAR_CHECK(interleaved.size() % channels == 0, path, ": ", interleaved.size(),
+              " samples do not divide into ", channels, " channels");
+  const std::string ext = lower_extension(path);
+  const int container = container_for(ext);
+  SONAR_CHECK(container != 0, path, ": unknown audio extension '", ext,
+              "' (use .wav .flac .ogg .opus .mp3 .aiff .au .caf .w64)");
+  SF_INFO info{};
+  info.samplerate = sample_rate;
+  info.channels = channels;
+  info.format = container | subtype_for(format, container, ext);
+  SONAR_CHECK(sf_format_check(&info), path, ": libsndfile cannot write ", format_name(info.format), " with ",
+              channels, " channels at ", sample_rate, " Hz");
+  static std::atomic<uint64_t> counter{0};
+  const std::string tmp = path + ".tmp." + std::to_string(::getpid()) + "." + std::to_string(counter++);
+  {
+    SndFile sf;
+    sf.f = sf_open(tmp.c_str(), SFM_WRITE, &info);
+    SONAR_CHECK(sf.f != nullptr, path, ": cannot create (libsndfile: ", sf_strerror(nullptr), ")");
+    const sf_count_t frames = static_cast<sf_count_t>(interleaved.size() / channels);
+    const sf_count_t wrote = frames ? sf_writef_float(sf.f, interleaved.data(), frames) : 0;
+    const bool ok = wrote == frames && sf_error(sf.f) == SF_ERR_NO_ERROR;
+    const std::string why = ok ? "" : sf_strerror(sf.f);
+    sf_close(sf.f);
+    sf.f = nullptr;
+    if (!ok) {
+      std::remove(tmp.c_str());
+      SONAR_FAIL(path, ": writing failed (libsndfile: ", why, ")");
+    }
+  }
+  std::error_code ec;
+  std::filesystem::rename(tmp, path, ec);
+  if (ec) {
+    std::remove(tmp.c_str());
+    SONAR_FAIL(path, ": cannot rename the finished file into place: ", ec.message());
+  }
+}
+
+}  // namespace sonar::audio
