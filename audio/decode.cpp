@@ -64,6 +64,32 @@ void check_finite(const std::vector<float>& v, int channels, const std::string& 
                 " (NaN or Inf)");
 }
 
+// libsndfile reads a WAV/AIFF-family file whose data chunk runs past the end of the file without an
+// error: it shrinks the frame count and notes "data : N (should be M)" in its log. Such a file was cut short
+// (an interrupted copy or download), so report it rather than silently use part of it. Streaming writers
+// that leave the size unset (0 or 0xFFFFFFFF) are not flagged.
+std::string truncation_note(SNDFILE* f) {
+  std::string log(1 << 14, '\0');
+  sf_command(f, SFC_GET_LOG_INFO, log.data(), static_cast<int>(log.size()));
+  log.resize(log.find('\0') == std::string::npos ? log.size() : log.find('\0'));
+  size_t pos = 0;
+  while (pos < log.size()) {
+    size_t end = log.find('\n', pos);
+    if (end == std::string::npos) end = log.size();
+    const std::string line = log.substr(pos, end - pos);
+    pos = end + 1;
+    if (line.rfind("data", 0) != 0 && line.rfind("SSND", 0) != 0) continue;
+    unsigned long long declared = 0, actual = 0;
+    const size_t colon = line.find(':');
+    if (colon == std::string::npos || line.find("(should be") == std::string::npos) continue;
+    if (std::sscanf(line.c_str() + colon + 1, " %llu (should be %llu)", &declared, &actual) != 2) continue;
+    if (declared > actual && declared != 0xFFFFFFFFull && declared != 0x7FFFFFFFull)
+      return "truncated: the data chunk announces " + std::to_string(declared) + " bytes but the file holds " +
+             std::to_string(actual);
+  }
+  return "";
+}
+
 int container_for(const std::string& ext) {
   if (ext == ".wav") return SF_FORMAT_WAV;
   if (ext == ".flac") return SF_FORMAT_FLAC;
@@ -166,6 +192,8 @@ DecodedAudio decode_audio(const std::string& path) {
   SONAR_CHECK(total > 0, path, ": no audio samples (", format_name(sf.info.format), ")");
   SONAR_CHECK(total >= expected, path, ": truncated or corrupt: decoded ", total, " of the ", expected,
               " frames its header announces");
+  const std::string cut = truncation_note(sf.f);
+  SONAR_CHECK(cut.empty(), path, ": ", cut);
   a.frames = total;
   check_finite(a.samples, a.channels, path);
   return a;

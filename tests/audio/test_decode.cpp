@@ -275,6 +275,16 @@ TEST(Decode, BadFilesThrowErrorsNamingThePath) {
   test_util::write_bytes(dir / "cut.flac", bytes.substr(0, bytes.size() / 2));
   expect_error_naming([&] { load_audio(dir / "cut.flac"); }, dir / "cut.flac");
 
+  // A 16-bit WAV cut in half (an interrupted copy): libsndfile itself would quietly read the first half.
+  write_audio(dir / "full.wav", make_sine(48000, 440.0, 0.5, 16000.0), 1, 16000);
+  {
+    std::ifstream f(dir / "full.wav", std::ios::binary);
+    bytes.assign(std::istreambuf_iterator<char>(f), {});
+  }
+  test_util::write_bytes(dir / "cut.wav", bytes.substr(0, bytes.size() / 2));
+  expect_error_naming([&] { load_audio(dir / "cut.wav"); }, dir / "cut.wav", "truncated");
+  EXPECT_EQ(load_audio(dir / "full.wav").numel(), 48000);
+
   // NaN and Inf in a float WAV.
   auto w = make_sine(1000, 440.0, 0.5, 16000.0);
   w[500] = NAN;
