@@ -1,0 +1,166 @@
+// Runs the built `sonar` program: `sonar fbank` on .npy waveforms (one clip and [clips, samples]) and audio
+// files, normalisation flags, --help, and bad inputs (one clear error line, non-zero exit, no output file).
+// Not the library tests (tests/audio/).
+#include <gtest/gtest.h>
+
+#include <sys/wait.h>
+
+#include <cmath>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "audio/decode.h"
+#include "audio/fbank.h"
+#include "tensor/io.h"
+#include "../audio/audio_test_util.h"
+
+using namespace sonar;
+using sonar::audio::test_util::make_sine;
+using sonar::audio::test_util::TempDir;
+
+namespace {
+
+constexpr double kTorchaudioTol = 1e-3;  // as in test_fbank.cpp
+constexpr double kExactTol = 0.0;        // the command must produce exactly the library's numbers
+constexpr double kNormTol = 1e-6;
+
+const std::string kSonar = std::string(SONAR_BINARY_DIR) + "/sonar";
+const std::string kFix = std::string(SONAR_FIXTURES_DIR) + "/beats_tiny/";
+
+struct Result {
+  int code = -1;
+  std::string out, err;
+};
+
+std::string slurp(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(f), {});
+}
+
+std::string quote(const std::string& s) { return "'" + s + "'"; }
+
+Result run(const TempDir& dir, const std::string& args) {
+  const std::string out = dir / "stdout.txt", err = dir / "stderr.txt";
+  const std::string cmd = kSonar + " " + args + " > " + quote(out) + " 2> " + quote(err);
+  const int status = std::system(cmd.c_str());
+  Result r;
+  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  r.out = slurp(out);
+  r.err = slurp(err);
+  return r;
+}
+
+int count_lines(const std::string& s) {
+  int n = 0;
+  for (char c : s) n += c == '\n';
+  return n;
+}
+
+double max_abs_diff(const Tensor& a, const Tensor& b) {
+  EXPECT_EQ(a.shape(), b.shape());
+  const auto x = a.to_vector<float>(), y = b.to_vector<float>();
+  double m = 0;
+  for (size_t i = 0; i < std::min(x.size(), y.size()); ++i) m = std::max(m, std::abs(double(x[i]) - y[i]));
+  return m;
+}
+
+// A bad input: exit code non-zero, one line on stderr naming `mention`, and no output file.
+void expect_clean_failure(const TempDir& dir, const std::string& args, const std::string& output,
+                          const std::string& mention) {
+  Result r = run(dir, args);
+  EXPECT_NE(r.code, 0) << args;
+  EXPECT_EQ(count_lines(r.err), 1) << args << "\nstderr: " << r.err;
+  EXPECT_NE(r.err.find(mention), std::string::npos) << "stderr does not mention '" << mention << "': " << r.err;
+  EXPECT_FALSE(std::filesystem::exists(output)) << args;
+  std::printf("%s", r.err.c_str());
+}
+
+}  // namespace
+
+TEST(CmdFbank, HelpExplainsEveryFlag) {
+  TempDir dir;
+  Result r = run(dir, "fbank --help");
+  EXPECT_EQ(r.code, 0);
+  for (const char* flag : {"--input", "--output", "--normalize", "--mean", "--std", "--threads"})
+    EXPECT_NE(r.out.find(flag), std::string::npos) << flag;
+  Result overview = run(dir, "--help");
+  EXPECT_NE(overview.out.find("fbank"), std::string::npos);
+}
+
+TEST(CmdFbank, OneClipNpyMatchesTorchaudio) {
+  TempDir dir;
+  Tensor wave = load_npy(kFix + "wave.npy");
+  save_npy(dir / "clip1.npy", wave.select(0, 1).narrow(0, 0, 11680).contiguous());
+  Result r = run(dir, "fbank --input " + quote(dir / "clip1.npy") + " --output " + quote(dir / "f.npy"));
+  ASSERT_EQ(r.code, 0) << r.err;
+  Tensor got = load_npy(dir / "f.npy");
+  ASSERT_EQ(got.shape(), (Shape{71, 128}));
+  EXPECT_LE(max_abs_diff(got, load_npy(kFix + "fbank_1.npy")), kTorchaudioTol);
+}
+
+TEST(CmdFbank, ClipsArrayGivesOneFbankPerRowOnTheWholeRow) {
+  TempDir dir;
+  save_npy(dir / "w.npy", load_npy(kFix + "wave.npy"));
+  Result r = run(dir, "fbank --input " + quote(dir / "w.npy") + " --output " + quote(dir / "f.npy"));
+  ASSERT_EQ(r.code, 0) << r.err;
+  Tensor got = load_npy(dir / "f.npy");
+  ASSERT_EQ(got.shape(), (Shape{2, 98, 128}));
+  // Row 1 is zero-padded: its fbank covers the padding too (BEATs' batch preprocessing).
+  EXPECT_LE(max_abs_diff(got, audio::fbank_batch(load_npy(kFix + "wave.npy"))), kExactTol);
+  EXPECT_LE(max_abs_diff(got.select(0, 0).contiguous(), load_npy(kFix + "fbank_0.npy")), kTorchaudioTol);
+}
+
+TEST(CmdFbank, AudioFileAndNormalisation) {
+  TempDir dir;
+  const auto tone = make_sine(44100, 1000.0, 0.5, 44100.0);
+  audio::write_audio(dir / "tone.flac", tone, 1, 44100, audio::SampleFormat::PCM24);
+  Result r = run(dir, "fbank --input " + quote(dir / "tone.flac") + " --output " + quote(dir / "raw.npy"));
+  ASSERT_EQ(r.code, 0) << r.err;
+  Tensor raw = load_npy(dir / "raw.npy");
+  ASSERT_EQ(raw.shape(), (Shape{98, 128}));
+  EXPECT_LE(max_abs_diff(raw, audio::fbank(audio::load_audio(dir / "tone.flac"))), kExactTol);
+
+  r = run(dir, "fbank --input " + quote(dir / "tone.flac") + " --output " + quote(dir / "n.npy") + " --normalize");
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_LE(max_abs_diff(load_npy(dir / "n.npy"), audio::normalize_fbank(raw)), kNormTol);
+
+  r = run(dir, "fbank --input " + quote(dir / "tone.flac") + " --output " + quote(dir / "m.npy") +
+                   " --mean 3 --std 0.5 --threads 1");
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_LE(max_abs_diff(load_npy(dir / "m.npy"), audio::normalize_fbank(raw, 3.0, 0.5)), kNormTol);
+}
+
+TEST(CmdFbank, BadInputsFailCleanly) {
+  TempDir dir;
+  const std::string out = dir / "out.npy";
+  expect_clean_failure(dir, "fbank --input " + quote(dir / "missing.wav") + " --output " + quote(out),
+                       out, dir / "missing.wav");
+  audio::test_util::write_bytes(dir / "corrupt.wav", "RIFF garbage garbage garbage garbage");
+  expect_clean_failure(dir, "fbank --input " + quote(dir / "corrupt.wav") + " --output " + quote(out), out,
+                       dir / "corrupt.wav");
+  audio::test_util::write_bytes(dir / "empty.flac", "");
+  expect_clean_failure(dir, "fbank --input " + quote(dir / "empty.flac") + " --output " + quote(out), out,
+                       dir / "empty.flac");
+  save_npy(dir / "short.npy", from_vector(make_sine(399, 440.0, 0.5, 16000.0), {399}));
+  expect_clean_failure(dir, "fbank --input " + quote(dir / "short.npy") + " --output " + quote(out), out,
+                       "shorter than one");
+  auto w = make_sine(1600, 440.0, 0.5, 16000.0);
+  w[9] = NAN;
+  save_npy(dir / "nan.npy", from_vector(w, {1600}));
+  expect_clean_failure(dir, "fbank --input " + quote(dir / "nan.npy") + " --output " + quote(out), out, "NaN");
+  save_npy(dir / "ints.npy", from_vector(std::vector<int64_t>(800, 1), {800}));
+  expect_clean_failure(dir, "fbank --input " + quote(dir / "ints.npy") + " --output " + quote(out), out, "float32");
+  expect_clean_failure(dir, "fbank --input " + quote(dir / "ints.npy"), out, "--output");
+  expect_clean_failure(dir, "fbank --input " + quote(dir / "ints.npy") + " --output " + quote(out) + " --bogus", out,
+                       "--bogus");
+  save_npy(dir / "ok.npy", from_vector(make_sine(1600, 440.0, 0.5, 16000.0), {1600}));
+  expect_clean_failure(dir, "fbank --input " + quote(dir / "ok.npy") + " --output " + quote(out) + " --std 0", out,
+                       "--std");
+  expect_clean_failure(dir, "fbank --input " + quote(dir / "ok.npy") + " --output " + quote(dir / "out.txt"),
+                       dir / "out.txt", ".npy");
+  // An output folder that does not exist: the error names it and nothing is created.
+  expect_clean_failure(dir, "fbank --input " + quote(dir / "ok.npy") + " --output " + quote(dir / "no/such/o.npy"),
+                       dir / "no/such/o.npy", "no/such");
+}
