@@ -291,7 +291,8 @@ constexpr size_t kLegacyMagicLen = sizeof(kLegacyMagic) - 1;
     SONAR_FAIL("load_torch_checkpoint: '", name,
                "' uses the legacy (pre-1.6) torch.save format, which is not supported; re-save it with a recent "
                "PyTorch");
-  SONAR_FAIL("load_torch_checkpoint: '", name, "' is not a PyTorch zip checkpoint (", zip_msg, ")");
+  SONAR_FAIL("load_torch_checkpoint: '", name, "' is not a PyTorch zip checkpoint (", zip_msg,
+             "; truncated, or another format?)");
 }
 
 PyValue load_from_archive(const ZipArchive& za, const std::string& name) {
