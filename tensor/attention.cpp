@@ -1,0 +1,571 @@
+// Fused attention kernels (see tensor/attention.h): a blocked forward that keeps only the row log-sum-exp, a
+// backward that recomputes the probabilities per (batch, head) in blocks of query rows, and the plain
+// double-precision reference kernels. Work is split over (batch, head) in the forward and over heads in the
+// backward (the bias gradient is summed over the batch, so one thread owns one head's rows of it).
+#include "tensor/attention.h"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "tensor/random.h"
+
+namespace sonar {
+namespace {
+
+constexpr int64_t kRowTile = 4;        // rows of the small GEMM tile
+constexpr int64_t kColTile = 16;       // columns of the small GEMM tile
+constexpr int64_t kBackwardRows = 32;  // query rows recomputed at once in the backward (multiple of kRowTile)
+constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+
+int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+
+struct Dims {
+  int64_t B = 0, T = 0, S = 0, C = 0, H = 0, D = 0;
+};
+
+Dims check_inputs(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& bias, const Tensor& gate,
+                  const Tensor& mask, const AttentionParams& p, const char* op) {
+  SONAR_CHECK(q.defined() && k.defined() && v.defined(), op, ": q, k and v must be defined");
+  SONAR_CHECK(q.dtype() == DType::Float32 && k.dtype() == DType::Float32 && v.dtype() == DType::Float32, op,
+              ": q, k, v must be float32");
+  SONAR_CHECK(q.dim() == 3 && k.dim() == 3 && v.dim() == 3, op, ": q, k, v must be [B, T, C]; got q ",
+              shape_str(q.shape()), ", k ", shape_str(k.shape()), ", v ", shape_str(v.shape()));
+  Dims d;
+  d.B = q.size(0);
+  d.T = q.size(1);
+  d.C = q.size(2);
+  d.S = k.size(1);
+  d.H = p.num_heads;
+  SONAR_CHECK(d.H > 0 && d.C % d.H == 0, op, ": ", d.C, " channels do not split into ", d.H, " heads");
+  d.D = d.C / d.H;
+  SONAR_CHECK(k.size(0) == d.B && v.size(0) == d.B && k.size(2) == d.C && v.size(2) == d.C && v.size(1) == d.S,
+              op, ": shapes disagree: q ", shape_str(q.shape()), ", k ", shape_str(k.shape()), ", v ",
+              shape_str(v.shape()));
+  if (bias.defined()) {
+    SONAR_CHECK(bias.dtype() == DType::Float32, op, ": bias must be float32");
+    SONAR_CHECK(bias.shape() == (Shape{d.H, d.T, d.S}), op, ": bias must be [H, T, S] = ",
+                shape_str({d.H, d.T, d.S}), ", got ", shape_str(bias.shape()));
+  }
+  if (gate.defined()) {
+    SONAR_CHECK(bias.defined(), op, ": a gate needs a bias");
+    SONAR_CHECK(gate.dtype() == DType::Float32, op, ": gate must be float32");
+    SONAR_CHECK(gate.shape() == (Shape{d.B, d.H, d.T}), op, ": gate must be [B, H, T] = ",
+                shape_str({d.B, d.H, d.T}), ", got ", shape_str(gate.shape()));
+  }
+  if (mask.defined()) {
+    SONAR_CHECK(mask.dtype() == DType::UInt8 || mask.dtype() == DType::Bool, op,
+                ": key padding mask must be uint8 or bool, got ", dtype_name(mask.dtype()));
+    SONAR_CHECK(mask.shape() == (Shape{d.B, d.S}), op, ": key padding mask must be [B, S] = ",
+                shape_str({d.B, d.S}), ", got ", shape_str(mask.shape()));
+  }
+  SONAR_CHECK(p.dropout_p >= 0.0f && p.dropout_p < 1.0f, op, ": dropout probability ", p.dropout_p,
+              " outside [0, 1)");
+  SONAR_CHECK(p.alpha > 0.0f, op, ": alpha must be positive, got ", p.alpha);
+  return d;
+}
+
+// A float32 tensor whose last dim has stride 1 (copied when it has not); other strides are kept.
+Tensor rows_dense(const Tensor& t) { return t.stride(-1) == 1 ? t : t.contiguous(); }
+
+// C[M x N] (+)= A[M x K] * B[K x N], row-major with leading dims; M % kRowTile == 0, N % kColTile == 0.
+// A register-blocked tile: 4 rows x 16 columns of C live in registers while K streams by.
+void gemm_nn(const float* A, int64_t lda, const float* B, int64_t ldb, float* C, int64_t ldc, int64_t M, int64_t N,
+             int64_t K, bool accumulate) {
+  for (int64_t i = 0; i < M; i += kRowTile) {
+    const float* a0 = A + i * lda;
+    const float* a1 = a0 + lda;
+    const float* a2 = a1 + lda;
+    const float* a3 = a2 + lda;
+    for (int64_t j = 0; j < N; j += kColTile) {
+      float acc[kRowTile][kColTile] = {};
+      for (int64_t kk = 0; kk < K; ++kk) {
+        const float* b = B + kk * ldb + j;
+        const float x0 = a0[kk], x1 = a1[kk], x2 = a2[kk], x3 = a3[kk];
+#pragma omp simd
+        for (int64_t jj = 0; jj < kColTile; ++jj) {
+          acc[0][jj] += x0 * b[jj];
+          acc[1][jj] += x1 * b[jj];
+          acc[2][jj] += x2 * b[jj];
+          acc[3][jj] += x3 * b[jj];
+        }
+      }
+      for (int64_t r = 0; r < kRowTile; ++r) {
+        float* c = C + (i + r) * ldc + j;
+        if (accumulate) {
+          for (int64_t jj = 0; jj < kColTile; ++jj) c[jj] += acc[r][jj];
+        } else {
+          for (int64_t jj = 0; jj < kColTile; ++jj) c[jj] = acc[r][jj];
+        }
+      }
+    }
+  }
+}
+
+// Read-only views of the inputs shared by the fast kernels.
+struct Inputs {
+  const float *q, *k, *v, *bias, *gate;
+  const uint8_t* mask;
+  int64_t qb, qt, kb, kt, vb, vt;  // batch and time strides (channel stride is 1)
+};
+
+Inputs gather_inputs(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& bias, const Tensor& gate,
+                     const Tensor& mask) {
+  Inputs in{};
+  in.q = q.data<float>();
+  in.k = k.data<float>();
+  in.v = v.data<float>();
+  in.bias = bias.defined() ? bias.data<float>() : nullptr;
+  in.gate = gate.defined() ? gate.data<float>() : nullptr;
+  in.mask = mask.defined() ? mask.bytes() : nullptr;
+  in.qb = q.stride(0);
+  in.qt = q.stride(1);
+  in.kb = k.stride(0);
+  in.kt = k.stride(1);
+  in.vb = v.stride(0);
+  in.vt = v.stride(1);
+  return in;
+}
+
+// Packs head h of batch b: Qs [Tp x D] scaled queries, Kt [D x Sp] transposed keys, zero-padded.
+void pack_scores_operands(const Inputs& in, const Dims& d, const AttentionParams& p, int64_t b, int64_t h,
+                          int64_t Tp, int64_t Sp, float* Qs, float* Kt) {
+  const float inv_alpha = 1.0f / p.alpha;
+  for (int64_t t = 0; t < Tp; ++t) {
+    float* dst = Qs + t * d.D;
+    if (t < d.T) {
+      const float* src = in.q + b * in.qb + t * in.qt + h * d.D;
+      // Two roundings as in the official code: q *= scaling; q *= 1 / alpha.
+      for (int64_t j = 0; j < d.D; ++j) dst[j] = (src[j] * p.scale) * inv_alpha;
+    } else {
+      std::fill(dst, dst + d.D, 0.0f);
+    }
+  }
+  for (int64_t j = 0; j < d.D; ++j) std::fill(Kt + j * Sp + d.S, Kt + (j + 1) * Sp, 0.0f);
+  for (int64_t s = 0; s < d.S; ++s) {
+    const float* src = in.k + b * in.kb + s * in.kt + h * d.D;
+    for (int64_t j = 0; j < d.D; ++j) Kt[j * Sp + s] = src[j];
+  }
+}
+
+// Turns a row of raw scores q.k into final logits in place (masked keys -inf, padded columns untouched) and
+// returns the row max of the logits (-inf when every key is masked).
+float row_logits(float* row, const Inputs& in, const Dims& d, const AttentionParams& p, int64_t b, int64_t h,
+                 int64_t t) {
+  float m = kNegInf;
+  for (int64_t s = 0; s < d.S; ++s) m = std::max(m, row[s]);
+  const uint8_t* mask = in.mask ? in.mask + b * d.S : nullptr;
+  const float* bias = in.bias ? in.bias + (h * d.T + t) * d.S : nullptr;
+  const float g = in.gate ? in.gate[(b * d.H + h) * d.T + t] : 1.0f;
+  float lmax = kNegInf;
+  for (int64_t s = 0; s < d.S; ++s) {
+    float l = (row[s] - m) * p.alpha;
+    if (mask && mask[s]) {
+      l = kNegInf;
+    } else if (bias) {
+      l = l + g * bias[s];
+    }
+    row[s] = l;
+    lmax = std::max(lmax, l);
+  }
+  return lmax;
+}
+
+uint64_t dropout_counter(const Dims& d, const AttentionParams& p, int64_t b, int64_t h, int64_t t, int64_t s) {
+  return p.dropout_offset + static_cast<uint64_t>(((b * d.H + h) * d.T + t) * d.S + s);
+}
+
+}  // namespace
+
+bool attention_dropout_keep(uint64_t seed, uint64_t counter, float p) {
+  if (p <= 0.0f) return true;
+  const double u = static_cast<double>(random_bits(seed, counter) >> 40) * (1.0 / 16777216.0);  // [0, 1)
+  return u >= static_cast<double>(p);
+}
+
+int64_t attention_dropout_counters(int64_t batch, int64_t heads, int64_t tgt_len, int64_t src_len) {
+  return batch * heads * tgt_len * src_len;
+}
+
+AttentionForward attention_forward(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in,
+                                   const Tensor& bias_in, const Tensor& gate_in, const Tensor& mask_in,
+                                   const AttentionParams& p) {
+  const Dims d = check_inputs(q_in, k_in, v_in, bias_in, gate_in, mask_in, p, "attention_forward");
+  const Tensor q = rows_dense(q_in), k = rows_dense(k_in), v = rows_dense(v_in);
+  const Tensor bias = bias_in.defined() ? bias_in.contiguous() : Tensor();
+  const Tensor gate = gate_in.defined() ? gate_in.contiguous() : Tensor();
+  const Tensor mask = mask_in.defined() ? mask_in.contiguous() : Tensor();
+  const Inputs in = gather_inputs(q, k, v, bias, gate, mask);
+
+  AttentionForward fwd;
+  fwd.out = Tensor::empty({d.B, d.T, d.C});
+  fwd.lse = Tensor::empty({d.B, d.H, d.T});
+  float* out = fwd.out.data<float>();
+  float* lse = fwd.lse.data<float>();
+  if (d.B * d.T * d.C == 0) return fwd;
+  if (d.S == 0) {  // nothing to attend to: zero output, every row "fully masked"
+    fwd.out.zero_();
+    fwd.lse.fill_(-std::numeric_limits<double>::infinity());
+    return fwd;
+  }
+
+  const int64_t Tp = round_up(d.T, kRowTile), Sp = round_up(d.S, kColTile), Dp = round_up(d.D, kColTile);
+  const float keep_scale = p.dropout_p > 0.0f ? 1.0f / (1.0f - p.dropout_p) : 1.0f;
+
+#pragma omp parallel
+  {
+    std::vector<float> Qs(Tp * d.D), Kt(d.D * Sp), Vp(Sp * Dp, 0.0f), sc(kRowTile * Sp), ob(kRowTile * Dp);
+#pragma omp for collapse(2) schedule(dynamic)
+    for (int64_t b = 0; b < d.B; ++b) {
+      for (int64_t h = 0; h < d.H; ++h) {
+        pack_scores_operands(in, d, p, b, h, Tp, Sp, Qs.data(), Kt.data());
+        for (int64_t s = 0; s < d.S; ++s) {
+          const float* src = in.v + b * in.vb + s * in.vt + h * d.D;
+          std::copy(src, src + d.D, Vp.data() + s * Dp);
+        }
+        for (int64_t t0 = 0; t0 < Tp; t0 += kRowTile) {
+          gemm_nn(Qs.data() + t0 * d.D, d.D, Kt.data(), Sp, sc.data(), Sp, kRowTile, Sp, d.D, false);
+          for (int64_t r = 0; r < kRowTile; ++r) {
+            float* row = sc.data() + r * Sp;
+            const int64_t t = t0 + r;
+            if (t >= d.T) {
+              std::fill(row, row + Sp, 0.0f);
+              continue;
+            }
+            const float lmax = row_logits(row, in, d, p, b, h, t);
+            float* lse_t = lse + (b * d.H + h) * d.T + t;
+            if (lmax == kNegInf) {
+              std::fill(row, row + Sp, 0.0f);
+              *lse_t = kNegInf;
+              continue;
+            }
+            double sum = 0.0;
+            for (int64_t s = 0; s < d.S; ++s) {
+              const float e = std::exp(row[s] - lmax);
+              row[s] = e;
+              sum += e;
+            }
+            const float inv = static_cast<float>(1.0 / sum);
+            for (int64_t s = 0; s < d.S; ++s) row[s] *= inv;
+            if (p.dropout_p > 0.0f) {
+              for (int64_t s = 0; s < d.S; ++s)
+                row[s] = attention_dropout_keep(p.dropout_seed, dropout_counter(d, p, b, h, t, s), p.dropout_p)
+                             ? row[s] * keep_scale
+                             : 0.0f;
+            }
+            std::fill(row + d.S, row + Sp, 0.0f);
+            *lse_t = lmax + static_cast<float>(std::log(sum));
+          }
+          gemm_nn(sc.data(), Sp, Vp.data(), Dp, ob.data(), Dp, kRowTile, Dp, Sp, false);
+          for (int64_t r = 0; r < kRowTile && t0 + r < d.T; ++r)
+            std::copy(ob.data() + r * Dp, ob.data() + r * Dp + d.D, out + (b * d.T + t0 + r) * d.C + h * d.D);
+        }
+      }
+    }
+  }
+  return fwd;
+}
+
+AttentionGrads attention_backward(const Tensor& grad_out_in, const Tensor& q_in, const Tensor& k_in,
+                                  const Tensor& v_in, const Tensor& bias_in, const Tensor& gate_in,
+                                  const Tensor& mask_in, const AttentionForward& fwd, const AttentionParams& p,
+                                  const AttentionNeeds& needs) {
+  const Dims d = check_inputs(q_in, k_in, v_in, bias_in, gate_in, mask_in, p, "attention_backward");
+  SONAR_CHECK(grad_out_in.defined() && grad_out_in.shape() == (Shape{d.B, d.T, d.C}),
+              "attention_backward: grad_out must be [B, T, C] = ", shape_str({d.B, d.T, d.C}));
+  SONAR_CHECK(fwd.lse.defined() && fwd.lse.shape() == (Shape{d.B, d.H, d.T}),
+              "attention_backward: forward log-sum-exp must be [B, H, T] = ", shape_str({d.B, d.H, d.T}));
+  const Tensor q = rows_dense(q_in), k = rows_dense(k_in), v = rows_dense(v_in);
+  const Tensor go = grad_out_in.contiguous();
+  const Tensor lse_t = fwd.lse.contiguous();
+  const Tensor bias = bias_in.defined() ? bias_in.contiguous() : Tensor();
+  const Tensor gate = gate_in.defined() ? gate_in.contiguous() : Tensor();
+  const Tensor mask = mask_in.defined() ? mask_in.contiguous() : Tensor();
+  const Inputs in = gather_inputs(q, k, v, bias, gate, mask);
+
+  AttentionGrads g;
+  const bool want_bias = needs.bias && bias.defined();
+  const bool want_gate = needs.gate && gate.defined();
+  if (needs.q) g.dq = Tensor::empty({d.B, d.T, d.C});
+  if (needs.k) g.dk = Tensor::empty({d.B, d.S, d.C});
+  if (needs.v) g.dv = Tensor::empty({d.B, d.S, d.C});
+  if (want_bias) g.dbias = Tensor::empty({d.H, d.T, d.S});
+  if (want_gate) g.dgate = Tensor::empty({d.B, d.H, d.T});
+  for (Tensor* t : {&g.dq, &g.dk, &g.dv, &g.dbias, &g.dgate})
+    if (t->defined()) t->zero_();
+  if (d.B * d.T * d.S * d.C == 0) return g;
+
+  float* dq = g.dq.defined() ? g.dq.data<float>() : nullptr;
+  float* dk = g.dk.defined() ? g.dk.data<float>() : nullptr;
+  float* dv = g.dv.defined() ? g.dv.data<float>() : nullptr;
+  float* dbias = want_bias ? g.dbias.data<float>() : nullptr;
+  float* dgate = want_gate ? g.dgate.data<float>() : nullptr;
+  const float* gop = go.data<float>();
+  const float* lse = lse_t.data<float>();
+
+  const int64_t Tp = round_up(d.T, kRowTile), Sp = round_up(d.S, kColTile), Dp = round_up(d.D, kColTile);
+  const int64_t R = kBackwardRows;
+  const float keep_scale = p.dropout_p > 0.0f ? 1.0f / (1.0f - p.dropout_p) : 1.0f;
+
+#pragma omp parallel
+  {
+    std::vector<float> Qs(Tp * d.D), Kt(d.D * Sp), Vt(d.D * Sp), Kp(Sp * Dp, 0.0f), Qp(R * Dp), dOp(R * Dp),
+        dOs(R * d.D), P(R * Sp), dP(R * Sp), trans(Sp * R), blk(R * Dp), dkb(Sp * Dp), dvb(Sp * Dp);
+#pragma omp for schedule(dynamic)
+    for (int64_t h = 0; h < d.H; ++h) {
+      for (int64_t b = 0; b < d.B; ++b) {
+        pack_scores_operands(in, d, p, b, h, Tp, Sp, Qs.data(), Kt.data());
+        for (int64_t j = 0; j < d.D; ++j) std::fill(Vt.data() + j * Sp + d.S, Vt.data() + (j + 1) * Sp, 0.0f);
+        for (int64_t s = 0; s < d.S; ++s) {
+          const float* vs = in.v + b * in.vb + s * in.vt + h * d.D;
+          const float* ks = in.k + b * in.kb + s * in.kt + h * d.D;
+          for (int64_t j = 0; j < d.D; ++j) {
+            Vt[j * Sp + s] = vs[j];
+            Kp[s * Dp + j] = ks[j];
+          }
+        }
+        std::fill(dkb.begin(), dkb.end(), 0.0f);
+        std::fill(dvb.begin(), dvb.end(), 0.0f);
+        for (int64_t t0 = 0; t0 < Tp; t0 += R) {
+          const int64_t rows = std::min(R, Tp - t0);  // a multiple of kRowTile
+          // Recompute the probabilities of this block of query rows.
+          gemm_nn(Qs.data() + t0 * d.D, d.D, Kt.data(), Sp, P.data(), Sp, rows, Sp, d.D, false);
+          // dL/d(dropped probabilities) = dO . v
+          std::fill(dOs.begin(), dOs.end(), 0.0f);
+          std::fill(dOp.begin(), dOp.end(), 0.0f);
+          std::fill(Qp.begin(), Qp.end(), 0.0f);
+          for (int64_t r = 0; r < rows && t0 + r < d.T; ++r) {
+            const int64_t t = t0 + r;
+            const float* gsrc = gop + (b * d.T + t) * d.C + h * d.D;
+            const float* qsrc = in.q + b * in.qb + t * in.qt + h * d.D;
+            std::copy(gsrc, gsrc + d.D, dOs.data() + r * d.D);
+            std::copy(gsrc, gsrc + d.D, dOp.data() + r * Dp);
+            std::copy(qsrc, qsrc + d.D, Qp.data() + r * Dp);
+          }
+          gemm_nn(dOs.data(), d.D, Vt.data(), Sp, dP.data(), Sp, rows, Sp, d.D, false);
+          for (int64_t r = 0; r < rows; ++r) {
+            const int64_t t = t0 + r;
+            float* prow = P.data() + r * Sp;
+            float* dprow = dP.data() + r * Sp;
+            const float l = t < d.T ? lse[(b * d.H + h) * d.T + t] : kNegInf;
+            if (t >= d.T || l == kNegInf) {
+              std::fill(prow, prow + Sp, 0.0f);
+              std::fill(dprow, dprow + Sp, 0.0f);
+              continue;
+            }
+            row_logits(prow, in, d, p, b, h, t);
+            for (int64_t s = 0; s < d.S; ++s) prow[s] = std::exp(prow[s] - l);
+            std::fill(prow + d.S, prow + Sp, 0.0f);
+            // prow: probabilities before dropout; dprow: dL/dP (before dropout) after this loop.
+            if (p.dropout_p > 0.0f) {
+              for (int64_t s = 0; s < d.S; ++s) {
+                const bool keep =
+                    attention_dropout_keep(p.dropout_seed, dropout_counter(d, p, b, h, t, s), p.dropout_p);
+                dprow[s] = keep ? dprow[s] * keep_scale : 0.0f;
+              }
+            }
+            double delta = 0.0;
+            for (int64_t s = 0; s < d.S; ++s) delta += static_cast<double>(prow[s]) * dprow[s];
+            const float delta_f = static_cast<float>(delta);
+            // dprow becomes dL/dlogits.
+            for (int64_t s = 0; s < d.S; ++s) dprow[s] = prow[s] * (dprow[s] - delta_f);
+            std::fill(dprow + d.S, dprow + Sp, 0.0f);
+            if (bias.defined()) {
+              const float* brow = in.bias + (h * d.T + t) * d.S;
+              if (dgate) {
+                double acc = 0.0;
+                for (int64_t s = 0; s < d.S; ++s) acc += static_cast<double>(dprow[s]) * brow[s];
+                dgate[(b * d.H + h) * d.T + t] = static_cast<float>(acc);
+              }
+              if (dbias) {
+                const float gt = in.gate ? in.gate[(b * d.H + h) * d.T + t] : 1.0f;
+                float* dbrow = dbias + (h * d.T + t) * d.S;
+                for (int64_t s = 0; s < d.S; ++s) dbrow[s] += gt * dprow[s];
+              }
+            }
+            // prow becomes the dropped probabilities used by the forward's P @ V.
+            if (p.dropout_p > 0.0f) {
+              for (int64_t s = 0; s < d.S; ++s)
+                prow[s] = attention_dropout_keep(p.dropout_seed, dropout_counter(d, p, b, h, t, s), p.dropout_p)
+                              ? prow[s] * keep_scale
+                              : 0.0f;
+            }
+          }
+          if (dq) {  // dq = scale * dlogits @ K
+            gemm_nn(dP.data(), Sp, Kp.data(), Dp, blk.data(), Dp, rows, Dp, Sp, false);
+            for (int64_t r = 0; r < rows && t0 + r < d.T; ++r) {
+              float* dst = dq + (b * d.T + t0 + r) * d.C + h * d.D;
+              for (int64_t j = 0; j < d.D; ++j) dst[j] = p.scale * blk[r * Dp + j];
+            }
+          }
+          if (dk) {  // dk += dlogits^T @ Q  (scaled at the end)
+            for (int64_t r = 0; r < rows; ++r)
+              for (int64_t s = 0; s < Sp; ++s) trans[s * R + r] = dP[r * Sp + s];
+            gemm_nn(trans.data(), R, Qp.data(), Dp, dkb.data(), Dp, Sp, Dp, rows, true);
+          }
+          if (dv) {  // dv += P_dropped^T @ dO
+            for (int64_t r = 0; r < rows; ++r)
+              for (int64_t s = 0; s < Sp; ++s) trans[s * R + r] = P[r * Sp + s];
+            gemm_nn(trans.data(), R, dOp.data(), Dp, dvb.data(), Dp, Sp, Dp, rows, true);
+          }
+        }
+        for (int64_t s = 0; s < d.S; ++s) {
+          if (dk) {
+            float* dst = dk + (b * d.S + s) * d.C + h * d.D;
+            for (int64_t j = 0; j < d.D; ++j) dst[j] = p.scale * dkb[s * Dp + j];
+          }
+          if (dv) std::copy(dvb.data() + s * Dp, dvb.data() + s * Dp + d.D, dv + (b * d.S + s) * d.C + h * d.D);
+        }
+      }
+    }
+  }
+  return g;
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Reference kernels: the definition, computed with plain loops in double precision.
+
+namespace {
+
+struct RefProbs {
+  std::vector<double> P;   // [B, H, T, S] probabilities before dropout
+  std::vector<double> Pd;  // [B, H, T, S] after dropout (scaled)
+  std::vector<uint8_t> dead;  // [B, H, T] rows with every key masked
+  std::vector<double> lse;    // [B, H, T] log-sum-exp of the logits
+};
+
+double ref_at(const Tensor& t, int64_t i, int64_t j, int64_t l) { return t.at({i, j, l}); }
+
+RefProbs reference_probs(const Tensor& q, const Tensor& k, const Tensor& bias, const Tensor& gate,
+                         const Tensor& mask, const AttentionParams& p, const Dims& d) {
+  RefProbs r;
+  r.P.assign(d.B * d.H * d.T * d.S, 0.0);
+  r.Pd.assign(r.P.size(), 0.0);
+  r.dead.assign(d.B * d.H * d.T, 0);
+  r.lse.assign(d.B * d.H * d.T, -std::numeric_limits<double>::infinity());
+  std::vector<double> sc(d.S);
+  const double keep_scale = p.dropout_p > 0.0f ? 1.0 / (1.0 - static_cast<double>(p.dropout_p)) : 1.0;
+  for (int64_t b = 0; b < d.B; ++b)
+    for (int64_t h = 0; h < d.H; ++h)
+      for (int64_t t = 0; t < d.T; ++t) {
+        double m = -std::numeric_limits<double>::infinity();
+        for (int64_t s = 0; s < d.S; ++s) {
+          double acc = 0.0;
+          for (int64_t j = 0; j < d.D; ++j)
+            acc += ref_at(q, b, t, h * d.D + j) * p.scale / p.alpha * ref_at(k, b, s, h * d.D + j);
+          sc[s] = acc;
+          m = std::max(m, acc);
+        }
+        double lmax = -std::numeric_limits<double>::infinity();
+        for (int64_t s = 0; s < d.S; ++s) {
+          double l = (sc[s] - m) * p.alpha;
+          if (mask.defined() && mask.at({b, s}) != 0.0) {
+            l = -std::numeric_limits<double>::infinity();
+          } else if (bias.defined()) {
+            const double g = gate.defined() ? gate.at({b, h, t}) : 1.0;
+            l += g * bias.at({h, t, s});
+          }
+          sc[s] = l;
+          lmax = std::max(lmax, l);
+        }
+        const int64_t row = ((b * d.H + h) * d.T + t) * d.S;
+        if (lmax == -std::numeric_limits<double>::infinity()) {
+          r.dead[(b * d.H + h) * d.T + t] = 1;
+          continue;
+        }
+        double sum = 0.0;
+        for (int64_t s = 0; s < d.S; ++s) sum += std::exp(sc[s] - lmax);
+        r.lse[(b * d.H + h) * d.T + t] = lmax + std::log(sum);
+        for (int64_t s = 0; s < d.S; ++s) {
+          const double pr = std::exp(sc[s] - lmax) / sum;
+          r.P[row + s] = pr;
+          const bool keep = attention_dropout_keep(p.dropout_seed, dropout_counter(d, p, b, h, t, s), p.dropout_p);
+          r.Pd[row + s] = keep ? pr * keep_scale : 0.0;
+        }
+      }
+  return r;
+}
+
+}  // namespace
+
+AttentionForward attention_forward_reference(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& bias,
+                                             const Tensor& gate, const Tensor& mask, const AttentionParams& p) {
+  const Dims d = check_inputs(q, k, v, bias, gate, mask, p, "attention_forward_reference");
+  const RefProbs r = reference_probs(q, k, bias, gate, mask, p, d);
+  std::vector<float> out(d.B * d.T * d.C, 0.0f), lse(d.B * d.H * d.T);
+  for (int64_t b = 0; b < d.B; ++b)
+    for (int64_t h = 0; h < d.H; ++h)
+      for (int64_t t = 0; t < d.T; ++t) {
+        const int64_t row = ((b * d.H + h) * d.T + t) * d.S;
+        for (int64_t j = 0; j < d.D; ++j) {
+          double acc = 0.0;
+          for (int64_t s = 0; s < d.S; ++s) acc += r.Pd[row + s] * ref_at(v, b, s, h * d.D + j);
+          out[(b * d.T + t) * d.C + h * d.D + j] = static_cast<float>(acc);
+        }
+        lse[(b * d.H + h) * d.T + t] = static_cast<float>(r.lse[(b * d.H + h) * d.T + t]);
+      }
+  AttentionForward fwd;
+  fwd.out = from_vector(out, {d.B, d.T, d.C});
+  fwd.lse = from_vector(lse, {d.B, d.H, d.T});
+  return fwd;
+}
+
+AttentionGrads attention_backward_reference(const Tensor& grad_out, const Tensor& q, const Tensor& k,
+                                            const Tensor& v, const Tensor& bias, const Tensor& gate,
+                                            const Tensor& mask, const AttentionParams& p,
+                                            const AttentionNeeds& needs) {
+  const Dims d = check_inputs(q, k, v, bias, gate, mask, p, "attention_backward_reference");
+  SONAR_CHECK(grad_out.shape() == (Shape{d.B, d.T, d.C}), "attention_backward_reference: grad_out must be ",
+              shape_str({d.B, d.T, d.C}));
+  const RefProbs r = reference_probs(q, k, bias, gate, mask, p, d);
+  const double keep_scale = p.dropout_p > 0.0f ? 1.0 / (1.0 - static_cast<double>(p.dropout_p)) : 1.0;
+  std::vector<double> dq(d.B * d.T * d.C, 0.0), dk(d.B * d.S * d.C, 0.0), dv(d.B * d.S * d.C, 0.0),
+      dbias(d.H * d.T * d.S, 0.0), dgate(d.B * d.H * d.T, 0.0);
+  std::vector<double> dl(d.S);
+  for (int64_t b = 0; b < d.B; ++b)
+    for (int64_t h = 0; h < d.H; ++h)
+      for (int64_t t = 0; t < d.T; ++t) {
+        const int64_t row = ((b * d.H + h) * d.T + t) * d.S;
+        if (r.dead[(b * d.H + h) * d.T + t]) continue;
+        // dL/dPd[s] = dO . v_s; dL/dP[s] = keep * scale * that.
+        double delta = 0.0;
+        for (int64_t s = 0; s < d.S; ++s) {
+          double dpd = 0.0;
+          for (int64_t j = 0; j < d.D; ++j)
+            dpd += grad_out.at({b, t, h * d.D + j}) * ref_at(v, b, s, h * d.D + j);
+          const bool keep = attention_dropout_keep(p.dropout_seed, dropout_counter(d, p, b, h, t, s), p.dropout_p);
+          dl[s] = keep ? dpd * keep_scale : 0.0;
+          delta += r.P[row + s] * dl[s];
+          for (int64_t j = 0; j < d.D; ++j)
+            dv[(b * d.S + s) * d.C + h * d.D + j] += r.Pd[row + s] * grad_out.at({b, t, h * d.D + j});
+        }
+        for (int64_t s = 0; s < d.S; ++s) dl[s] = r.P[row + s] * (dl[s] - delta);
+        const double g = gate.defined() ? gate.at({b, h, t}) : 1.0;
+        for (int64_t s = 0; s < d.S; ++s) {
+          if (bias.defined()) {
+            dbias[(h * d.T + t) * d.S + s] += g * dl[s];
+            dgate[(b * d.H + h) * d.T + t] += dl[s] * bias.at({h, t, s});
+          }
+          for (int64_t j = 0; j < d.D; ++j) {
+            dq[(b * d.T + t) * d.C + h * d.D + j] += p.scale * dl[s] * ref_at(k, b, s, h * d.D + j);
+            dk[(b * d.S + s) * d.C + h * d.D + j] += p.scale * dl[s] * ref_at(q, b, t, h * d.D + j);
+          }
+        }
+      }
+  auto to_tensor = [](const std::vector<double>& x, const Shape& shape) {
+    std::vector<float> f(x.begin(), x.end());
+    return from_vector(f, shape);
+  };
+  AttentionGrads g;
+  if (needs.q) g.dq = to_tensor(dq, {d.B, d.T, d.C});
+  if (needs.k) g.dk = to_tensor(dk, {d.B, d.S, d.C});
+  if (needs.v) g.dv = to_tensor(dv, {d.B, d.S, d.C});
+  if (needs.bias && bias.defined()) g.dbias = to_tensor(dbias, {d.H, d.T, d.S});
+  if (needs.gate && gate.defined()) g.dgate = to_tensor(dgate, {d.B, d.H, d.T});
+  return g;
+}
+
+}  // namespace sonar

@@ -1,0 +1,228 @@
+// Tests of the fused attention kernels (tensor/attention.h): the blocked forward/backward against the
+// double-precision reference kernels, a finite-difference check of the gradients, masking, dropout and the
+// BEATs score stabilisation. Not here: the autograd wrapper (tests/nn/test_attention_op.cpp).
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <functional>
+
+#include "tensor/attention.h"
+#include "tensor/ops.h"
+
+namespace sonar {
+namespace {
+
+constexpr double kFastVsReferenceTol = 2e-5;  // relative to the largest magnitude of the reference
+constexpr double kFiniteDiffTol = 1e-2;       // relative to the largest analytic gradient
+constexpr double kFiniteDiffStep = 1e-2;
+
+double max_abs(const Tensor& t) {
+  double m = 0.0;
+  for (float x : t.contiguous().to_vector<float>()) m = std::max(m, static_cast<double>(std::fabs(x)));
+  return m;
+}
+
+// max |a - b| / max |b|, with the first mismatch reported.
+double rel_err(const Tensor& a, const Tensor& b) {
+  EXPECT_EQ(shape_str(a.shape()), shape_str(b.shape()));
+  auto va = a.contiguous().to_vector<float>(), vb = b.contiguous().to_vector<float>();
+  double scale = std::max(max_abs(b), 1e-12), worst = 0.0;
+  for (size_t i = 0; i < va.size(); ++i) {
+    EXPECT_FALSE(std::isnan(va[i])) << "NaN at " << i;
+    worst = std::max(worst, std::fabs(static_cast<double>(va[i]) - vb[i]) / scale);
+  }
+  return worst;
+}
+
+struct Case {
+  int64_t B = 2, T = 13, S = 13, H = 3, D = 5;
+  bool bias = true, gate = true, mask = true;
+  float alpha = 32.0f, dropout = 0.0f;
+  bool strided_qkv = true;  // q, k, v as narrowed views of one [B, T, 3C] tensor
+};
+
+struct Inputs {
+  Tensor q, k, v, bias, gate, mask, go;
+  AttentionParams p;
+};
+
+Inputs make_inputs(const Case& c, uint64_t seed) {
+  Generator gen(seed);
+  Inputs in;
+  const int64_t C = c.H * c.D;
+  if (c.strided_qkv && c.T == c.S) {
+    Tensor qkv = randn({c.B, c.T, 3 * C}, gen);
+    in.q = qkv.narrow(2, 0, C);
+    in.k = qkv.narrow(2, C, C);
+    in.v = qkv.narrow(2, 2 * C, C);
+  } else {
+    in.q = randn({c.B, c.T, C}, gen);
+    in.k = randn({c.B, c.S, C}, gen);
+    in.v = randn({c.B, c.S, C}, gen);
+  }
+  if (c.bias) in.bias = randn({c.H, c.T, c.S}, gen);
+  if (c.gate) in.gate = add(rand({c.B, c.H, c.T}, gen), 0.5f);
+  if (c.mask) {
+    std::vector<uint8_t> m(c.B * c.S, 0);
+    for (int64_t b = 0; b < c.B; ++b)
+      for (int64_t s = c.S - 3 * b; s < c.S; ++s) m[b * c.S + s] = 1;  // clip b loses its last 3b keys
+    in.mask = from_bytes(m, {c.B, c.S});
+  }
+  in.go = randn({c.B, c.T, C}, gen);
+  in.p.num_heads = c.H;
+  in.p.scale = 1.0f / std::sqrt(static_cast<float>(c.D));
+  in.p.alpha = c.alpha;
+  in.p.dropout_p = c.dropout;
+  in.p.dropout_seed = seed * 7 + 1;
+  in.p.dropout_offset = 11;
+  return in;
+}
+
+void compare_with_reference(const Case& c) {
+  Inputs in = make_inputs(c, 42);
+  AttentionForward fast = attention_forward(in.q, in.k, in.v, in.bias, in.gate, in.mask, in.p);
+  AttentionForward ref = attention_forward_reference(in.q, in.k, in.v, in.bias, in.gate, in.mask, in.p);
+  EXPECT_LT(rel_err(fast.out, ref.out), kFastVsReferenceTol);
+  EXPECT_LT(rel_err(fast.lse, ref.lse), kFastVsReferenceTol);
+  AttentionGrads gf = attention_backward(in.go, in.q, in.k, in.v, in.bias, in.gate, in.mask, fast, in.p);
+  AttentionGrads gr = attention_backward_reference(in.go, in.q, in.k, in.v, in.bias, in.gate, in.mask, in.p);
+  EXPECT_LT(rel_err(gf.dq, gr.dq), kFastVsReferenceTol);
+  EXPECT_LT(rel_err(gf.dk, gr.dk), kFastVsReferenceTol);
+  EXPECT_LT(rel_err(gf.dv, gr.dv), kFastVsReferenceTol);
+  if (c.bias) EXPECT_LT(rel_err(gf.dbias, gr.dbias), kFastVsReferenceTol);
+  if (c.gate) EXPECT_LT(rel_err(gf.dgate, gr.dgate), kFastVsReferenceTol);
+}
+
+TEST(Attention, MatchesReferenceWithBiasGateAndMask) { compare_with_reference(Case{}); }
+
+TEST(Attention, MatchesReferencePlain) {
+  Case c;
+  c.bias = c.gate = c.mask = false;
+  c.alpha = 1.0f;
+  c.strided_qkv = false;
+  compare_with_reference(c);
+}
+
+TEST(Attention, MatchesReferenceCrossLengthsAndBiasWithoutGate) {
+  Case c;
+  c.T = 7;
+  c.S = 37;  // more keys than one backward block of rows, not a multiple of the tile
+  c.gate = false;
+  c.D = 16;
+  compare_with_reference(c);
+}
+
+TEST(Attention, MatchesReferenceLongerThanOneBackwardBlock) {
+  Case c;
+  c.B = 1;
+  c.T = c.S = 70;
+  c.H = 2;
+  c.D = 8;
+  compare_with_reference(c);
+}
+
+TEST(Attention, MatchesReferenceWithDropout) {
+  Case c;
+  c.dropout = 0.3f;
+  compare_with_reference(c);
+}
+
+TEST(Attention, StabilisationDoesNotChangeTheResult) {
+  Case c;
+  Inputs in = make_inputs(c, 5);
+  AttentionParams plain = in.p;
+  plain.alpha = 1.0f;
+  Tensor a = attention_forward(in.q, in.k, in.v, in.bias, in.gate, in.mask, in.p).out;
+  Tensor b = attention_forward(in.q, in.k, in.v, in.bias, in.gate, in.mask, plain).out;
+  EXPECT_LT(rel_err(a, b), kFastVsReferenceTol);
+}
+
+TEST(Attention, FullyMaskedRowGivesZerosAndNoNaN) {
+  Case c;
+  c.B = 1;
+  Inputs in = make_inputs(c, 9);
+  in.mask = ones({1, c.S}, DType::UInt8);
+  AttentionForward f = attention_forward(in.q, in.k, in.v, in.bias, in.gate, in.mask, in.p);
+  EXPECT_EQ(max_abs(f.out), 0.0);
+  AttentionGrads g = attention_backward(in.go, in.q, in.k, in.v, in.bias, in.gate, in.mask, f, in.p);
+  EXPECT_EQ(max_abs(g.dq), 0.0);
+  EXPECT_EQ(max_abs(g.dk), 0.0);
+  EXPECT_EQ(max_abs(g.dgate), 0.0);
+}
+
+TEST(Attention, MaskedKeysDoNotInfluenceTheOutput) {
+  Case c;
+  c.B = 1;
+  c.gate = false;
+  Inputs in = make_inputs(c, 3);
+  std::vector<uint8_t> m(c.S, 0);
+  m[c.S - 1] = m[c.S - 2] = 1;
+  in.mask = from_bytes(m, {1, c.S});
+  Tensor before = attention_forward(in.q, in.k, in.v, in.bias, in.gate, in.mask, in.p).out;
+  Tensor v2 = in.v.clone();
+  v2.narrow(1, c.S - 2, 2).fill_(100.0);
+  Tensor k2 = in.k.clone();
+  k2.narrow(1, c.S - 1, 1).fill_(-50.0);
+  Tensor after = attention_forward(in.q, k2, v2, in.bias, in.gate, in.mask, in.p).out;
+  EXPECT_LT(rel_err(after, before), kFastVsReferenceTol);
+}
+
+TEST(Attention, DropoutKeepsAboutOneMinusP) {
+  const float p = 0.25f;
+  int kept = 0;
+  const int n = 20000;
+  for (int i = 0; i < n; ++i) kept += attention_dropout_keep(123, i, p);
+  EXPECT_NEAR(static_cast<double>(kept) / n, 1.0 - p, 0.02);
+  EXPECT_EQ(attention_dropout_counters(2, 3, 4, 5), 120);
+}
+
+TEST(Attention, RejectsBadShapes) {
+  Case c;
+  Inputs in = make_inputs(c, 1);
+  EXPECT_THROW(attention_forward(in.q, in.k, in.v, zeros({c.H, c.T, c.S + 1}), Tensor(), in.mask, in.p), Error);
+  EXPECT_THROW(attention_forward(in.q, in.k, in.v, Tensor(), in.gate, in.mask, in.p), Error);
+  AttentionParams bad = in.p;
+  bad.num_heads = 4;
+  EXPECT_THROW(attention_forward(in.q, in.k, in.v, in.bias, in.gate, in.mask, bad), Error);
+}
+
+// Central finite differences of L = sum(out * go) against the fast backward, for every input element.
+TEST(Attention, GradientsMatchFiniteDifferences) {
+  Case c;
+  c.B = 2;
+  c.T = c.S = 6;
+  c.H = 2;
+  c.D = 3;
+  c.alpha = 32.0f;
+  c.strided_qkv = false;
+  Inputs in = make_inputs(c, 77);
+  Tensor q = in.q.clone(), k = in.k.clone(), v = in.v.clone(), bias = in.bias.clone(), gate = in.gate.clone();
+  auto loss = [&]() {
+    Tensor out = attention_forward_reference(q, k, v, bias, gate, in.mask, in.p).out;
+    return sum(mul(out, in.go)).item<double>();
+  };
+  AttentionForward f = attention_forward(q, k, v, bias, gate, in.mask, in.p);
+  AttentionGrads g = attention_backward(in.go, q, k, v, bias, gate, in.mask, f, in.p);
+  auto check = [&](Tensor& x, const Tensor& analytic, const char* name) {
+    float* data = x.data<float>();
+    std::vector<float> numeric(x.numel());
+    for (int64_t i = 0; i < x.numel(); ++i) {
+      const float saved = data[i];
+      data[i] = saved + kFiniteDiffStep;
+      const double up = loss();
+      data[i] = saved - kFiniteDiffStep;
+      const double down = loss();
+      data[i] = saved;
+      numeric[i] = static_cast<float>((up - down) / (2 * kFiniteDiffStep));
+    }
+    EXPECT_LT(rel_err(from_vector(numeric, x.shape()), analytic), kFiniteDiffTol) << name;
+  };
+  check(q, g.dq, "q");
+  check(k, g.dk, "k");
+  check(v, g.dv, "v");
+  check(bias, g.dbias, "bias");
+  check(gate, g.dgate, "gate");
+}
+
+}  // namespace
+}  // namespace sonar
