@@ -78,6 +78,9 @@ typename Op::Acc reduce_range(const Op& op, const typename Op::In* x, const int6
     }
     return s;
   } else {
+    if constexpr (requires { op.run_contiguous(x, r0, r1); }) {
+      if (!roff) return op.run_contiguous(x, r0, r1);
+    }
     typename Op::Acc acc = op.init();
     if (!roff)
       for (int64_t r = r0; r < r1; ++r) op.step(acc, x[r], r);
@@ -221,6 +224,31 @@ struct PowSumOp {
   double map(float x, int64_t) const { return std::pow(std::fabs(static_cast<double>(x)), p); }
 };
 
+// Max (kMax) or min of x[r0..r1) in one vectorised pass, and whether a NaN was seen (the selects below
+// skip NaNs, so they are detected separately). (std::max/std::min do not vectorise here with GCC 12.)
+template <bool kMax, bool kAbs>
+float extreme_of(const float* x, int64_t r0, int64_t r1, bool& has_nan) {
+  float m = kMax ? -std::numeric_limits<float>::infinity() : std::numeric_limits<float>::infinity();
+  int nan = 0;
+  if constexpr (kMax) {
+#pragma omp simd reduction(max : m) reduction(| : nan)
+    for (int64_t r = r0; r < r1; ++r) {
+      const float v = kAbs ? std::fabs(x[r]) : x[r];
+      m = v > m ? v : m;
+      nan |= v != v;
+    }
+  } else {
+#pragma omp simd reduction(min : m) reduction(| : nan)
+    for (int64_t r = r0; r < r1; ++r) {
+      const float v = kAbs ? std::fabs(x[r]) : x[r];
+      m = v < m ? v : m;
+      nan |= v != v;
+    }
+  }
+  has_nan = nan != 0;
+  return m;
+}
+
 // Running max (kMax) or min of a value; NaN wins and sticks.
 template <bool kMax>
 struct ExtremeOp {
@@ -236,6 +264,11 @@ struct ExtremeOp {
     if (std::isnan(v) || (kMax ? v > a : v < a)) a = std::isnan(a) ? a : v;
   }
   void combine(Acc& a, const Acc& b) const { step(a, b, 0); }
+  Acc run_contiguous(const float* x, int64_t r0, int64_t r1) const {
+    bool nan = false;
+    const float m = absval ? extreme_of<kMax, true>(x, r0, r1, nan) : extreme_of<kMax, false>(x, r0, r1, nan);
+    return nan ? std::numeric_limits<float>::quiet_NaN() : m;
+  }
 };
 
 struct ValIdx {
@@ -258,6 +291,15 @@ struct ArgOp {
   }
   void combine(Acc& a, const Acc& b) const {  // b covers later elements than a
     if (b.i >= 0 && (a.i < 0 || better(b.v, a.v))) a = b;
+  }
+  // Vectorised: find the extreme value, then its first occurrence (or the first NaN).
+  Acc run_contiguous(const float* x, int64_t r0, int64_t r1) const {
+    if (r0 == r1) return init();
+    bool nan = false;
+    const float m = extreme_of<kMax, false>(x, r0, r1, nan);
+    for (int64_t r = r0; r < r1; ++r)
+      if (nan ? x[r] != x[r] : x[r] == m) return {x[r], r};
+    return init();  // unreachable
   }
 };
 
