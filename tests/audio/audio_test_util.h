@@ -38,7 +38,10 @@ inline std::vector<float> make_sine(int64_t n, double freq, double amp, double s
   return w;
 }
 
+// Writes `bytes` to `path`, creating missing parent folders.
 inline void write_bytes(const std::string& path, const std::string& bytes) {
+  std::error_code ec;
+  std::filesystem::create_directories(std::filesystem::path(path).parent_path(), ec);
   std::ofstream f(path, std::ios::binary);
   f << bytes;
 }
