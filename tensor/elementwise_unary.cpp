@@ -1,9 +1,14 @@
 // Unary elementwise math (neg, abs, exp, log, sqrt, rsqrt, tanh, sigmoid, relu, gelu, clamp, sign) and
-// gelu_backward. All float32 math is done in float32; outputs are fresh contiguous tensors of the input's
-// shape, inputs may be strided. Not here: binary ops (elementwise.cpp), comparisons (elementwise_compare.cpp).
+// gelu_backward. All float32 math is done in float32 (exp, tanh, sigmoid and the erf of gelu by the
+// vectorisable few-ulp functions of tensor/elementwise_math.h); outputs are fresh contiguous tensors of the
+// input's shape, inputs may be strided. Not here: binary ops (elementwise.cpp), comparisons (elementwise_compare.cpp).
 #include <cmath>
+#ifdef __AVX__
+#include <immintrin.h>
+#endif
 
 #include "tensor/broadcast_iter.h"
+#include "tensor/elementwise_math.h"
 #include "tensor/elementwise.h"
 
 namespace sonar {
@@ -41,8 +46,36 @@ Tensor unary_numeric(const Tensor& a, const char* name, Op op) {
   return out;
 }
 
-constexpr float kInvSqrt2 = 0.70710678118654752440f;
-constexpr float kInvSqrt2Pi = 0.39894228040143267794f;
+// GCC does not vectorise sqrt unless errno may be ignored (-fno-math-errno, which the build does not set
+// and which a function attribute cannot enable for the builtin), so the contiguous loops use AVX directly
+// where available. vsqrtps is correctly rounded, like sqrtf.
+void sqrt_loop(const float* x, float* o, int64_t n) {
+  int64_t i = 0;
+#ifdef __AVX__
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(o + i, _mm256_sqrt_ps(_mm256_loadu_ps(x + i)));
+#endif
+  for (; i < n; ++i) o[i] = std::sqrt(x[i]);
+}
+void rsqrt_loop(const float* x, float* o, int64_t n) {
+  int64_t i = 0;
+#ifdef __AVX__
+  const __m256 one = _mm256_set1_ps(1.0f);
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(o + i, _mm256_div_ps(one, _mm256_sqrt_ps(_mm256_loadu_ps(x + i))));
+#endif
+  for (; i < n; ++i) o[i] = 1.0f / std::sqrt(x[i]);
+}
+
+Tensor contiguous_loop(const Tensor& a, const char* name, void (*loop)(const float*, float*, int64_t)) {
+  check_defined(a, name);
+  SONAR_CHECK(a.dtype() == DType::Float32, name, ": needs a float32 tensor, got ", dtype_name(a.dtype()), " ",
+              shape_str(a.shape()), " (convert with .to(DType::Float32))");
+  const Tensor x = a.contiguous();
+  Tensor out = Tensor::empty(a.shape());
+  const float* px = detail::ptr<float>(x);
+  float* po = detail::ptr<float>(out);
+  detail::parallel_range(x.numel(), detail::kGrainCheap, [&](int64_t lo, int64_t hi) { loop(px + lo, po + lo, hi - lo); });
+  return out;
+}
 
 }  // namespace
 
@@ -73,30 +106,26 @@ Tensor clamp(const Tensor& a, float lo, float hi) {
 }
 
 Tensor exp(const Tensor& a) {
-  return unary_float(a, "exp", [](float x) { return std::exp(x); });
+  return unary_float(a, "exp", [](float x) { return detail::exp_f(x); }, detail::kGrainCheap);
 }
 Tensor log(const Tensor& a) {
   return unary_float(a, "log", [](float x) { return std::log(x); });
 }
 Tensor sqrt(const Tensor& a) {
-  return unary_float(a, "sqrt", [](float x) { return std::sqrt(x); }, detail::kGrainCheap);
+  return contiguous_loop(a, "sqrt", sqrt_loop);
 }
 Tensor rsqrt(const Tensor& a) {
-  return unary_float(a, "rsqrt", [](float x) { return 1.0f / std::sqrt(x); }, detail::kGrainCheap);
+  return contiguous_loop(a, "rsqrt", rsqrt_loop);
 }
 Tensor tanh(const Tensor& a) {
-  return unary_float(a, "tanh", [](float x) { return std::tanh(x); });
+  return unary_float(a, "tanh", [](float x) { return detail::tanh_f(x); });
 }
 Tensor sigmoid(const Tensor& a) {
-  // Stable for large |x|: exp only ever sees -|x|, and the negative side is e / (1 + e), not 1 - s.
-  return unary_float(a, "sigmoid", [](float x) {
-    const float e = std::exp(-std::fabs(x));
-    const float r = 1.0f / (1.0f + e);
-    return x >= 0.0f ? r : e * r;
-  });
+  // Stable for large |x|: see detail::sigmoid_f.
+  return unary_float(a, "sigmoid", [](float x) { return detail::sigmoid_f(x); });
 }
 Tensor gelu(const Tensor& a) {
-  return unary_float(a, "gelu", [](float x) { return 0.5f * x * (1.0f + std::erf(x * kInvSqrt2)); });
+  return unary_float(a, "gelu", [](float x) { return detail::gelu_f(x); });
 }
 
 Tensor gelu_backward(const Tensor& grad_out, const Tensor& x) {
@@ -110,11 +139,7 @@ Tensor gelu_backward(const Tensor& grad_out, const Tensor& x) {
   // d/dx [x * Phi(x)] = Phi(x) + x * phi(x).
   map_binary<float, float, float>(
       out, grad_out, x,
-      [](float g, float v) {
-        const float cdf = 0.5f * (1.0f + std::erf(v * kInvSqrt2));
-        const float pdf = kInvSqrt2Pi * std::exp(-0.5f * v * v);
-        return g * (cdf + v * pdf);
-      },
+      [](float g, float v) { return g * detail::gelu_grad_f(v); },
       detail::kGrainMath, "gelu_backward");
   return out;
 }

@@ -11,6 +11,7 @@
 
 #include "tensor/creation.h"
 #include "tensor/elementwise.h"
+#include "tensor/elementwise_math.h"
 
 using namespace sonar;
 
@@ -563,4 +564,90 @@ TEST(Elementwise, SameResultsOnOneAndTwoThreads) {
   omp_set_num_threads(saved);
   EXPECT_EQ(r1, r2);
   EXPECT_EQ(g1, g2);
+}
+
+namespace {
+// Error of a float result in units of the last place of the correctly rounded reference.
+double ulp_error(float got, double ref) {
+  if (std::isnan(ref)) return std::isnan(got) ? 0 : 1e30;
+  if (std::isinf(ref) || std::isinf(got)) return got == static_cast<float>(ref) ? 0 : 1e30;
+  const float rf = static_cast<float>(ref);
+  double u = std::fabs(double(std::nextafter(rf, std::numeric_limits<float>::infinity())) - rf);
+  if (u == 0) u = std::numeric_limits<float>::denorm_min();
+  return std::fabs(got - ref) / u;
+}
+struct Sweep {
+  double max_ulp = 0, max_abs = 0, worst_x = 0;
+};
+template <class F, class R>
+Sweep sweep(F f, R ref, float lo, float hi, int n = 400000) {
+  Sweep s;
+  for (int i = 0; i <= n; ++i) {
+    const float x = lo + (hi - lo) * static_cast<float>(i) / n;
+    const float g = f(x);
+    const double r = ref(double(x));
+    const double e = ulp_error(g, r);
+    if (e > s.max_ulp) {
+      s.max_ulp = e;
+      s.worst_x = x;
+    }
+    s.max_abs = std::max(s.max_abs, std::fabs(g - r));
+  }
+  return s;
+}
+// Measured worst cases are 1-8 ulp (see tensor/elementwise_math.h); these bounds leave a little room.
+constexpr double kExpUlp = 2, kTanhUlp = 3, kSigmoidUlp = 4, kErfUlp = 6, kGeluUlp = 12;
+constexpr double kGeluGradAbs = 4e-7;  // gelu' crosses zero near -0.75, where ulps mean nothing
+}  // namespace
+
+TEST(Elementwise, MathFunctionsMatchLibm) {
+  using namespace sonar::detail;
+  const double rs2 = 1 / std::sqrt(2.0), rs2pi = 1 / std::sqrt(2 * M_PI);
+  auto ex = [](double x) { return std::exp(x); };
+  auto check = [](const Sweep& s, double bound, const char* what) {
+    EXPECT_LE(s.max_ulp, bound) << what << ": worst at x = " << s.worst_x;
+  };
+  check(sweep([](float x) { return exp_f(x); }, ex, -87.f, 88.7f), kExpUlp, "exp");
+  check(sweep([](float x) { return exp_f(x); }, ex, -104.f, -87.f), kExpUlp, "exp (denormal results)");
+  check(sweep(tanh_f, [](double x) { return std::tanh(x); }, -12.f, 12.f), kTanhUlp, "tanh");
+  check(sweep(tanh_f, [](double x) { return std::tanh(x); }, -1.f, 1.f), kTanhUlp, "tanh near 0");
+  check(sweep(sigmoid_f, [](double x) { return 1 / (1 + std::exp(-x)); }, -100.f, 30.f), kSigmoidUlp, "sigmoid");
+  check(sweep([](float x) { return erf_f(x); }, [](double x) { return std::erf(x); }, -6.f, 6.f), kErfUlp, "erf");
+  check(sweep([](float x) { return erf_f(x); }, [](double x) { return std::erf(x); }, -1e-3f, 1e-3f), kErfUlp, "erf tiny");
+  check(sweep(gelu_f, [&](double x) { return 0.5 * x * std::erfc(-x * rs2); }, -12.f, 12.f), kGeluUlp, "gelu");
+  check(sweep(gelu_f, [&](double x) { return 0.5 * x * std::erfc(-x * rs2); }, -1.f, 1.f), kGeluUlp, "gelu near 0");
+  const Sweep g = sweep(gelu_grad_f, [&](double x) { return 0.5 * std::erfc(-x * rs2) + x * rs2pi * std::exp(-x * x / 2); },
+                        -12.f, 12.f);
+  EXPECT_LE(g.max_abs, kGeluGradAbs) << "gelu' worst at " << g.worst_x;
+  // Special values.
+  const float inf = std::numeric_limits<float>::infinity(), nan = std::numeric_limits<float>::quiet_NaN();
+  EXPECT_EQ(exp_f(inf), inf);
+  EXPECT_EQ(exp_f(-inf), 0.f);
+  EXPECT_EQ(exp_f(88.7f), std::exp(88.7f));
+  EXPECT_EQ(exp_f(89.f), inf);
+  EXPECT_TRUE(std::isnan(exp_f(nan)));
+  EXPECT_EQ(tanh_f(inf), 1.f);
+  EXPECT_EQ(tanh_f(-inf), -1.f);
+  EXPECT_TRUE(std::isnan(tanh_f(nan)));
+  EXPECT_EQ(erf_f(inf), 1.f);
+  EXPECT_EQ(erf_f(-inf), -1.f);
+  EXPECT_TRUE(std::isnan(erf_f(nan)));
+  EXPECT_EQ(gelu_f(inf), inf);
+  EXPECT_TRUE(std::isnan(gelu_f(nan)));
+  EXPECT_EQ(sigmoid_f(-inf), 0.f);
+  EXPECT_EQ(sigmoid_f(inf), 1.f);
+}
+
+TEST(Elementwise, SqrtRsqrtVectorPathAndTail) {
+  for (int64_t n : {1, 7, 8, 9, 100, 1 << 17}) {
+    Tensor x = values({n}, 91, 0.f, 100.f);
+    auto s = sqrt(x).to_vector<float>(), r = rsqrt(x).to_vector<float>();
+    for (int64_t i = 0; i < n; ++i) {
+      const float v = static_cast<float>(x.at({i}));
+      ASSERT_EQ(s[i], std::sqrt(v)) << i;  // correctly rounded either way
+      ASSERT_EQ(r[i], 1.0f / std::sqrt(v)) << i;
+    }
+  }
+  EXPECT_TRUE(std::isnan(sqrt(scalar_tensor(-1.f)).item<float>()));
+  EXPECT_EQ(rsqrt(scalar_tensor(0.f)).item<float>(), std::numeric_limits<float>::infinity());
 }
