@@ -10,6 +10,8 @@
 #include <cstring>
 #include <numeric>
 
+#include <omp.h>
+
 namespace sonar {
 
 namespace {
@@ -114,7 +116,10 @@ Tensor index_add(const Shape& shape, int64_t dim, const Tensor& index, const Ten
   float* op_ = out.data<float>();
   // Parallel over (outer, inner block): the cells a task writes are disjoint from every other task's,
   // and repeated indices within a task are summed in order.
-  constexpr int64_t kBlock = 1024;
+  // Blocks of 64..1024 columns, narrow enough that even one outer slice (the embedding case) gives every
+  // thread a few blocks.
+  const int64_t want_tasks = 4 * static_cast<int64_t>(omp_get_max_threads());
+  const int64_t kBlock = std::clamp<int64_t>((sp.inner + want_tasks - 1) / want_tasks, 64, 1024);
   const int64_t nb = (sp.inner + kBlock - 1) / kBlock;
 #pragma omp parallel for schedule(static) if (grad.numel() > kParallelMin)
   for (int64_t t = 0; t < sp.outer * nb; ++t) {
