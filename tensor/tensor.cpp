@@ -3,8 +3,11 @@
 
 #include <algorithm>
 #include <cmath>
+#include <malloc.h>
+
 #include <cstdlib>
 #include <cstring>
+#include <mutex>
 #include <numeric>
 
 namespace sonar {
@@ -18,7 +21,19 @@ std::string shape_str(const std::vector<int64_t>& shape) {
   return s + "]";
 }
 
+// glibc serves large blocks with mmap and unmaps them on free, so every large temporary (a [12, 496, 496]
+// attention matrix, say) would be page-faulted in afresh on each use, costing as much as the kernel that
+// fills it. Keeping freed blocks in the heap makes reuse free; peak memory is unchanged.
+static void tune_allocator_once() {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    mallopt(M_MMAP_THRESHOLD, 512 << 20);
+    mallopt(M_TRIM_THRESHOLD, 1024 << 20);
+  });
+}
+
 Storage::Storage(size_t nbytes) : nbytes_(nbytes) {
+  tune_allocator_once();
   // aligned_alloc needs a size that is a multiple of the alignment; never allocate 0 bytes.
   size_t padded = std::max<size_t>(64, (nbytes + 63) / 64 * 64);
   data_ = std::aligned_alloc(64, padded);
