@@ -54,15 +54,20 @@ Var matmul(const Var& a, const Var& b, bool trans_a, bool trans_b) {
 Var linear(const Var& x, const Var& weight, const Var& bias) {
   Shape sx = x.shape();
   bool gx = needs_grad(x), gw = needs_grad(weight), gbias = needs_grad(bias);
-  Tensor xv = gw ? x.value() : Tensor(), wv = gx ? weight.value() : Tensor();
-  const int64_t out = weight.size(0), in = weight.size(1);
+  Tensor xv = gw ? x.value() : Tensor(), wv = (gx || gw) ? weight.value() : Tensor();
+  const int64_t out = weight.size(0);
   Tensor y = sonar::linear(x.value(), weight.value(), bias.defined() ? bias.value() : Tensor());
   return make_result(y, {x, weight, bias}, [=](const Tensor& g) {
+    if (gx && gw) {  // the fused backward kernel computes dx and dW (and db)
+      LinearGrads r = linear_backward(g, xv, wv, gbias);
+      return Grads{r.dx, r.dweight, r.dbias};
+    }
+    // Only some gradients are needed (frozen weights, or an input without grad): skip the other products.
     Tensor g2 = g.reshape({-1, out});  // [N, out]
     Tensor dx, dw, db;
-    if (gx) dx = sonar::matmul(g2, wv).reshape(sx);                   // [N, in]
-    if (gw) dw = sonar::matmul(g2, xv.reshape({-1, in}), true, false);  // [out, in]
-    if (gbias) db = sonar::sum(g2, {0});                                // [out]
+    if (gx) dx = sonar::matmul(g2, wv).reshape(sx);                           // [N, in]
+    if (gw) dw = sonar::matmul(g2, xv.reshape({-1, wv.size(1)}), true, false);  // [out, in]
+    if (gbias) db = sonar::sum(g2, {0});                                        // [out]
     return Grads{dx, dw, db};
   }, "linear");
 }
