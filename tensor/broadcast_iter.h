@@ -24,6 +24,14 @@
 
 #include "tensor/tensor.h"
 
+// Inlines everything a kernel's inner loop calls (the per-element op), so the loop can vectorise even when
+// the op is too big for the inliner's default budget.
+#if defined(__GNUC__) && !defined(__clang__)
+#define SONAR_FLATTEN __attribute__((flatten))
+#else
+#define SONAR_FLATTEN
+#endif
+
 namespace sonar::detail {
 
 // Elements per thread below which run() stays serial: cheap ops (add) vs expensive ones (erf, exp).
@@ -193,7 +201,7 @@ void map_unary(const Tensor& out, const Tensor& a, Op op, int64_t grain = kGrain
   const Ta* pa = ptr<Ta>(a);
   const int64_t so = loop.inner_stride(0), s1 = loop.inner_stride(1);
   loop.run(
-      [&](const int64_t* off, int64_t n) {
+      [&](const int64_t* off, int64_t n) SONAR_FLATTEN {
         To* o = po + off[0];
         const Ta* x = pa + off[1];
         if (so == 1 && s1 == 1) {
@@ -220,7 +228,7 @@ void map_binary(const Tensor& out, const Tensor& a, const Tensor& b, Op op, int6
   const Tb* pb = ptr<Tb>(b);
   const int64_t so = loop.inner_stride(0), s1 = loop.inner_stride(1), s2 = loop.inner_stride(2);
   loop.run(
-      [&](const int64_t* off, int64_t n) {
+      [&](const int64_t* off, int64_t n) SONAR_FLATTEN {
         To* o = po + off[0];
         const Ta* x = pa + off[1];
         const Tb* y = pb + off[2];
@@ -256,7 +264,7 @@ void map_ternary(const Tensor& out, const Tensor& a, const Tensor& b, const Tens
   const int64_t so = loop.inner_stride(0), s1 = loop.inner_stride(1), s2 = loop.inner_stride(2),
                 s3 = loop.inner_stride(3);
   loop.run(
-      [&](const int64_t* off, int64_t n) {
+      [&](const int64_t* off, int64_t n) SONAR_FLATTEN {
         To* o = po + off[0];
         const Ta* x = pa + off[1];
         const Tb* y = pb + off[2];

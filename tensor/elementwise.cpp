@@ -35,6 +35,14 @@ void check_defined(const Tensor& t, const char* op) { SONAR_CHECK(t.defined(), o
 
 bool is_float(const Tensor& t) { return t.dtype() == DType::Float32; }
 
+// An in-place destination must not have several elements at one address (an expanded view): the
+// writes would race and the result would depend on the order.
+void check_writable(const Tensor& t, const char* op) {
+  for (int64_t d = 0; d < t.dim(); ++d)
+    SONAR_CHECK(t.strides()[d] != 0 || t.shape()[d] <= 1, op, ": destination ", shape_str(t.shape()), " with strides ",
+                shape_str(t.strides()), " is an expanded view (several elements share one address)");
+}
+
 // Result dtype of an arithmetic op: float32 if either input is float32, otherwise int64 (bool and uint8
 // count as integers). `float_only` ops (div, pow) refuse two non-float inputs.
 DType arith_dtype(const Tensor& a, const Tensor& b, const char* op, bool float_only) {
@@ -144,6 +152,7 @@ Tensor pow(const Tensor& a, float e) {
 void add_(Tensor& a, const Tensor& b, float alpha) {
   check_defined(a, "add_");
   check_defined(b, "add_");
+  check_writable(a, "add_");
   SONAR_CHECK(a.dtype() == DType::Float32 || a.dtype() == DType::Int64, "add_: destination must be float32 or int64, got ",
               dtype_name(a.dtype()));
   const Shape shape = broadcast_shapes(a.shape(), b.shape(), "add_");
@@ -183,6 +192,7 @@ void add_(Tensor& a, const Tensor& b, float alpha) {
 
 void mul_(Tensor& a, float s) {
   check_defined(a, "mul_");
+  check_writable(a, "mul_");
   if (a.dtype() == DType::Int64) {
     const int64_t v = static_cast<int64_t>(s);
     SONAR_CHECK(static_cast<float>(v) == s, "mul_: int64 tensor needs a whole factor, got ", s);

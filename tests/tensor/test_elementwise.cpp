@@ -281,6 +281,8 @@ TEST(Elementwise, AddInPlace) {
   Tensor small = values({3});
   expect_message([&] { add_(small, values({2, 3})); }, {"add_", "[2, 3]", "[3]"});
   expect_message([&] { add_(a, values({2})); }, {"add_"});
+  Tensor expanded = values({1, 3}).expand({4, 3});
+  expect_message([&] { add_(expanded, values({4, 3})); }, {"add_", "expanded"});
 }
 
 TEST(Elementwise, MulInPlace) {
@@ -292,6 +294,14 @@ TEST(Elementwise, MulInPlace) {
   Tensor ia = from_vector(std::vector<int64_t>{1, -2, 3}, {3});
   mul_(ia, 4.f);
   EXPECT_EQ(ia.to_vector<int64_t>(), (std::vector<int64_t>{4, -8, 12}));
+  Tensor s = scalar_tensor(3.f);
+  mul_(s, 0.5f);
+  EXPECT_EQ(s.item<float>(), 1.5f);
+  Tensor e = Tensor::empty({0, 4});
+  mul_(e, 2.f);  // no elements: nothing to do
+  Tensor expanded = values({3, 1}).expand({3, 5});
+  expect_message([&] { mul_(expanded, 2.f); }, {"mul_", "expanded"});
+  expect_message([&] { mul_(ia, 0.5f); }, {"mul_", "whole"});
 }
 
 namespace {
