@@ -36,7 +36,8 @@ Shape keepdim_shape(const Shape& in, const std::vector<int64_t>& dims, const cha
 
 // Reshape that also handles a 0-dim source (Tensor::reshape of a 0-dim tensor to [1, ...] currently throws).
 Tensor reshape_to(const Tensor& g, const Shape& shape) {
-  if (g.dim() == 0 && shape_numel(shape) == 1) return Tensor(g.storage(), shape, contiguous_strides(shape), g.offset(), g.dtype());
+  if (g.dim() == 0 && shape_numel(shape) == 1)
+    return Tensor(g.storage(), shape, contiguous_strides(shape), g.offset(), g.dtype());
   return g.reshape(shape);
 }
 

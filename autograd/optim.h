@@ -22,6 +22,9 @@
 namespace sonar::ag {
 
 struct ParamGroup {
+  ParamGroup() = default;
+  ParamGroup(std::vector<Var> p, float scale = 1.0f, std::optional<float> wd = std::nullopt)
+      : params(std::move(p)), lr_scale(scale), weight_decay(wd) {}
   std::vector<Var> params;
   float lr_scale = 1.0f;                // this group's lr = optimiser lr * lr_scale
   std::optional<float> weight_decay;    // unset: the optimiser's default (e.g. 0 for biases and norms)

@@ -136,7 +136,8 @@ TEST(AutogradLoss, CosineSimilarity) {
   Var cz = cosine_similarity(z, Var(t2({1, 2, 3}, 1, 3)), 1);
   EXPECT_EQ(cz.item(), 0.0f);
   GradcheckOptions o = fd_opts();
-  auto r = gradcheck([](auto& v) { return cosine_similarity(v[0], v[1], 1); }, {a.clone(), b.clone().t().contiguous().t()}, o);
+  auto r = gradcheck([](auto& v) { return cosine_similarity(v[0], v[1], 1); },
+                     {a.clone(), b.clone().t().contiguous().t()}, o);
   EXPECT_TRUE(r.ok) << r.report;
   // Broadcast: [2, 3, 4] against [4] along the last dim.
   Tensor x = from_vector(std::vector<float>{0.1f, 0.5f, -0.3f, 0.8f, 0.2f, -0.6f, 0.4f, 0.9f, -0.2f, 0.3f, 0.7f, -0.5f,
@@ -190,7 +191,8 @@ TEST(AutogradLoss, MseLoss) {
     EXPECT_NEAR(gb[i], -2 * d[i] / 4.0, kGradTol);
   }
   auto r = gradcheck([](auto& v) { return mse_loss(v[0], v[1]); },
-                     {t2({0.1f, 0.5f, -0.3f, 0.8f, 0.2f, -0.6f}, 2, 3), t2({0.3f, -0.2f, 0.5f, 0.7f, 0.1f, 0.4f}, 3, 2).t()},
+                     {t2({0.1f, 0.5f, -0.3f, 0.8f, 0.2f, -0.6f}, 2, 3),
+                      t2({0.3f, -0.2f, 0.5f, 0.7f, 0.1f, 0.4f}, 3, 2).t()},
                      fd_opts());
   EXPECT_TRUE(r.ok) << r.report;
   expect_error([&] { mse_loss(a, Var(zeros({4}))); }, {"[2, 2]", "[4]"});

@@ -263,7 +263,8 @@ TEST(AutogradOps, Linear) {
   check("linear no bias", [](auto& v) { return linear(v[0], v[1], Var()); }, {uniform({3, 4}), uniform({2, 4})});
   check("linear transposed x and W", [](auto& v) { return linear(v[0], v[1], v[2]); },
         {transposed({3, 4}), transposed({5, 4}), uniform({5})});
-  check("linear 1-d x", [](auto& v) { return linear(v[0], v[1], v[2]); }, {uniform({4}), uniform({3, 4}), uniform({3})});
+  check("linear 1-d x", [](auto& v) { return linear(v[0], v[1], v[2]); },
+        {uniform({4}), uniform({3, 4}), uniform({3})});
 }
 
 TEST(AutogradOps, Conv1d) {

@@ -68,7 +68,9 @@ TEST(Optim, AdamWMatchesFormulaWithGroups) {
   ParamGroup decayed{{w}};
   ParamGroup no_decay{{b}, 0.5f, 0.0f};  // half the lr, no weight decay
   AdamW opt({decayed, no_decay}, o);
-  RefAdamW rw{as_double(w.value())}, rb{as_double(b.value())};
+  RefAdamW rw, rb;
+  rw.p = as_double(w.value());
+  rb.p = as_double(b.value());
   const std::vector<std::vector<float>> gw = {{0.1f, -0.2f, 0.3f}, {0.05f, 0.4f, -0.1f}, {-0.3f, 0.0f, 0.2f}};
   const std::vector<std::vector<float>> gb = {{1.0f, -0.5f}, {0.2f, 0.3f}, {-0.7f, 0.1f}};
   for (size_t s = 0; s < gw.size(); ++s) {
@@ -174,7 +176,8 @@ TEST(Optim, ClipGradNorm) {
 
 TEST(Optim, StateSaveRestoreGivesIdenticalSteps) {
   auto make = [] {
-    return std::vector<Var>{Var(vec({0.5f, -1.0f, 2.0f}), true), Var(from_vector(std::vector<float>{1, 2, 3, 4}, {2, 2}), true)};
+    return std::vector<Var>{Var(vec({0.5f, -1.0f, 2.0f}), true),
+                            Var(from_vector(std::vector<float>{1, 2, 3, 4}, {2, 2}), true)};
   };
   auto grads = [](int s) {
     return std::vector<Tensor>{vec({0.1f * s, -0.2f, 0.3f / (s + 1)}),
@@ -204,7 +207,8 @@ TEST(Optim, StateSaveRestoreGivesIdenticalSteps) {
     }
     a.step();
     b.step();
-    for (size_t i = 0; i < pa.size(); ++i) EXPECT_EQ(pa[i].value().to_vector<float>(), pb[i].value().to_vector<float>());
+    for (size_t i = 0; i < pa.size(); ++i)
+      EXPECT_EQ(pa[i].value().to_vector<float>(), pb[i].value().to_vector<float>());
   }
   // SGD momentum buffers round-trip too.
   SGDOptions so;
@@ -298,7 +302,9 @@ TEST(Optim, MlpTrainsToNearZeroLossWithAdamW) {
   std::vector<float> xv = x.to_vector<float>(), yv;
   for (int i = 0; i < kPoints; ++i) yv.push_back(std::sin(2 * xv[2 * i]) * xv[2 * i + 1] + 0.5f * xv[2 * i]);
   Tensor y = from_vector(yv, {kPoints, 1});
-  auto init = [&](int64_t out, int64_t in) { return Var(mul(randn({out, in}, gen), 1.0f / std::sqrt(float(in))), true); };
+  auto init = [&](int64_t out, int64_t in) {
+    return Var(mul(randn({out, in}, gen), 1.0f / std::sqrt(static_cast<float>(in))), true);
+  };
   Var w1 = init(16, 2), w2 = init(16, 16), w3 = init(1, 16);
   Var b1(zeros({16}), true), b2(zeros({16}), true), b3(zeros({1}), true);
   AdamWOptions o;
