@@ -3,7 +3,9 @@
 //
 // Precision note: this file must not be built with -ffast-math. The mel energies of quiet bins are
 // differences of large numbers; reassociation or flush-to-zero would move them away from the float64
-// truth that the tests hold us to.
+// truth that the tests hold us to. Contraction into fused multiply-adds is off too, so the float32 mel
+// weights round exactly as torchaudio's separate multiplies and adds do.
+#pragma GCC optimize("fp-contract=off")
 #include "audio/fbank.h"
 
 #include <fftw3.h>
@@ -80,8 +82,40 @@ std::vector<double> make_window(const FbankOptions& o) {
   return w;
 }
 
+// torchaudio's get_mel_banks in its own arithmetic: the band edges are Python doubles, every tensor
+// operation is float32 (the default dtype), with each scalar rounded to float first.
+std::vector<double> make_mel_dense_torchaudio(const FbankOptions& o) {
+  const int64_t nfft = o.padded_window_size();
+  const int64_t nbins = nfft / 2 + 1;
+  const int64_t num_fft_bins = nfft / 2;
+  const double nyquist = 0.5 * o.sample_frequency;
+  const double high = o.high_freq <= 0.0 ? o.high_freq + nyquist : o.high_freq;
+  const float fft_bin_width = static_cast<float>(o.sample_frequency / static_cast<double>(nfft));
+  const double mel_low = mel_scale(o.low_freq), mel_high = mel_scale(high);
+  const double delta = (mel_high - mel_low) / (o.num_mel_bins + 1);
+  const float delta_f = static_cast<float>(delta), low_f = static_cast<float>(mel_low);
+  std::vector<float> mel(num_fft_bins);
+  for (int64_t k = 0; k < num_fft_bins; ++k) {
+    const float f = static_cast<float>(k) * fft_bin_width;
+    mel[k] = 1127.0f * std::log(1.0f + f / 700.0f);
+  }
+  std::vector<double> dense(static_cast<size_t>(o.num_mel_bins) * nbins, 0.0);
+  for (int m = 0; m < o.num_mel_bins; ++m) {
+    const float left = low_f + static_cast<float>(m) * delta_f;
+    const float center = low_f + (static_cast<float>(m) + 1.0f) * delta_f;
+    const float right = low_f + (static_cast<float>(m) + 2.0f) * delta_f;
+    for (int64_t k = 0; k < num_fft_bins; ++k) {
+      const float up = (mel[k] - left) / (center - left);
+      const float down = (right - mel[k]) / (right - center);
+      dense[m * nbins + k] = static_cast<double>(std::max(0.0f, std::min(up, down)));
+    }
+  }
+  return dense;
+}
+
 // Dense [num_mel, nfft/2 + 1] triangular filters on the mel scale, Nyquist column zero.
 std::vector<double> make_mel_dense(const FbankOptions& o) {
+  if (o.torchaudio_mel_weights) return make_mel_dense_torchaudio(o);
   const int64_t nfft = o.padded_window_size();
   const int64_t nbins = nfft / 2 + 1;
   const int64_t num_fft_bins = nfft / 2;
@@ -284,7 +318,8 @@ std::string FbankOptions::key() const {
   os << "fbank-v1 mel=" << num_mel_bins << " sr=" << sample_frequency << " len=" << frame_length_ms
      << " shift=" << frame_shift_ms << " pre=" << preemphasis << " dc=" << remove_dc_offset
      << " win=" << static_cast<int>(window) << " bc=" << blackman_coeff << " lo=" << low_freq
-     << " hi=" << high_freq << " pow2=" << round_to_power_of_two << " scale=" << input_scale;
+     << " hi=" << high_freq << " pow2=" << round_to_power_of_two << " scale=" << input_scale
+     << " tamel=" << torchaudio_mel_weights;
   return os.str();
 }
 

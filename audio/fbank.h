@@ -47,6 +47,10 @@ struct FbankOptions {
   double low_freq = 20.0;         // Hz, lower edge of the first mel filter
   double high_freq = 0.0;         // Hz, upper edge of the last filter; <= 0 means Nyquist + high_freq
   bool round_to_power_of_two = true;  // FFT size: next power of two >= frame length (else the frame length)
+  // true (default): the mel filter weights are computed with torchaudio's float32 arithmetic, as BEATs'
+  // features (and the fbank64 fixtures) were; false: exact double-precision weights. The two differ by up
+  // to ~1e-3 in the log output where a strong tone sits near a filter's edge.
+  bool torchaudio_mel_weights = true;
   double input_scale = 32768.0;   // the waveform is multiplied by this first (BEATs: 2^15)
   // Compute only, never changes a value: 0 = OpenMP's default thread count, 1 = serial (what a
   // loader thread that already runs in parallel with others should ask for), n = at most n threads.
