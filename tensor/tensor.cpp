@@ -151,7 +151,7 @@ static Shape infer_shape(const Shape& requested, int64_t numel, const Shape& fro
 static bool compute_view_strides(const Shape& old_shape, const Shape& old_strides, const Shape& new_shape,
                                  Shape& out) {
   out.assign(new_shape.size(), 0);
-  if (shape_numel(old_shape) == 0) {
+  if (shape_numel(old_shape) == 0 || old_shape.empty()) {  // empty, or a 0-d scalar: any shape views it
     out = contiguous_strides(new_shape);
     return true;
   }

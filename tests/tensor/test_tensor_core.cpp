@@ -99,3 +99,11 @@ TEST(TensorCore, CopyIntoStridedDestination) {
   r.narrow(0, 1, 3).copy_(r.narrow(0, 0, 3));
   EXPECT_EQ(r.to_vector<float>(), (std::vector<float>{1, 1, 2, 3}));
 }
+
+TEST(TensorCore, ScalarViewsAsAnyOneElementShape) {
+  Tensor s = scalar_tensor(3.5f);
+  EXPECT_EQ(s.view({1}).shape(), (Shape{1}));
+  EXPECT_EQ(s.reshape({1, 1}).at({0, 0}), 3.5);
+  EXPECT_EQ(s.view({1}).view({}).item<float>(), 3.5f);
+  EXPECT_THROW(s.view({2}), Error);
+}
