@@ -42,6 +42,8 @@ struct Problem {
   int64_t M = 0, N = 0, K = 0;
   Operand A, B;
   float* C = nullptr;
+  int64_t ldc = 0;               // C's row stride (its column stride is 1)
+  bool accumulate = false;       // C += product instead of C = product
   const float* bias = nullptr;  // [N] or null
 };
 
@@ -119,8 +121,15 @@ Operand make_operand(Tensor t, const Shape& out_batch) {
   return o;
 }
 
-// Builds the problem for C (contiguous [out_batch..., M, N]) from logical views.
-Problem analyse(const Tensor& A, const Tensor& B, const Shape& out_batch, Tensor& C, const float* bias) {
+// True when C's matrices have dense rows (column stride 1), as every fast backend writes them.
+bool dense_rows(const Tensor& C) {
+  const int64_t M = C.size(-2), N = C.size(-1);
+  return (N == 1 || C.stride(-1) == 1) && (M == 1 || C.stride(-2) >= N);
+}
+
+// Builds the problem for C ([out_batch..., M, N] with dense rows) from logical views.
+Problem analyse(const Tensor& A, const Tensor& B, const Shape& out_batch, const Tensor& C, const float* bias,
+                bool accumulate) {
   Problem p;
   p.M = A.size(-2);
   p.K = A.size(-1);
@@ -128,8 +137,10 @@ Problem analyse(const Tensor& A, const Tensor& B, const Shape& out_batch, Tensor
   p.A = make_operand(A, out_batch);
   p.B = make_operand(B, out_batch);
   p.C = C.data<float>();
+  p.ldc = p.M == 1 ? std::max<int64_t>(p.N, 1) : C.stride(-2);
+  p.accumulate = accumulate;
   p.bias = bias;
-  const Shape cst = contiguous_strides(C.shape());
+  const Shape cst = batch_strides(C, out_batch);
   // Keep batch dims of size > 1 and merge neighbours whose strides nest for all three tensors.
   std::vector<int64_t> sz, sa, sb, sc;
   for (size_t i = 0; i < out_batch.size(); ++i) {
@@ -150,8 +161,11 @@ Problem analyse(const Tensor& A, const Tensor& B, const Shape& out_batch, Tensor
   }
   // B shared by the whole batch and A's batch stacked row-major: one big [batch*M, K] product.
   if (sz.size() == 1 && sb[0] == 0 && !p.A.col_major &&
-      ((p.M == 1 && sa[0] >= p.K) || (p.M > 1 && sa[0] == p.M * p.A.ld))) {
-    if (p.M == 1) p.A.ld = sa[0];
+      ((p.M == 1 && sa[0] >= p.K && sc[0] >= p.N) || (p.M > 1 && sa[0] == p.M * p.A.ld && sc[0] == p.M * p.ldc))) {
+    if (p.M == 1) {
+      p.A.ld = sa[0];
+      p.ldc = sc[0];
+    }
     p.M *= sz[0];
     p.A.rows = p.M;
     sz.clear();
@@ -168,10 +182,12 @@ Problem analyse(const Tensor& A, const Tensor& B, const Shape& out_batch, Tensor
 
 // ---------------------------------------------------------------- reference
 // Plain loops over the logical views' own strides (no layout analysis, no copies): the oracle.
-void matmul_reference_into(const Tensor& A, const Tensor& B, Tensor& C, const Shape& out_batch,
-                           const float* bias) {
+void matmul_reference_into(const Tensor& A, const Tensor& B, const Tensor& C, const Shape& out_batch,
+                           const float* bias, bool accumulate) {
   const int64_t M = A.size(-2), K = A.size(-1), N = B.size(-1);
-  const std::vector<int64_t> sa = batch_strides(A, out_batch), sb = batch_strides(B, out_batch);
+  const std::vector<int64_t> sa = batch_strides(A, out_batch), sb = batch_strides(B, out_batch),
+                             sc = batch_strides(C, out_batch);
+  const int64_t cm = C.stride(-2), cn = C.stride(-1);
   const int64_t nbatch = shape_numel(out_batch);
   const int64_t am = A.stride(-2), ak = A.stride(-1), bk = B.stride(-2), bn = B.stride(-1);
   const float* pa = A.data<float>();
@@ -181,20 +197,22 @@ void matmul_reference_into(const Tensor& A, const Tensor& B, Tensor& C, const Sh
 #pragma omp parallel for schedule(static)
   for (int64_t bm = 0; bm < nbatch * M; ++bm) {
     const int64_t bi = bm / M, m = bm % M;
-    int64_t oa = 0, ob = 0, rem = bi;
+    int64_t oa = 0, ob = 0, oc = 0, rem = bi;
     for (int64_t d = nd - 1; d >= 0; --d) {
       const int64_t idx = rem % out_batch[d];
       rem /= out_batch[d];
       oa += idx * sa[d];
       ob += idx * sb[d];
+      oc += idx * sc[d];
     }
     const float* arow = pa + oa + m * am;
-    float* crow = pc + bi * M * N + m * N;
+    float* crow = pc + oc + m * cm;
     for (int64_t n = 0; n < N; ++n) {
       double acc = bias ? static_cast<double>(bias[n]) : 0.0;
+      if (accumulate) acc += crow[n * cn];
       const float* bcol = pb + ob + n * bn;
       for (int64_t k = 0; k < K; ++k) acc += static_cast<double>(arow[k * ak]) * static_cast<double>(bcol[k * bk]);
-      crow[n] = static_cast<float>(acc);
+      crow[n * cn] = static_cast<float>(acc);
     }
   }
 }
@@ -215,14 +233,19 @@ void run_openblas(const Problem& p) {
       oc += idx * p.cstride[d];
     }
     float* c = p.C + oc;
-    float beta = 0.0f;
+    float beta = p.accumulate ? 1.0f : 0.0f;
     if (p.bias) {
-      for (int64_t m = 0; m < p.M; ++m) std::memcpy(c + m * p.N, p.bias, sizeof(float) * p.N);
+      if (p.accumulate) {
+        for (int64_t m = 0; m < p.M; ++m)
+          for (int64_t n = 0; n < p.N; ++n) c[m * p.ldc + n] += p.bias[n];
+      } else {
+        for (int64_t m = 0; m < p.M; ++m) std::memcpy(c + m * p.ldc, p.bias, sizeof(float) * p.N);
+      }
       beta = 1.0f;
     }
     cblas_sgemm(CblasRowMajor, ta, tb, static_cast<blasint>(p.M), static_cast<blasint>(p.N),
                 static_cast<blasint>(p.K), 1.0f, p.A.ptr + oa, static_cast<blasint>(p.A.ld), p.B.ptr + ob,
-                static_cast<blasint>(p.B.ld), beta, c, static_cast<blasint>(p.N));
+                static_cast<blasint>(p.B.ld), beta, c, static_cast<blasint>(p.ldc));
   }
 }
 
@@ -266,10 +289,11 @@ std::shared_ptr<MatmulPrim> onednn_prim(const Problem& p) {
   memory::dims cd(p.bshape.begin(), p.bshape.end()), cs(p.cstride.begin(), p.cstride.end());
   cd.push_back(p.M);
   cd.push_back(p.N);
-  cs.push_back(p.N);
+  cs.push_back(p.ldc);
   cs.push_back(1);
   dnnl_ctx::Key key("matmul");
-  key << dnnl_ctx::max_threads() << ad << as << bd << bs << cd << cs << (p.bias ? "bias" : "nobias");
+  key << dnnl_ctx::max_threads() << ad << as << bd << bs << cd << cs << (p.bias ? "bias" : "nobias")
+      << (p.accumulate ? "acc" : "set");
   return dnnl_ctx::cached<MatmulPrim>(key, [&] {
     auto r = std::make_shared<MatmulPrim>();
     r->a_md = memory::desc(ad, memory::data_type::f32, as);
@@ -285,7 +309,13 @@ std::shared_ptr<MatmulPrim> onednn_prim(const Problem& p) {
       return dnnl::matmul::desc(r->a_md, r->b_md, r->bias_md, r->c_md);
     }();
     try {
-      dnnl::matmul::primitive_desc pd(d, dnnl_ctx::engine());
+      dnnl::primitive_attr attr;
+      if (p.accumulate) {
+        dnnl::post_ops ops;
+        ops.append_sum(1.0f);
+        attr.set_post_ops(ops);
+      }
+      dnnl::matmul::primitive_desc pd(d, attr, dnnl_ctx::engine());
       r->impl = pd.impl_info_str();
       r->fast = r->impl.rfind("ref", 0) != 0;
       if (r->fast) r->prim = dnnl::matmul(pd);
@@ -317,15 +347,44 @@ void run_onednn(const Problem& p) {
   s.wait();
 }
 
-// Shared driver for matmul and linear.
-Tensor matmul_impl(const Tensor& a, const Tensor& b, bool ta, bool tb, const Tensor& bias, MatmulBackend backend) {
+// Writes (or adds, when accumulate) the contiguous `src` into `dst` (same shape, any strides).
+void store(const Tensor& dst, const Tensor& src, bool accumulate) {
+  const float* ps = src.data<float>();
+  float* pd = dst.data<float>();
+  for_each_offset(dst.shape(), dst.strides(), [&](int64_t i, int64_t off) {
+    pd[off] = accumulate ? pd[off] + ps[i] : ps[i];
+  });
+}
+
+// Shared driver for matmul, matmul_into and linear. With `out` undefined a fresh contiguous result is
+// returned; otherwise the product is written (or added) through out's strides and out is returned.
+Tensor matmul_impl(const Tensor& a, const Tensor& b, bool ta, bool tb, const Tensor& bias, MatmulBackend backend,
+                   const Tensor& out = Tensor(), bool accumulate = false) {
   Tensor A, B;
   logical_views(a, b, ta, tb, A, B);
   const Shape out_batch = broadcast_batch(A, B, a, b, ta, tb);
   Shape out_shape = out_batch;
   out_shape.push_back(A.size(-2));
   out_shape.push_back(B.size(-1));
-  Tensor C = Tensor::empty(out_shape, DType::Float32);
+  Tensor C;
+  if (out.defined()) {
+    check_operand(out, "matmul_into", "out");
+    SONAR_CHECK(out.shape() == out_shape, "matmul_into: out ", shape_str(out.shape()), " should be ",
+                shape_str(out_shape), " for a ", shape_str(a.shape()), (ta ? " (transposed)" : ""), " and b ",
+                shape_str(b.shape()), (tb ? " (transposed)" : ""));
+    for (int64_t d = 0; d < out.dim(); ++d)
+      SONAR_CHECK(out.size(d) <= 1 || out.stride(d) != 0, "matmul_into: out ", shape_str(out.shape()),
+                  " is broadcast (stride 0) along dim ", d, "; its elements would overlap");
+    if (!dense_rows(out)) {  // no backend writes such rows: compute, then store through the strides
+      Tensor tmp = matmul_impl(a, b, ta, tb, bias, backend);
+      store(out, tmp, accumulate);
+      return out;
+    }
+    C = out;
+  } else {
+    C = Tensor::empty(out_shape, DType::Float32);
+    accumulate = false;
+  }
   const float* bias_ptr = nullptr;
   Tensor bias_c;
   if (bias.defined()) {
@@ -336,21 +395,23 @@ Tensor matmul_impl(const Tensor& a, const Tensor& b, bool ta, bool tb, const Ten
     bias_ptr = bias_c.data<float>();
   }
   if (C.numel() == 0) return C;
-  if (A.size(-1) == 0) {  // empty inner dim: C = bias (or 0)
-    float* c = C.data<float>();
+  if (A.size(-1) == 0) {  // empty inner dim: the product is 0 (plus bias)
     const int64_t N = B.size(-1);
-    for (int64_t i = 0; i < C.numel(); ++i) c[i] = bias_ptr ? bias_ptr[i % N] : 0.0f;
+    Tensor tmp = Tensor::empty(out_shape, DType::Float32);
+    float* t = tmp.data<float>();
+    for (int64_t i = 0; i < tmp.numel(); ++i) t[i] = bias_ptr ? bias_ptr[i % N] : 0.0f;
+    store(C, tmp, accumulate);
     return C;
   }
   switch (resolve(backend)) {
     case MatmulBackend::Reference:
-      matmul_reference_into(A, B, C, out_batch, bias_ptr);
+      matmul_reference_into(A, B, C, out_batch, bias_ptr, accumulate);
       break;
     case MatmulBackend::OpenBLAS:
-      run_openblas(analyse(A, B, out_batch, C, bias_ptr));
+      run_openblas(analyse(A, B, out_batch, C, bias_ptr, accumulate));
       break;
     default:
-      run_onednn(analyse(A, B, out_batch, C, bias_ptr));
+      run_onednn(analyse(A, B, out_batch, C, bias_ptr, accumulate));
       break;
   }
   return C;
@@ -372,6 +433,12 @@ MatmulBackend default_matmul_backend() { return g_default_backend.load(); }
 
 Tensor matmul(const Tensor& a, const Tensor& b, bool trans_a, bool trans_b, MatmulBackend backend) {
   return matmul_impl(a, b, trans_a, trans_b, Tensor(), backend);
+}
+
+void matmul_into(const Tensor& out, const Tensor& a, const Tensor& b, bool trans_a, bool trans_b, bool accumulate,
+                 MatmulBackend backend) {
+  SONAR_CHECK(out.defined(), "matmul_into: out is undefined");
+  matmul_impl(a, b, trans_a, trans_b, Tensor(), backend, out, accumulate);
 }
 
 Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias, MatmulBackend backend) {
@@ -427,7 +494,7 @@ std::string matmul_onednn_impl(const Tensor& a, const Tensor& b, bool trans_a, b
   out_shape.push_back(B.size(-1));
   Tensor C = Tensor::empty(out_shape, DType::Float32);
   if (C.numel() == 0 || A.size(-1) == 0) return "none (empty)";
-  std::shared_ptr<MatmulPrim> mp = onednn_prim(analyse(A, B, out_batch, C, nullptr));
+  std::shared_ptr<MatmulPrim> mp = onednn_prim(analyse(A, B, out_batch, C, nullptr, false));
   return mp->fast ? mp->impl : "openblas (oneDNN offers " + mp->impl + ")";
 }
 

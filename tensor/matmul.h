@@ -16,6 +16,12 @@ MatmulBackend default_matmul_backend();
 // C = op(A) @ op(B); A [..., M, K] (or [..., K, M] if trans_a), B [..., K, N] (or [..., N, K] if trans_b).
 Tensor matmul(const Tensor& a, const Tensor& b, bool trans_a = false, bool trans_b = false,
               MatmulBackend backend = MatmulBackend::Auto);
+// out = op(A) @ op(B), or out += op(A) @ op(B) when accumulate (the gradient convention), written through
+// out's strides without a temporary when its rows are dense (last stride 1); out must have exactly the
+// product's shape and must not overlap a or b. Lets callers fill a strided slice (a channel block, a
+// column block) or accumulate a gradient in place.
+void matmul_into(const Tensor& out, const Tensor& a, const Tensor& b, bool trans_a = false, bool trans_b = false,
+                 bool accumulate = false, MatmulBackend backend = MatmulBackend::Auto);
 // y = x @ W^T + bias, x [..., in], W [out, in], bias [out] or undefined. The Linear layer's kernel.
 Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias);
 // The same with an explicit backend (tests and benchmarks).

@@ -268,3 +268,48 @@ TEST(MatmulErrors, BadRankDtypeBatchAndLinearShapes) {
   const std::string bias = error_of([] { linear(Tensor::empty({4, 6}), Tensor::empty({5, 6}), Tensor::empty({4})); });
   EXPECT_NE(bias.find("bias"), std::string::npos) << bias;
 }
+
+TEST(MatmulInto, WritesAndAccumulatesThroughStrides) {
+  const MatmulBackend all[] = {MatmulBackend::OneDNN, MatmulBackend::OpenBLAS, MatmulBackend::Reference};
+  Tensor a = uniform({3, 7, 13}, 110), b = uniform({3, 5, 13}, 111);
+  Tensor want = matmul(a, b, false, true, MatmulBackend::Reference);  // [3, 7, 5]
+  for (MatmulBackend be : all) {
+    // A column block of a wider buffer: rows have stride 9; the columns outside the block stay untouched.
+    Tensor buf = Tensor::empty({3, 7, 9});
+    buf.fill_(2.0);
+    Tensor out = buf.narrow(2, 3, 5);
+    matmul_into(out, a, b, false, true, false, be);
+    expect_close(out, want, tol_for(13), kRelTol, std::string("into block [") + name(be) + "]");
+    EXPECT_EQ(buf.at({1, 4, 0}), 2.0);
+    EXPECT_EQ(buf.at({2, 6, 8}), 2.0);
+    // Accumulate: out = want + want.
+    matmul_into(out, a, b, false, true, true, be);
+    Tensor twice = from_vector(want.to_vector<float>(), want.shape());
+    for (float* p = twice.data<float>(); p != twice.data<float>() + twice.numel(); ++p) *p *= 2;
+    expect_close(out, twice, 2 * tol_for(13), kRelTol, std::string("accumulate [") + name(be) + "]");
+    // Column-major out (non-dense rows): computed through a temporary.
+    Tensor cm = Tensor::empty({3, 5, 7}).transpose(1, 2);
+    cm.fill_(1.0);
+    matmul_into(cm, a, b, false, true, true, be);
+    Tensor plus1 = from_vector(want.to_vector<float>(), want.shape());
+    for (float* p = plus1.data<float>(); p != plus1.data<float>() + plus1.numel(); ++p) *p += 1;
+    expect_close(cm, plus1, tol_for(13), kRelTol, std::string("column-major out [") + name(be) + "]");
+  }
+  // 2-D b shared by the batch, written into a slice of a bigger output (the fold of batch into rows).
+  Tensor x = uniform({4, 6, 13}, 112), w = uniform({5, 13}, 113);
+  Tensor big = Tensor::empty({4, 6, 8});
+  matmul_into(big.narrow(2, 0, 5), x, w, false, true);
+  expect_close(big.narrow(2, 0, 5), matmul(x, w, false, true, MatmulBackend::Reference), tol_for(13), kRelTol,
+               "shared b into slice");
+}
+
+TEST(MatmulInto, RejectsWrongShapeAndOverlappingOut) {
+  const std::string shape = error_of([] {
+    matmul_into(Tensor::empty({2, 4}), Tensor::empty({2, 3}), Tensor::empty({3, 5}));
+  });
+  EXPECT_NE(shape.find("[2, 5]"), std::string::npos) << shape;
+  const std::string overlap = error_of([] {
+    matmul_into(Tensor::empty({1, 5}).expand({2, 5}), Tensor::empty({2, 3}), Tensor::empty({3, 5}));
+  });
+  EXPECT_NE(overlap.find("stride 0"), std::string::npos) << overlap;
+}
