@@ -20,6 +20,8 @@ constexpr int64_t kRowTile = 4;        // rows of the small GEMM tile
 constexpr int64_t kColTile = 16;       // columns of the small GEMM tile
 constexpr int64_t kBackwardRows = 32;  // query rows recomputed at once in the backward (multiple of kRowTile)
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+// Below this many multiply-adds (B*H*T*S*D) a call runs on one thread: waking a team costs more.
+constexpr int64_t kParallelWork = int64_t{1} << 18;
 
 int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
@@ -214,8 +216,9 @@ AttentionForward attention_forward(const Tensor& q_in, const Tensor& k_in, const
 
   const int64_t Tp = round_up(d.T, kRowTile), Sp = round_up(d.S, kColTile), Dp = round_up(d.D, kColTile);
   const float keep_scale = p.dropout_p > 0.0f ? 1.0f / (1.0f - p.dropout_p) : 1.0f;
+  const bool parallel = d.B * d.H * d.T * d.S * d.D > kParallelWork;
 
-#pragma omp parallel
+#pragma omp parallel if (parallel)
   {
     std::vector<float> Qs(Tp * d.D), Kt(d.D * Sp), Vp(Sp * Dp, 0.0f), sc(kRowTile * Sp), ob(kRowTile * Dp);
 #pragma omp for collapse(2) schedule(dynamic)
@@ -309,8 +312,9 @@ AttentionGrads attention_backward(const Tensor& grad_out_in, const Tensor& q_in,
   const int64_t Tp = round_up(d.T, kRowTile), Sp = round_up(d.S, kColTile), Dp = round_up(d.D, kColTile);
   const int64_t R = kBackwardRows;
   const float keep_scale = p.dropout_p > 0.0f ? 1.0f / (1.0f - p.dropout_p) : 1.0f;
+  const bool parallel = d.B * d.H * d.T * d.S * d.D > kParallelWork;
 
-#pragma omp parallel
+#pragma omp parallel if (parallel)
   {
     std::vector<float> Qs(Tp * d.D), Kt(d.D * Sp), Vt(d.D * Sp), Kp(Sp * Dp, 0.0f), Qp(R * Dp), dOp(R * Dp),
         dOs(R * d.D), P(R * Sp), dP(R * Sp), trans(Sp * R), blk(R * Dp), dkb(Sp * Dp), dvb(Sp * Dp);
