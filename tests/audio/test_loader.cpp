@@ -238,11 +238,13 @@ TEST(Loader, LenientModeReportsAndSkipsBadFiles) {
   TempDir dir;
   write_good_clips(dir, 3);
   const std::set<std::string> bad = write_bad_clips(dir);
-  write_bytes(dir / "m.csv", "path,label\nlow/clip0.wav,low\nlow/missing.wav,low\n");
+  write_bytes(dir / "m.csv", "path,label\nlow/clip0.wav,low\nlow/missing.wav,low\nfolder.wav,low\n");
+  fs::create_directories(dir / "folder.wav");  // unreadable as audio (we run as root, so no chmod test)
   Dataset ds = read_folder(dir.path());
   Dataset missing = read_manifest(dir / "m.csv");
   ds.items.push_back(missing.items[1]);  // a path that does not exist
-  ASSERT_EQ(ds.size(), 6 + 4 + 1);
+  ds.items.push_back(missing.items[2]);  // a folder
+  ASSERT_EQ(ds.size(), 6 + 4 + 2);
   std::vector<std::string> reported;
   LoaderOptions o;
   o.batch_size = 4;
@@ -255,11 +257,12 @@ TEST(Loader, LenientModeReportsAndSkipsBadFiles) {
   }
   EXPECT_EQ(clips, 6);
   LoaderStats s = dl.stats();
-  EXPECT_EQ(s.clips_skipped, 5);
+  EXPECT_EQ(s.clips_skipped, 6);
   EXPECT_EQ(s.clips_loaded, 6);
   std::set<std::string> rep(reported.begin(), reported.end());
   std::set<std::string> want = bad;
   want.insert(missing.items[1].path);
+  want.insert(missing.items[2].path);
   EXPECT_EQ(rep, want);
   for (const auto& [path, why] : s.skipped) {
     EXPECT_FALSE(why.empty());
