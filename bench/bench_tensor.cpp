@@ -222,8 +222,9 @@ void BM_PatchEmbed(benchmark::State& st, bool backward, ConvLayout layout) {
 }
 
 // BEATs positional conv: [B, 768, T=496], kernel 128, 16 groups, padding 64 -> [B, 768, 497].
-void BM_PosConv(benchmark::State& st, bool backward, ConvLayout layout) {
+void BM_PosConv(benchmark::State& st, bool backward, ConvLayout layout, Conv1dPath path) {
   set_conv_layout(layout);
+  set_conv1d_path(path);
   Tensor x = rnd({1, 768, 496}, 1), w = rnd({768, 48, 128}, 2), b = rnd({768}, 3);
   Conv1dParams p;
   p.padding = 64;
@@ -242,6 +243,7 @@ void BM_PosConv(benchmark::State& st, bool backward, ConvLayout layout) {
   set_gflops(st, backward ? 2 * f : f);
   st.SetLabel(conv1d_impl(x, w, true, p));
   set_conv_layout(ConvLayout::Blocked);
+  set_conv1d_path(Conv1dPath::Auto);
 }
 
 void register_all() {
@@ -275,11 +277,16 @@ void register_all() {
                                  layout)->UseRealTime()->Unit(benchmark::kMicrosecond);
     benchmark::RegisterBenchmark(("Conv/patch_embed_1x1x992x128_512x16x16/bwd/" + ln).c_str(), BM_PatchEmbed, true,
                                  layout)->UseRealTime()->Unit(benchmark::kMicrosecond);
-    benchmark::RegisterBenchmark(("Conv/pos_conv1d_768x496_k128_g16/fwd/" + ln).c_str(), BM_PosConv, false, layout)
-        ->UseRealTime()->Unit(benchmark::kMillisecond);
-    benchmark::RegisterBenchmark(("Conv/pos_conv1d_768x496_k128_g16/bwd/" + ln).c_str(), BM_PosConv, true, layout)
-        ->UseRealTime()->Unit(benchmark::kMillisecond);
+    benchmark::RegisterBenchmark(("Conv/pos_conv1d_768x496_k128_g16/fwd/primitive_" + ln).c_str(), BM_PosConv,
+                                 false, layout, Conv1dPath::Primitive)->UseRealTime()->Unit(benchmark::kMillisecond);
+    benchmark::RegisterBenchmark(("Conv/pos_conv1d_768x496_k128_g16/bwd/primitive_" + ln).c_str(), BM_PosConv,
+                                 true, layout, Conv1dPath::Primitive)->UseRealTime()->Unit(benchmark::kMillisecond);
   }
+  // The default path for this shape: unfolded channel blocks + oneDNN matmul.
+  benchmark::RegisterBenchmark("Conv/pos_conv1d_768x496_k128_g16/fwd/im2col", BM_PosConv, false, ConvLayout::Blocked,
+                               Conv1dPath::Im2col)->UseRealTime()->Unit(benchmark::kMillisecond);
+  benchmark::RegisterBenchmark("Conv/pos_conv1d_768x496_k128_g16/bwd/im2col", BM_PosConv, true, ConvLayout::Blocked,
+                               Conv1dPath::Im2col)->UseRealTime()->Unit(benchmark::kMillisecond);
 }
 
 }  // namespace

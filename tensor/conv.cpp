@@ -5,13 +5,15 @@
 // with cached reorder primitives. Not here: weight normalisation, the Conv module (nn/), autograd nodes.
 #include "tensor/conv.h"
 
+#include <algorithm>
 #include <atomic>
 #include <cstring>
-#include <unordered_map>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "tensor/dnnl_context.h"
+#include "tensor/matmul.h"
 
 namespace sonar {
 
@@ -21,6 +23,7 @@ using dnnl::memory;
 using Dims = std::vector<int64_t>;
 
 std::atomic<ConvLayout> g_layout{ConvLayout::Blocked};
+std::atomic<Conv1dPath> g_conv1d_path{Conv1dPath::Auto};
 
 // Geometry of one convolution with sd spatial dims (1 or 2).
 struct Geom {
@@ -112,8 +115,13 @@ Geom2 as2d(const Geom& g) {
   return r;
 }
 
+// Loops with less work than this (multiply-adds or elements) stay on one thread: a parallel region costs
+// more than it saves, and much more when other processes compete for the cores.
+constexpr int64_t kParallelWork = int64_t{1} << 15;
+
 Tensor reference_forward(const Geom& g, const Tensor& x_in, const Tensor& w_in, const Tensor& bias_in) {
   const Geom2 d = as2d(g);
+  const int64_t work = d.N * d.O * d.OH * d.OW * (d.C / d.G) * d.KH * d.KW;
   Tensor x = x_in.contiguous(), w = w_in.contiguous();
   Tensor b = bias_in.defined() ? bias_in.contiguous() : Tensor();
   Tensor y = Tensor::empty(y_shape(g));
@@ -122,7 +130,7 @@ Tensor reference_forward(const Geom& g, const Tensor& x_in, const Tensor& w_in, 
   const float* pb = b.defined() ? b.data<float>() : nullptr;
   float* py = y.data<float>();
   const int64_t cg = d.C / d.G, og = d.O / d.G;
-#pragma omp parallel for collapse(2) schedule(static)
+#pragma omp parallel for collapse(2) schedule(static) if (work > kParallelWork)
   for (int64_t n = 0; n < d.N; ++n)
     for (int64_t o = 0; o < d.O; ++o) {
       const int64_t grp = o / og;
@@ -149,6 +157,7 @@ Tensor reference_forward(const Geom& g, const Tensor& x_in, const Tensor& w_in, 
 ConvGrads reference_backward(const Geom& g, const Tensor& gy_in, const Tensor& x_in, const Tensor& w_in,
                              bool has_bias) {
   const Geom2 d = as2d(g);
+  const int64_t work = d.N * d.O * d.OH * d.OW * (d.C / d.G) * d.KH * d.KW;
   Tensor gy = gy_in.contiguous(), x = x_in.contiguous(), w = w_in.contiguous();
   const float* pg = gy.data<float>();
   const float* px = x.data<float>();
@@ -160,7 +169,7 @@ ConvGrads reference_backward(const Geom& g, const Tensor& gy_in, const Tensor& x
   float* pdx = r.dx.data<float>();
   float* pdw = r.dweight.data<float>();
   // dx[n, c, ih, iw] = sum over (o in group, kh, kw) with ih = oh*SH - PH + kh of gy[n, o, oh, ow] * w[o, c, kh, kw]
-#pragma omp parallel for collapse(2) schedule(static)
+#pragma omp parallel for collapse(2) schedule(static) if (work > kParallelWork)
   for (int64_t n = 0; n < d.N; ++n)
     for (int64_t c = 0; c < d.C; ++c) {
       const int64_t grp = c / cg, cl = c % cg;
@@ -182,7 +191,7 @@ ConvGrads reference_backward(const Geom& g, const Tensor& gy_in, const Tensor& x
         }
     }
   // dw[o, c, kh, kw] = sum over (n, oh, ow) of gy[n, o, oh, ow] * x[n, group c, oh*SH - PH + kh, ow*SW - PW + kw]
-#pragma omp parallel for collapse(2) schedule(static)
+#pragma omp parallel for collapse(2) schedule(static) if (work > kParallelWork)
   for (int64_t o = 0; o < d.O; ++o)
     for (int64_t c = 0; c < cg; ++c) {
       const int64_t ci = (o / og) * cg + c;
@@ -397,9 +406,146 @@ void check_grad_y(const Geom& g, const Tensor& gy) {
               shape_str(y_shape(g)), " (the output shape)");
 }
 
+
+// ---------------------------------------------------------------- conv1d by unfolded blocks and matmul
+// oneDNN 2.6 has no direct kernel for long 1-D kernels (BEATs' positional conv: 128 taps, 16 groups of 48
+// channels); its generic gemm convolution unfolds the whole input and ran at half the matmul rate. Here the
+// input is unfolded one block of channels at a time, U [Lo, cb*K] (sized to stay in the L2 cache), and each
+// block goes through matmul_into: y_g += W_g[:, block] @ U^T, dW_g[:, block] += dy_g @ U, and
+// dU = dy_g^T @ W_g[:, block] folded back into dx.
+
+constexpr int64_t kUnfoldFloats = int64_t{1} << 19;  // 2 MB per unfolded block
+
+bool use_im2col(const Geom& g) {
+  const Conv1dPath path = g_conv1d_path.load();
+  if (g.sd != 1 || path == Conv1dPath::Primitive) return false;
+  return path == Conv1dPath::Im2col || g.k[0] >= kIm2colMinKernel;
+}
+
+int64_t channel_block(const Geom& g) {
+  const int64_t per_channel = std::max<int64_t>(g.out[0] * g.k[0], 1);
+  return std::clamp<int64_t>(kUnfoldFloats / per_channel, 1, g.C / g.G);
+}
+
+// Taps k in [lo, hi) of output t read input positions start + k inside [0, L).
+struct Taps {
+  int64_t start, lo, hi;
+};
+Taps taps(int64_t t, int64_t S, int64_t P, int64_t K, int64_t L) {
+  const int64_t start = t * S - P;
+  const int64_t lo = std::clamp<int64_t>(-start, 0, K), hi = std::clamp<int64_t>(L - start, lo, K);
+  return {start, lo, hi};
+}
+
+// U[t, c*K + k] = x[c, t*S + k - P] (0 outside the input) for the cb channel rows of x (row length L).
+void unfold(const float* x, int64_t L, int64_t cb, int64_t K, int64_t S, int64_t P, int64_t Lo, float* U) {
+  const int64_t J = cb * K;
+#pragma omp parallel for schedule(static) if (Lo * J > kParallelWork)
+  for (int64_t t = 0; t < Lo; ++t) {
+    const Taps tp = taps(t, S, P, K, L);
+    for (int64_t c = 0; c < cb; ++c) {
+      float* r = U + t * J + c * K;
+      std::fill(r, r + tp.lo, 0.0f);
+      std::memcpy(r + tp.lo, x + c * L + tp.start + tp.lo, sizeof(float) * (tp.hi - tp.lo));
+      std::fill(r + tp.hi, r + K, 0.0f);
+    }
+  }
+}
+
+// The adjoint of unfold: dx[c, t*S + k - P] += dU[t, c*K + k] (each thread owns whole channel rows).
+void fold_add(const float* dU, int64_t L, int64_t cb, int64_t K, int64_t S, int64_t P, int64_t Lo, float* dx) {
+  const int64_t J = cb * K;
+#pragma omp parallel for schedule(static) if (Lo * J > kParallelWork)
+  for (int64_t c = 0; c < cb; ++c) {
+    float* row = dx + c * L;
+    for (int64_t t = 0; t < Lo; ++t) {
+      const Taps tp = taps(t, S, P, K, L);
+      const float* __restrict src = dU + t * J + c * K;
+      float* __restrict dst = row + tp.start;
+#pragma omp simd
+      for (int64_t k = tp.lo; k < tp.hi; ++k) dst[k] += src[k];
+    }
+  }
+}
+
+// A [rows, cols] row-major matrix over `buf` (which holds at least rows * cols floats).
+Tensor matrix_view(const Tensor& buf, int64_t rows, int64_t cols) {
+  return Tensor(buf.storage(), {rows, cols}, {cols, 1}, buf.offset(), DType::Float32);
+}
+
+Tensor im2col_forward(const Geom& g, const Tensor& x_in, const Tensor& w_in, const Tensor& bias_in) {
+  const int64_t L = g.in[0], Lo = g.out[0], K = g.k[0], S = g.stride[0], P = g.pad[0];
+  const int64_t Cg = g.C / g.G, Og = g.O / g.G, cb_max = channel_block(g);
+  Tensor x = x_in.contiguous(), w = w_in.contiguous().view({g.O, Cg * K});
+  Tensor b = bias_in.defined() ? bias_in.contiguous() : Tensor();
+  Tensor y = Tensor::empty(y_shape(g));
+  Tensor buf = Tensor::empty({Lo * cb_max * K});
+  Tensor yt = Tensor::empty({Lo, Og});  // one group's output, time-major: brgemm runs faster with M = Lo
+  const float* px = x.data<float>();
+  const float* pb = b.defined() ? b.data<float>() : nullptr;
+  float* py = y.data<float>();
+  const float* pyt = yt.data<float>();
+  for (int64_t n = 0; n < g.N; ++n)
+    for (int64_t grp = 0; grp < g.G; ++grp) {
+      for (int64_t c0 = 0; c0 < Cg; c0 += cb_max) {
+        const int64_t cb = std::min(cb_max, Cg - c0);
+        unfold(px + (n * g.C + grp * Cg + c0) * L, L, cb, K, S, P, Lo, buf.data<float>());
+        // A dense copy of the weight block (small) lets oneDNN use its brgemm kernel instead of a generic gemm.
+        Tensor wb = w.narrow(0, grp * Og, Og).narrow(1, c0 * K, cb * K).contiguous();  // [Og, cb*K]
+        matmul_into(yt, matrix_view(buf, Lo, cb * K), wb, false, true, /*accumulate=*/c0 > 0);
+      }
+#pragma omp parallel for schedule(static) if (Og * Lo > kParallelWork)
+      for (int64_t o = 0; o < Og; ++o) {
+        float* row = py + (n * g.O + grp * Og + o) * Lo;
+        const float bo = pb ? pb[grp * Og + o] : 0.0f;
+        for (int64_t t = 0; t < Lo; ++t) row[t] = pyt[t * Og + o] + bo;
+      }
+    }
+  return y;
+}
+
+ConvGrads im2col_backward(const Geom& g, const Tensor& gy_in, const Tensor& x_in, const Tensor& w_in,
+                          bool has_bias) {
+  const int64_t L = g.in[0], Lo = g.out[0], K = g.k[0], S = g.stride[0], P = g.pad[0];
+  const int64_t Cg = g.C / g.G, Og = g.O / g.G, cb_max = channel_block(g);
+  Tensor x = x_in.contiguous(), gy = gy_in.contiguous(), w = w_in.contiguous().view({g.O, Cg * K});
+  ConvGrads r;
+  r.dx = Tensor::empty(x_shape(g));
+  r.dx.fill_(0.0);
+  r.dweight = Tensor::empty(w_shape(g));
+  Tensor dw = r.dweight.view({g.O, Cg * K});
+  Tensor ubuf = Tensor::empty({Lo * cb_max * K}), dubuf = Tensor::empty({Lo * cb_max * K});
+  const float* px = x.data<float>();
+  float* pdx = r.dx.data<float>();
+  for (int64_t n = 0; n < g.N; ++n)
+    for (int64_t grp = 0; grp < g.G; ++grp) {
+      Tensor gyg = gy.select(0, n).narrow(0, grp * Og, Og);  // [Og, Lo]
+      for (int64_t c0 = 0; c0 < Cg; c0 += cb_max) {
+        const int64_t cb = std::min(cb_max, Cg - c0);
+        const int64_t xoff = (n * g.C + grp * Cg + c0) * L;
+        Tensor U = matrix_view(ubuf, Lo, cb * K), dU = matrix_view(dubuf, Lo, cb * K);
+        unfold(px + xoff, L, cb, K, S, P, Lo, ubuf.data<float>());
+        matmul_into(dw.narrow(0, grp * Og, Og).narrow(1, c0 * K, cb * K), gyg, U, false, false,
+                    /*accumulate=*/n > 0);
+        matmul_into(dU, gyg, w.narrow(0, grp * Og, Og).narrow(1, c0 * K, cb * K).contiguous(), true, false);
+        fold_add(dubuf.data<float>(), L, cb, K, S, P, Lo, pdx + xoff);
+      }
+    }
+  if (has_bias) r.dbias = bias_grad_reference(gy);
+  return r;
+}
+
 bool empty_problem(const Geom& g) { return g.N == 0 || g.C == 0 || g.O == 0; }
 
 std::string impl_info(const Geom& g, bool bias) {
+  if (use_im2col(g)) {
+    const int64_t Og = g.O / g.G, cb = channel_block(g), J = cb * g.k[0], Lo = g.out[0];
+    Tensor u = Tensor::empty({Lo, J}), gy = Tensor::empty({Og, Lo});
+    Tensor wb = Tensor::empty({Og, J});
+    return "im2col blocks of " + std::to_string(cb) + " channels + matmul (fwd " +
+           matmul_onednn_impl(wb, u, false, true) + ", dW " + matmul_onednn_impl(gy, u) + ", dx " +
+           matmul_onednn_impl(gy, wb, true, false) + ")";
+  }
   const ConvLayout layout = g_layout.load();
   auto f = conv_fwd(g, bias, layout);
   auto b = conv_bwd(g, bias, layout);
@@ -419,7 +565,7 @@ Tensor forward_any(const Geom& g, const Tensor& x, const Tensor& w, const Tensor
     if (bias.defined() && g.N > 0) y.copy_(bias.reshape(g.sd == 2 ? Shape{1, g.O, 1, 1} : Shape{1, g.O, 1}));
     return y;
   }
-  return onednn_forward(g, x, w, bias);
+  return use_im2col(g) ? im2col_forward(g, x, w, bias) : onednn_forward(g, x, w, bias);
 }
 
 ConvGrads backward_any(const Geom& g, const Tensor& gy, const Tensor& x, const Tensor& w, bool has_bias) {
@@ -428,12 +574,14 @@ ConvGrads backward_any(const Geom& g, const Tensor& gy, const Tensor& x, const T
     ConvGrads r{zeros_of(x_shape(g)), zeros_of(w_shape(g)), has_bias ? zeros_of({g.O}) : Tensor()};
     return r;
   }
-  return onednn_backward(g, gy, x, w, has_bias);
+  return use_im2col(g) ? im2col_backward(g, gy, x, w, has_bias) : onednn_backward(g, gy, x, w, has_bias);
 }
 
 }  // namespace
 
 void set_conv_layout(ConvLayout layout) { g_layout.store(layout); }
+void set_conv1d_path(Conv1dPath path) { g_conv1d_path.store(path); }
+Conv1dPath conv1d_path() { return g_conv1d_path.load(); }
 ConvLayout conv_layout() { return g_layout.load(); }
 
 Tensor bias_grad_reference(const Tensor& grad_y) {

@@ -49,6 +49,14 @@ enum class ConvLayout { Blocked, Plain };
 void set_conv_layout(ConvLayout layout);
 ConvLayout conv_layout();
 
+// How conv1d runs: oneDNN's convolution primitives, or unfolded channel blocks multiplied with oneDNN's
+// matmul (faster for long kernels, where oneDNN 2.6 only has its generic gemm convolution). Auto picks the
+// latter when the kernel has at least kIm2colMinKernel taps. Process-wide; for benchmarks and tests.
+enum class Conv1dPath { Auto, Primitive, Im2col };
+constexpr int64_t kIm2colMinKernel = 16;
+void set_conv1d_path(Conv1dPath path);
+Conv1dPath conv1d_path();
+
 // The oneDNN implementations the calls would use ("fwd ..., bwd_data ..., bwd_weights ..."), for benchmarks.
 std::string conv2d_impl(const Tensor& x, const Tensor& weight, bool has_bias, const Conv2dParams& p);
 std::string conv1d_impl(const Tensor& x, const Tensor& weight, bool has_bias, const Conv1dParams& p);

@@ -194,7 +194,8 @@ void matmul_reference_into(const Tensor& A, const Tensor& B, const Tensor& C, co
   const float* pb = B.data<float>();
   float* pc = C.data<float>();
   const int64_t nd = static_cast<int64_t>(out_batch.size());
-#pragma omp parallel for schedule(static)
+  // Small products stay on one thread (a parallel region would cost more than the work).
+#pragma omp parallel for schedule(static) if (nbatch * M * N * K > (int64_t{1} << 15))
   for (int64_t bm = 0; bm < nbatch * M; ++bm) {
     const int64_t bi = bm / M, m = bm % M;
     int64_t oa = 0, ob = 0, oc = 0, rem = bi;
@@ -475,7 +476,7 @@ LinearGrads linear_backward(const Tensor& grad_y, const Tensor& x, const Tensor&
     const float* pg = gyc.data<float>();
     float* pb = g.dbias.data<float>();
     const int64_t R = gyc.size(0);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (R * out > (int64_t{1} << 15))
     for (int64_t o = 0; o < out; ++o) {
       double acc = 0.0;
       for (int64_t r = 0; r < R; ++r) acc += pg[r * out + o];

@@ -159,7 +159,10 @@ TEST(ConvReference, BiasGradIsSumOverBatchAndSpace) {
 class ConvOneDnn : public ::testing::TestWithParam<ConvLayout> {
  protected:
   void SetUp() override { set_conv_layout(GetParam()); }
-  void TearDown() override { set_conv_layout(ConvLayout::Blocked); }
+  void TearDown() override {
+    set_conv_layout(ConvLayout::Blocked);
+    set_conv1d_path(Conv1dPath::Auto);
+  }
 };
 
 TEST_P(ConvOneDnn, Conv2dForwardAndBackwardMatchReference) {
@@ -200,20 +203,27 @@ TEST_P(ConvOneDnn, Conv1dForwardAndBackwardMatchReference) {
       {{2, 3, 13}, {5, 3, 4}, p1(1, 2, 1), "pad 2, even kernel"},
       {{2, 6, 17}, {9, 2, 5}, p1(3, 1, 3), "grouped strided"},
       {{1, 32, 31}, {32, 2, 16}, p1(1, 8, 16), "BEATs positional conv (scaled down)"},
+      {{2, 4, 9}, {4, 2, 12}, p1(2, 5, 2), "kernel longer than the input, strided"},
+      {{1, 48, 40}, {48, 48, 17}, p1(1, 8, 1), "many channels (several unfolded blocks)"},
   };
+  for (Conv1dPath path : {Conv1dPath::Primitive, Conv1dPath::Im2col})
   for (const Case1d& c : cases) {
+    set_conv1d_path(path);
+    const std::string tag = path == Conv1dPath::Im2col ? " (im2col)" : " (primitive)";
     Tensor x = uniform(c.x, 20), w = uniform(c.w, 21), b = uniform({c.w[0]}, 22);
     const int64_t terms = c.w[1] * c.w[2];
     Tensor ref = conv1d_reference(x, w, b, c.p);
-    expect_close(conv1d(x, w, b, c.p), ref, tol(terms), kRelTol, std::string(c.name) + " fwd");
+    expect_close(conv1d(x, w, b, c.p), ref, tol(terms), kRelTol, c.name + tag + " fwd");
+    expect_close(conv1d(x, w, Tensor(), c.p), conv1d_reference(x, w, Tensor(), c.p), tol(terms), kRelTol,
+                 c.name + tag + " fwd no bias");
     Tensor gy = uniform(ref.shape(), 23);
     ConvGrads want = conv1d_backward_reference(gy, x, w, true, c.p);
     ConvGrads got = conv1d_backward(gy, x, w, true, c.p);
     const int64_t o_terms = (c.w[0] / c.p.groups) * c.w[2];
     const int64_t w_terms = ref.size(0) * ref.size(2);
-    expect_close(got.dx, want.dx, tol(o_terms), kRelTol, std::string(c.name) + " dx");
-    expect_close(got.dweight, want.dweight, tol(w_terms), kRelTol, std::string(c.name) + " dw");
-    expect_close(got.dbias, want.dbias, tol(w_terms), kRelTol, std::string(c.name) + " db");
+    expect_close(got.dx, want.dx, tol(o_terms), kRelTol, c.name + tag + " dx");
+    expect_close(got.dweight, want.dweight, tol(w_terms), kRelTol, c.name + tag + " dw");
+    expect_close(got.dbias, want.dbias, tol(w_terms), kRelTol, c.name + tag + " db");
   }
 }
 
@@ -222,6 +232,8 @@ TEST_P(ConvOneDnn, NonContiguousInputs) {
   Tensor x = uniform({2, 11, 8}, 30).permute({0, 2, 1});
   Tensor w = uniform({8, 4, 6}, 31).narrow(2, 1, 3);  // [8, 4, 3]
   const Conv1dParams p = p1(1, 1, 2);
+  for (Conv1dPath path : {Conv1dPath::Primitive, Conv1dPath::Im2col}) {
+  set_conv1d_path(path);
   expect_close(conv1d(x, w, Tensor(), p), conv1d_reference(x.contiguous(), w.contiguous(), Tensor(), p), tol(12),
                kRelTol, "permuted x");
   Tensor gy = uniform({2, 8, 11}, 32);
@@ -229,6 +241,7 @@ TEST_P(ConvOneDnn, NonContiguousInputs) {
   ConvGrads want = conv1d_backward_reference(gy, x.contiguous(), w.contiguous(), false, p);
   expect_close(got.dx, want.dx, tol(12), kRelTol, "permuted x: dx");
   expect_close(got.dweight, want.dweight, tol(22), kRelTol, "permuted x: dw");
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Layouts, ConvOneDnn, ::testing::Values(ConvLayout::Blocked, ConvLayout::Plain),
