@@ -121,25 +121,26 @@ std::shared_ptr<nn::Module> GrowableLinear::create_like() const {
   return std::make_shared<GrowableLinear>(in_, out_features());
 }
 
-void grow_optimizer_state(ag::Optimizer& opt, const ag::Var& param) {
+void grow_optimizer_state(ag::Optimizer& opt) {
   const std::vector<ag::Var> params = opt.params();
-  int64_t index = -1;
-  for (size_t i = 0; i < params.size(); ++i)
-    if (params[i].same(param)) index = static_cast<int64_t>(i);
-  SONAR_CHECK(index >= 0, "grow_optimizer_state: the parameter ", shape_str(param.shape()),
-              " is not one of the optimiser's");
   ag::OptimizerState st = opt.save_state();
-  const std::string prefix = "param." + std::to_string(index) + ".";
   for (auto& [key, t] : st.tensors) {
-    if (key.rfind(prefix, 0) != 0 || !t.defined() || t.shape() == param.shape()) continue;
-    SONAR_CHECK(t.dim() == param.dim() && t.dim() >= 1 && t.size(0) <= param.size(0),
-                "grow_optimizer_state: buffer '", key, "' ", shape_str(t.shape()), " cannot grow to ",
-                shape_str(param.shape()));
+    // Keys are "param.<index>.<buffer>".
+    if (key.rfind("param.", 0) != 0 || !t.defined()) continue;
+    const size_t dot = key.find('.', 6);
+    if (dot == std::string::npos) continue;
+    const int64_t index = std::stoll(key.substr(6, dot - 6));
+    SONAR_CHECK(index >= 0 && index < static_cast<int64_t>(params.size()), "grow_optimizer_state: buffer '", key,
+                "' names no parameter");
+    const Shape& want = params[index].shape();
+    if (t.shape() == want) continue;
+    SONAR_CHECK(t.dim() == static_cast<int64_t>(want.size()) && t.dim() >= 1 && t.size(0) < want[0],
+                "grow_optimizer_state: buffer '", key, "' ", shape_str(t.shape()), " cannot grow to ", shape_str(want));
     for (int64_t d = 1; d < t.dim(); ++d)
-      SONAR_CHECK(t.size(d) == param.size(d), "grow_optimizer_state: buffer '", key, "' ", shape_str(t.shape()),
-                  " differs from ", shape_str(param.shape()), " beyond dim 0");
+      SONAR_CHECK(t.size(d) == want[d], "grow_optimizer_state: buffer '", key, "' ", shape_str(t.shape()),
+                  " differs from its parameter ", shape_str(want), " beyond dim 0");
     Shape extra = t.shape();
-    extra[0] = param.size(0) - t.size(0);
+    extra[0] = want[0] - t.size(0);
     t = cat({t, zeros(extra, t.dtype())}, 0);
   }
   opt.load_state(st);

@@ -54,10 +54,12 @@ class GrowableLinear : public nn::UnaryModule {
   int64_t in_;
 };
 
-// After a parameter grew along dim 0 (GrowableLinear::add_rows), pads every per-parameter buffer the
-// optimiser keeps for it ("exp_avg", "exp_avg_sq", "momentum_buffer") with zero rows so that the next step
-// works and treats the new rows as fresh. Throws when `param` is not one of the optimiser's parameters.
-void grow_optimizer_state(ag::Optimizer& opt, const ag::Var& param);
+// After parameters grew along dim 0 (GrowableLinear::add_rows), pads every per-parameter buffer the
+// optimiser keeps for them ("exp_avg", "exp_avg_sq", "momentum_buffer") with zero rows, so that the next step
+// works and treats the new rows as fresh. Call it before the next step (an optimiser whose buffers no longer
+// match its parameters must not step). Throws when a buffer is larger than its parameter or differs beyond
+// dim 0.
+void grow_optimizer_state(ag::Optimizer& opt);
 
 struct LabelPredictorOptions {
   int64_t layers = 3;          // transformer blocks (the BEATs paper's label predictor has 3)

@@ -1,0 +1,208 @@
+// BEATs pre-training objectives and the optimiser step (see nn/beats/pretrain.h).
+#include "nn/beats/pretrain.h"
+
+#include <cmath>
+#include <set>
+
+#include "autograd/loss.h"
+#include "autograd/ops.h"
+#include "tensor/creation.h"
+#include "tensor/index.h"
+#include "tensor/reduce.h"
+
+namespace sonar::beats {
+
+// ---- masked label prediction ----
+
+MaskedLabelPrediction::MaskedLabelPrediction(std::shared_ptr<BeatsBackbone> m, const MlpOptions& o, Generator* gen)
+    : nn::Module("MaskedLabelPrediction"), opts(o) {
+  SONAR_CHECK(m != nullptr, "MaskedLabelPrediction: no model");
+  model = register_module("model", std::move(m));
+  predictor = register_module("predictor", std::make_shared<LabelPredictor>(model->cfg, o.predictor, gen));
+}
+
+std::shared_ptr<nn::Module> MaskedLabelPrediction::create_like() const {
+  auto m = std::dynamic_pointer_cast<BeatsBackbone>(model->clone());
+  // clone() then copies every value, so a grown output layer takes its current size in the copy.
+  return std::make_shared<MaskedLabelPrediction>(m, opts);
+}
+
+VisibleEncoding MaskedLabelPrediction::encode_visible(const ag::Var& fbank, const Tensor& frame_mask, Generator& gen) {
+  VisibleEncoding ve;
+  ag::Var patches = model->embed_patches(fbank, &ve.time_patches, &ve.freq_patches);  // [B, P, E]
+  const int64_t B = patches.size(0), P = patches.size(1), E = patches.size(2);
+  if (frame_mask.defined()) {
+    SONAR_CHECK(frame_mask.dim() == 2 && frame_mask.size(0) == B && frame_mask.size(1) == fbank.size(1),
+                "MaskedLabelPrediction: frame mask must be [B, T] = ", shape_str({B, fbank.size(1)}), ", got ",
+                shape_str(frame_mask.shape()));
+    ve.patch_padding = model->patch_mask_from_frames(frame_mask, ve.time_patches, ve.freq_patches, opts.padding);
+  }
+  ve.masking = make_patch_masking(B, P, ve.patch_padding, opts.masking, gen);
+  const PatchMasking& m = ve.masking;
+  // Gather the visible patch embeddings (E wide, before the projection: the cheapest place), in order.
+  ag::Var vis = ag::reshape(ag::index_select(ag::reshape(patches, {B * P, E}), 0, m.visible_flat), {B, m.visible, E});
+  vis = model->project(vis);  // [B, V, C]
+  bool fillers = false;
+  for (int64_t b = 0; b < B; ++b) fillers = fillers || m.num_visible[b] < m.visible;
+  ve.encoded = model->encoder->forward(vis, fillers ? m.visible_padding : Tensor()).x;
+  return ve;
+}
+
+MlpOutput MaskedLabelPrediction::forward(const ag::Var& fbank, const Tensor& frame_mask, const Tensor& labels,
+                                         Generator& gen) {
+  MlpOutput out;
+  out.visible = encode_visible(fbank, frame_mask, gen);
+  const PatchMasking& m = out.visible.masking;
+  SONAR_CHECK(labels.defined() && labels.dtype() == DType::Int64 && labels.shape() == (Shape{m.batch, m.patches}),
+              "MaskedLabelPrediction: labels must be int64 ", shape_str({m.batch, m.patches}), ", got ",
+              labels.defined() ? labels.str() : std::string("undefined"));
+  out.num_masked = m.total_masked();
+  SONAR_CHECK(out.num_masked > 0, "MaskedLabelPrediction: no patch of the batch is masked (mask_ratio ",
+              opts.masking.mask_ratio, ", ", m.batch, " clips of ", m.patches, " patches)");
+  const int64_t K = predictor->num_classes();
+  out.targets = index_select(labels.contiguous().reshape({m.batch * m.patches}), 0, m.masked_flat);
+  const int64_t* t = out.targets.data<int64_t>();
+  for (int64_t i = 0; i < out.num_masked; ++i)
+    SONAR_CHECK(t[i] >= 0 && t[i] < K, "MaskedLabelPrediction: label ", t[i], " of masked patch ",
+                m.masked_flat.data<int64_t>()[i], " (flat b * P + p) outside [0, ", K, ")");
+
+  ag::Var h = predictor->hidden(out.visible.encoded, m);
+  out.predicted = LabelPredictor::masked_rows(h, m);
+  out.logits = predictor->logits(out.predicted);
+  out.loss = ag::cross_entropy(out.logits, out.targets, opts.label_smoothing);
+
+  Tensor pred = argmax(out.logits.value(), 1);
+  const int64_t* pr = pred.data<int64_t>();
+  int64_t hits = 0;
+  for (int64_t i = 0; i < out.num_masked; ++i) hits += pr[i] == t[i];
+  out.masked_accuracy = static_cast<double>(hits) / static_cast<double>(out.num_masked);
+  return out;
+}
+
+// ---- tokenizer distillation ----
+
+TokenizerDistillation::TokenizerDistillation(std::shared_ptr<BeatsTokenizer> tok, const DistillOptions& o,
+                                             Generator* gen)
+    : nn::Module("TokenizerDistillation"), opts(o) {
+  SONAR_CHECK(tok != nullptr, "TokenizerDistillation: no tokenizer");
+  SONAR_CHECK(o.commitment_weight >= 0.0f, "TokenizerDistillation: commitment_weight ", o.commitment_weight,
+              " is negative");
+  tokenizer = register_module("tokenizer", std::move(tok));
+  estimator = register_module("estimator", std::make_shared<TokenizerEstimator>(tokenizer->cfg, o.estimator, gen));
+}
+
+std::shared_ptr<nn::Module> TokenizerDistillation::create_like() const {
+  auto t = std::dynamic_pointer_cast<BeatsTokenizer>(tokenizer->clone());
+  DistillOptions o = opts;
+  o.estimator.target_dim = estimator->target_dim;
+  return std::make_shared<TokenizerDistillation>(t, o);
+}
+
+Tensor TokenizerDistillation::teacher_features(BeatsBackbone& teacher, const Tensor& fbank, const Tensor& frame_mask,
+                                               PaddingMode padding) {
+  ag::NoGradGuard no_grad;
+  const bool was_training = teacher.is_training();
+  teacher.eval();
+  FeatureOptions fo;
+  fo.padding = padding;
+  Tensor x;
+  try {
+    x = teacher.forward_fbank(ag::Var(fbank), frame_mask, fo).x.value();
+  } catch (...) {
+    teacher.train(was_training);
+    throw;
+  }
+  teacher.train(was_training);
+  return x;
+}
+
+DistillOutput TokenizerDistillation::forward(const ag::Var& fbank, const Tensor& frame_mask, const Tensor& teacher) {
+  DistillOutput out;
+  FeatureOptions fo;
+  fo.padding = opts.padding;
+  TokenizerOutput tk = tokenizer->tokenize_fbank(fbank, frame_mask, fo);
+  const int64_t B = tk.labels.size(0), P = tk.labels.size(1), D = tk.quantize_input.size(2);
+  SONAR_CHECK(teacher.defined() && teacher.dim() == 3 && teacher.size(0) == B && teacher.size(1) == P &&
+                  teacher.size(2) == estimator->target_dim,
+              "TokenizerDistillation: teacher features must be [", B, ", ", P, ", ", estimator->target_dim, "], got ",
+              teacher.defined() ? shape_str(teacher.shape()) : std::string("undefined"));
+  out.labels = tk.labels;
+  out.patch_padding = tk.features.padding_mask;
+
+  // Rows of the real patches (all of them without padding).
+  std::vector<int64_t> real;
+  const Tensor pad_c = out.patch_padding.defined() ? out.patch_padding.contiguous() : Tensor();
+  const uint8_t* pad = pad_c.defined() ? pad_c.bytes() : nullptr;
+  for (int64_t i = 0; i < B * P; ++i)
+    if (!pad || !pad[i]) real.push_back(i);
+  out.real_patches = static_cast<int64_t>(real.size());
+  SONAR_CHECK(out.real_patches > 0, "TokenizerDistillation: every patch of the batch is padding");
+  Tensor real_idx = from_vector(real, {out.real_patches});
+
+  out.estimate = estimator->forward(tk.z_q, out.patch_padding);  // [B, P, Ct]
+  const int64_t Ct = estimator->target_dim;
+  ag::Var est_rows = ag::index_select(ag::reshape(out.estimate, {B * P, Ct}), 0, real_idx);
+  Tensor tgt_rows = index_select(teacher.contiguous().reshape({B * P, Ct}), 0, real_idx);
+  ag::Var cos = ag::cosine_similarity(est_rows, ag::Var(tgt_rows), 1);  // [R]
+  out.cosine_loss = ag::rsub(1.0f, ag::mean(cos));
+
+  // Commitment: pull the normalised encoder output towards its (constant) code.
+  ag::Var z_rows = ag::index_select(ag::reshape(tk.quantize_input, {B * P, D}), 0, real_idx);
+  Tensor code_rows = index_select(tk.z_q.value().contiguous().reshape({B * P, D}), 0, real_idx);
+  out.commitment = ag::mean(ag::pow(ag::sub(z_rows, ag::Var(code_rows)), 2.0f));
+  out.loss = ag::add(out.cosine_loss, ag::mul(out.commitment, opts.commitment_weight));
+
+  std::set<int64_t> used;
+  const Tensor lab_c = tk.labels.contiguous();
+  const int64_t* lab = lab_c.data<int64_t>();
+  for (int64_t i : real) used.insert(lab[i]);
+  out.codes_used = static_cast<int64_t>(used.size());
+  return out;
+}
+
+// ---- optimiser step ----
+
+std::vector<ag::ParamGroup> decay_param_groups(const nn::Module& m) {
+  ag::ParamGroup decay, no_decay;
+  no_decay.weight_decay = 0.0f;
+  for (const auto& [name, p] : m.named_parameters()) {
+    if (!p.requires_grad()) continue;
+    auto ends_with = [&name](const std::string& s) {
+      return name.size() >= s.size() && name.compare(name.size() - s.size(), s.size(), s) == 0;
+    };
+    const bool vector_like = p.dim() < 2 || ends_with("mask_emb") || ends_with("grep_a") || ends_with("weight_g");
+    (vector_like ? no_decay : decay).params.push_back(p);
+  }
+  std::vector<ag::ParamGroup> groups;
+  if (!decay.params.empty()) groups.push_back(std::move(decay));
+  if (!no_decay.params.empty()) groups.push_back(std::move(no_decay));
+  SONAR_CHECK(!groups.empty(), "decay_param_groups: ", m.type_name(), " has no trainable parameter");
+  return groups;
+}
+
+TrainStep::TrainStep(const nn::Module& m, const TrainStepOptions& o) : opts_(o) {
+  opt_ = std::make_unique<ag::AdamW>(decay_param_groups(m), o.adamw);
+  if (o.schedule) schedule_.emplace(*o.schedule);
+}
+
+StepStats TrainStep::run(const std::function<ag::Var()>& forward_loss) {
+  StepStats s;
+  s.step = step_;
+  opt_->zero_grad();
+  ag::Var loss = forward_loss();
+  SONAR_CHECK(loss.defined() && loss.numel() == 1, "TrainStep: the loss must be a scalar, got ",
+              loss.defined() ? shape_str(loss.shape()) : std::string("undefined"));
+  s.loss = loss.value().item_double();
+  SONAR_CHECK(std::isfinite(s.loss), "TrainStep: loss is ", s.loss, " at step ", step_);
+  loss.backward();
+  const float max_norm = opts_.max_grad_norm > 0.0f ? opts_.max_grad_norm : INFINITY;
+  s.grad_norm = ag::clip_grad_norm(opt_->params(), max_norm);
+  SONAR_CHECK(std::isfinite(s.grad_norm), "TrainStep: gradient norm is ", s.grad_norm, " at step ", step_);
+  if (schedule_) opt_->set_lr(static_cast<float>(schedule_->lr_at(step_)));
+  s.lr = opt_->lr();
+  opt_->step();
+  ++step_;
+  return s;
+}
+
+}  // namespace sonar::beats

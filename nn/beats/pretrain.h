@@ -1,0 +1,168 @@
+// BEATs' two pre-training objectives as reusable modules, and one optimiser step around any loss.
+//
+// MaskedLabelPrediction (the SSL model's objective): the clip's patches are embedded, 75% of each clip's real
+// patches are masked (nn/beats/pretrain_mask.h), only the visible patch embeddings go through projection and
+// encoder (gathered right after the patch embedding and its layer norm, so the encoder's convolutional
+// positional embedding and relative position bias see the shorter, visible-only sequence in original
+// order), and a LabelPredictor (nn/beats/label_predictor.h) puts the encoder outputs back at their patches
+// with a learnt mask token everywhere else and predicts the tokenizer's label of every masked patch.
+// Loss: cross-entropy with label smoothing 0.1 over the masked patches of the batch (padded patches are never
+// targets); the masked accuracy is reported.
+//
+// TokenizerDistillation (the tokenizer's objective): the tokenizer (nn/beats/tokenizer.h: BEATs encoder,
+// quantize_layer, NormEMA codebook) quantises every patch; a TokenizerEstimator (nn/beats/estimator.h) maps the
+// straight-through quantised vectors to the teacher's last-layer features; loss = mean over real patches of
+// (1 - cos(estimate, teacher)) + commitment_weight * mean over real patches of |z - sg(code)|^2 / D. The
+// codebook itself is not trained by gradients: the quantizer's EMA updates it during the forward pass.
+//
+// TrainStep: zero gradients, forward + loss, backward, clip the global gradient norm, set the scheduled
+// learning rate, AdamW step.
+//
+// Not here: the data pipeline, the SONAR extensions (self-distillation, codebook growth; sonar/), checkpoints.
+#pragma once
+#include <functional>
+#include <memory>
+#include <optional>
+
+#include "autograd/optim.h"
+#include "autograd/schedule.h"
+#include "nn/beats/beats.h"
+#include "nn/beats/estimator.h"
+#include "nn/beats/label_predictor.h"
+#include "nn/beats/pretrain_mask.h"
+#include "nn/beats/tokenizer.h"
+
+namespace sonar::beats {
+
+constexpr float kLabelSmoothing = 0.1f;  // BEATs' cross-entropy label smoothing
+
+// ---- masked label prediction ----
+
+struct MlpOptions {
+  MaskingOptions masking;  // 75% of each clip's real patches masked
+  float label_smoothing = kLabelSmoothing;
+  // How frame padding becomes patch padding. Exact (a padded clip's patches past its last full time patch
+  // are padding) is the default for training; Official reproduces BEATs' quirky downsampling.
+  PaddingMode padding = PaddingMode::Exact;
+  LabelPredictorOptions predictor;  // 3 blocks, 1024 classes
+};
+
+// The encoder's side of the objective: which patches were visible and what the encoder made of them.
+struct VisibleEncoding {
+  PatchMasking masking;
+  ag::Var encoded;      // [B, V, C] encoder output over the visible patches
+  Tensor patch_padding;  // bool [B, P] (1 = padded), undefined without a frame mask
+  int64_t time_patches = 0, freq_patches = 0;
+};
+
+struct MlpOutput {
+  ag::Var loss;                  // scalar: smoothed cross-entropy averaged over the N masked patches
+  double masked_accuracy = 0.0;  // share of masked patches whose arg-max class is the label
+  int64_t num_masked = 0;        // N
+  VisibleEncoding visible;
+  ag::Var predicted;  // [N, C] predictor hidden states at the masked patches (masking.masked_flat order)
+  ag::Var logits;     // [N, K]
+  Tensor targets;     // int64 [N]
+};
+
+class MaskedLabelPrediction : public nn::Module {
+ public:
+  // model: the BEATs model being pre-trained (registered as child "model"); the label predictor (child
+  // "predictor") is built from model->cfg. gen: initialise the predictor (else zeros, to be loaded).
+  MaskedLabelPrediction(std::shared_ptr<BeatsBackbone> model, const MlpOptions& opts, Generator* gen = nullptr);
+
+  // fbank [B, T, F] normalised; frame_mask bool/uint8 [B, T] (1 = padded frame) or undefined; labels int64
+  // [B, P] from the tokenizer (only masked real patches are read; each must lie in [0, K)). `gen` draws the
+  // masking; dropout draws from nn::rng(). Throws when no patch of the batch is masked.
+  MlpOutput forward(const ag::Var& fbank, const Tensor& frame_mask, const Tensor& labels, Generator& gen);
+  // The encoder half alone (masking, gather, projection, encoder), for objectives that reuse it.
+  VisibleEncoding encode_visible(const ag::Var& fbank, const Tensor& frame_mask, Generator& gen);
+
+  const MlpOptions opts;
+  std::shared_ptr<BeatsBackbone> model;
+  std::shared_ptr<LabelPredictor> predictor;
+
+ protected:
+  std::shared_ptr<nn::Module> create_like() const override;
+};
+
+// ---- tokenizer distillation ----
+
+struct DistillOptions {
+  EstimatorOptions estimator;      // 3 blocks; target_dim = the teacher's width
+  float commitment_weight = 1.0f;  // weight of the commitment term
+  PaddingMode padding = PaddingMode::Exact;
+};
+
+struct DistillOutput {
+  ag::Var loss;              // cosine_loss + commitment_weight * commitment
+  ag::Var cosine_loss;       // mean over real patches of 1 - cos(estimate, teacher)
+  ag::Var commitment;        // mean over real patches and dims of (z - sg(code))^2
+  Tensor labels;             // int64 [B, P]: the tokenizer's labels of this batch
+  ag::Var estimate;          // [B, P, teacher width]
+  Tensor patch_padding;      // bool [B, P] or undefined
+  int64_t real_patches = 0;  // patches that entered the losses
+  int64_t codes_used = 0;    // distinct labels among the real patches
+};
+
+class TokenizerDistillation : public nn::Module {
+ public:
+  // tokenizer: registered as child "tokenizer"; the estimator (child "estimator") maps quant_dim to
+  // teacher_dim (opts.estimator.target_dim, or the tokenizer width when unset).
+  TokenizerDistillation(std::shared_ptr<BeatsTokenizer> tokenizer, const DistillOptions& opts, Generator* gen = nullptr);
+
+  // teacher: float32 [B, P, teacher_dim], the teacher's last-layer features of the same clips (see
+  // teacher_features). In training mode the quantizer's EMA updates the codebook as a side effect.
+  DistillOutput forward(const ag::Var& fbank, const Tensor& frame_mask, const Tensor& teacher);
+
+  // The teacher's last-layer features for the same input, without gradients, in eval mode (the teacher's
+  // mode is restored afterwards).
+  static Tensor teacher_features(BeatsBackbone& teacher, const Tensor& fbank, const Tensor& frame_mask,
+                                 PaddingMode padding);
+
+  const DistillOptions opts;
+  std::shared_ptr<BeatsTokenizer> tokenizer;
+  std::shared_ptr<TokenizerEstimator> estimator;
+
+ protected:
+  std::shared_ptr<nn::Module> create_like() const override;
+};
+
+// ---- one optimiser step ----
+
+// Parameter groups for AdamW: weight decay on matrices and convolution kernels; none on biases, norms and
+// other vectors, the mask token, weight-norm gains and the relative-position gates (grep_a).
+std::vector<ag::ParamGroup> decay_param_groups(const nn::Module& m);
+
+struct TrainStepOptions {
+  ag::AdamWOptions adamw;  // lr is used when no schedule is given
+  float max_grad_norm = 1.0f;  // <= 0: no clipping (the norm is still measured)
+  std::optional<ag::LrScheduleOptions> schedule;
+};
+
+struct StepStats {
+  double loss = 0.0;
+  double grad_norm = 0.0;  // before clipping
+  double lr = 0.0;
+  int64_t step = 0;  // optimiser steps taken before this one
+};
+
+class TrainStep {
+ public:
+  // The optimiser covers m's trainable parameters, grouped by decay_param_groups.
+  TrainStep(const nn::Module& m, const TrainStepOptions& opts);
+  // zero_grad, loss = forward_loss(), backward, clip, lr, AdamW step. Throws (before touching any parameter)
+  // when the loss is not a finite scalar.
+  StepStats run(const std::function<ag::Var()>& forward_loss);
+  ag::AdamW& optimizer() { return *opt_; }
+  int64_t steps_done() const { return step_; }
+  const TrainStepOptions& options() const { return opts_; }
+
+ private:
+  TrainStepOptions opts_;
+  std::unique_ptr<ag::AdamW> opt_;
+  std::optional<ag::LrSchedule> schedule_;
+  int64_t step_ = 0;
+};
+
+}  // namespace sonar::beats
