@@ -367,18 +367,18 @@ Tensor onednn_forward(const Geom& g, const Tensor& x_in, const Tensor& w_in, con
 }
 
 ConvGrads onednn_backward(const Geom& g, const Tensor& gy_in, const Tensor& x_in, const Tensor& w_in,
-                          bool has_bias) {
+                          bool has_bias, bool need_dx) {
   const ConvLayout layout = g_layout.load();
   auto f = conv_fwd(g, has_bias, layout);
   auto b = conv_bwd(g, has_bias, layout);
   Tensor gy = gy_in.contiguous(), x = x_in.contiguous(), w = w_in.contiguous();
   ConvGrads r;
-  r.dx = Tensor::empty(x_shape(g));
   r.dweight = Tensor::empty(w_shape(g));
   if (has_bias) r.dbias = Tensor::empty({g.O});
   dnnl::stream& s = dnnl_ctx::stream();
   const memory gyu = user_mem(f->y_md, gy);
-  {  // dx
+  if (need_dx) {
+    r.dx = Tensor::empty(x_shape(g));
     memory gym = b->data_gy_in.in(gyu, s);
     memory wm = b->data_w_in.in(user_mem(f->w_md, w), s);
     memory dxu = user_mem(f->x_md, r.dx);
@@ -505,18 +505,20 @@ Tensor im2col_forward(const Geom& g, const Tensor& x_in, const Tensor& w_in, con
 }
 
 ConvGrads im2col_backward(const Geom& g, const Tensor& gy_in, const Tensor& x_in, const Tensor& w_in,
-                          bool has_bias) {
+                          bool has_bias, bool need_dx) {
   const int64_t L = g.in[0], Lo = g.out[0], K = g.k[0], S = g.stride[0], P = g.pad[0];
   const int64_t Cg = g.C / g.G, Og = g.O / g.G, cb_max = channel_block(g);
   Tensor x = x_in.contiguous(), gy = gy_in.contiguous(), w = w_in.contiguous().view({g.O, Cg * K});
   ConvGrads r;
-  r.dx = Tensor::empty(x_shape(g));
-  r.dx.fill_(0.0);
+  if (need_dx) {
+    r.dx = Tensor::empty(x_shape(g));
+    r.dx.fill_(0.0);
+  }
   r.dweight = Tensor::empty(w_shape(g));
   Tensor dw = r.dweight.view({g.O, Cg * K});
   Tensor ubuf = Tensor::empty({Lo * cb_max * K}), dubuf = Tensor::empty({Lo * cb_max * K});
   const float* px = x.data<float>();
-  float* pdx = r.dx.data<float>();
+  float* pdx = need_dx ? r.dx.data<float>() : nullptr;
   for (int64_t n = 0; n < g.N; ++n)
     for (int64_t grp = 0; grp < g.G; ++grp) {
       Tensor gyg = gy.select(0, n).narrow(0, grp * Og, Og);  // [Og, Lo]
@@ -527,6 +529,7 @@ ConvGrads im2col_backward(const Geom& g, const Tensor& gy_in, const Tensor& x_in
         unfold(px + xoff, L, cb, K, S, P, Lo, ubuf.data<float>());
         matmul_into(dw.narrow(0, grp * Og, Og).narrow(1, c0 * K, cb * K), gyg, U, false, false,
                     /*accumulate=*/n > 0);
+        if (!need_dx) continue;
         matmul_into(dU, gyg, w.narrow(0, grp * Og, Og).narrow(1, c0 * K, cb * K).contiguous(), true, false);
         fold_add(dubuf.data<float>(), L, cb, K, S, P, Lo, pdx + xoff);
       }
@@ -568,13 +571,16 @@ Tensor forward_any(const Geom& g, const Tensor& x, const Tensor& w, const Tensor
   return use_im2col(g) ? im2col_forward(g, x, w, bias) : onednn_forward(g, x, w, bias);
 }
 
-ConvGrads backward_any(const Geom& g, const Tensor& gy, const Tensor& x, const Tensor& w, bool has_bias) {
+ConvGrads backward_any(const Geom& g, const Tensor& gy, const Tensor& x, const Tensor& w, bool has_bias,
+                       bool need_dx) {
   check_grad_y(g, gy);
   if (empty_problem(g)) {
-    ConvGrads r{zeros_of(x_shape(g)), zeros_of(w_shape(g)), has_bias ? zeros_of({g.O}) : Tensor()};
+    ConvGrads r{need_dx ? zeros_of(x_shape(g)) : Tensor(), zeros_of(w_shape(g)),
+                has_bias ? zeros_of({g.O}) : Tensor()};
     return r;
   }
-  return use_im2col(g) ? im2col_backward(g, gy, x, w, has_bias) : onednn_backward(g, gy, x, w, has_bias);
+  return use_im2col(g) ? im2col_backward(g, gy, x, w, has_bias, need_dx)
+                        : onednn_backward(g, gy, x, w, has_bias, need_dx);
 }
 
 }  // namespace
@@ -608,8 +614,13 @@ Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, const C
 
 ConvGrads conv2d_backward(const Tensor& grad_y, const Tensor& x, const Tensor& weight, bool has_bias,
                           const Conv2dParams& p) {
+  return conv2d_backward(grad_y, x, weight, has_bias, p, true);
+}
+
+ConvGrads conv2d_backward(const Tensor& grad_y, const Tensor& x, const Tensor& weight, bool has_bias,
+                          const Conv2dParams& p, bool need_dx) {
   const Geom g = make_geom("conv2d", 2, x, weight, Tensor(), {p.stride[0], p.stride[1]}, {p.padding[0], p.padding[1]}, p.groups);
-  return backward_any(g, grad_y, x, weight, has_bias);
+  return backward_any(g, grad_y, x, weight, has_bias, need_dx);
 }
 
 Tensor conv2d_reference(const Tensor& x, const Tensor& weight, const Tensor& bias, const Conv2dParams& p) {
@@ -636,8 +647,13 @@ Tensor conv1d(const Tensor& x, const Tensor& weight, const Tensor& bias, const C
 
 ConvGrads conv1d_backward(const Tensor& grad_y, const Tensor& x, const Tensor& weight, bool has_bias,
                           const Conv1dParams& p) {
+  return conv1d_backward(grad_y, x, weight, has_bias, p, true);
+}
+
+ConvGrads conv1d_backward(const Tensor& grad_y, const Tensor& x, const Tensor& weight, bool has_bias,
+                          const Conv1dParams& p, bool need_dx) {
   const Geom g = make_geom("conv1d", 1, x, weight, Tensor(), {p.stride}, {p.padding}, p.groups);
-  return backward_any(g, grad_y, x, weight, has_bias);
+  return backward_any(g, grad_y, x, weight, has_bias, need_dx);
 }
 
 Tensor conv1d_reference(const Tensor& x, const Tensor& weight, const Tensor& bias, const Conv1dParams& p) {

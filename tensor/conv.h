@@ -34,6 +34,13 @@ ConvGrads conv1d_backward(const Tensor& grad_y, const Tensor& x, const Tensor& w
                           const Conv1dParams& p);
 Tensor conv1d_reference(const Tensor& x, const Tensor& weight, const Tensor& bias, const Conv1dParams& p);
 
+// The same, skipping dx when need_dx is false (dx is then undefined): the patch embedding's input is the
+// fbank, which needs no gradient.
+ConvGrads conv2d_backward(const Tensor& grad_y, const Tensor& x, const Tensor& weight, bool has_bias,
+                          const Conv2dParams& p, bool need_dx);
+ConvGrads conv1d_backward(const Tensor& grad_y, const Tensor& x, const Tensor& weight, bool has_bias,
+                          const Conv1dParams& p, bool need_dx);
+
 // Backward references: plain loops (double accumulation) for the three gradients; the test oracle.
 ConvGrads conv2d_backward_reference(const Tensor& grad_y, const Tensor& x, const Tensor& weight, bool has_bias,
                                     const Conv2dParams& p);

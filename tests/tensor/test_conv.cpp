@@ -190,6 +190,9 @@ TEST_P(ConvOneDnn, Conv2dForwardAndBackwardMatchReference) {
     expect_close(got.dweight, want.dweight, tol(w_terms), kRelTol, std::string(c.name) + " dw");
     expect_close(got.dbias, want.dbias, tol(w_terms), kRelTol, std::string(c.name) + " db");
     EXPECT_FALSE(conv2d_backward(gy, x, w, false, c.p).dbias.defined());
+    ConvGrads no_dx = conv2d_backward(gy, x, w, true, c.p, /*need_dx=*/false);
+    EXPECT_FALSE(no_dx.dx.defined());
+    expect_close(no_dx.dweight, want.dweight, tol(w_terms), kRelTol, std::string(c.name) + " dw without dx");
   }
 }
 
@@ -224,6 +227,10 @@ TEST_P(ConvOneDnn, Conv1dForwardAndBackwardMatchReference) {
     expect_close(got.dx, want.dx, tol(o_terms), kRelTol, c.name + tag + " dx");
     expect_close(got.dweight, want.dweight, tol(w_terms), kRelTol, c.name + tag + " dw");
     expect_close(got.dbias, want.dbias, tol(w_terms), kRelTol, c.name + tag + " db");
+    ConvGrads no_dx = conv1d_backward(gy, x, w, false, c.p, /*need_dx=*/false);
+    EXPECT_FALSE(no_dx.dx.defined());
+    EXPECT_FALSE(no_dx.dbias.defined());
+    expect_close(no_dx.dweight, want.dweight, tol(w_terms), kRelTol, c.name + tag + " dw without dx");
   }
 }
 
