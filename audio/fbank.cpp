@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <cfloat>
 #include <cmath>
+#include <cstring>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -171,9 +172,10 @@ std::shared_ptr<const Tables> build_tables(const FbankOptions& o) {
     std::lock_guard<std::mutex> lock(planner_mutex());
     double* in = fftw_alloc_real(t->nfft);
     fftw_complex* out = fftw_alloc_complex(t->nbins);
-    // FFTW_ESTIMATE: no measurement runs (they would cost more than the features of a short clip), and
-    // the plan does not depend on the arrays' contents.
-    t->plan = fftw_plan_dft_r2c_1d(static_cast<int>(t->nfft), in, out, FFTW_ESTIMATE);
+    // FFTW_ESTIMATE: the plan is chosen by rule, not by timing runs, so every process computes the same
+    // bits (a measured plan could differ from run to run and flip the last bit of an output now and then).
+    // The frame buffer is scratch, so FFTW may overwrite it (FFTW_DESTROY_INPUT allows faster algorithms).
+    t->plan = fftw_plan_dft_r2c_1d(static_cast<int>(t->nfft), in, out, FFTW_ESTIMATE | FFTW_DESTROY_INPUT);
     fftw_free(in);
     fftw_free(out);
   }
@@ -203,6 +205,7 @@ struct Workspace {
   double* x = nullptr;
   fftw_complex* spec = nullptr;
   std::vector<double> power;
+  std::vector<double> mel;
   ~Workspace() {
     fftw_free(x);
     fftw_free(spec);
@@ -217,17 +220,41 @@ struct Workspace {
     power.assign(n / 2 + 1, 0.0);
     nfft = n;
   }
+  void ensure_mel(int num_mel) {
+    if (static_cast<int>(mel.size()) < num_mel) mel.assign(num_mel, 0.0);
+  }
 };
 
-Workspace& workspace(int64_t nfft) {
+Workspace& workspace(int64_t nfft, int num_mel) {
   thread_local Workspace ws;
   ws.ensure(nfft);
+  ws.ensure_mel(num_mel);
   return ws;
+}
+
+// Natural log of a positive, finite, normal double, accurate to a few 1e-16 relative: exponent from the bits,
+// mantissa m folded into [sqrt(1/2), sqrt(2)), log(m) = 2 atanh(s) with s = (m - 1) / (m + 1), |s| <= 0.172,
+// summed to s^15 (truncation < 1e-14 absolute). Branch-free so a loop of them vectorises; deterministic
+// (no library call whose last bit could differ between platforms). The output is rounded to float anyway.
+inline double log_positive(double x) {
+  uint64_t bits;
+  std::memcpy(&bits, &x, sizeof bits);
+  double k = static_cast<double>(static_cast<int64_t>(bits >> 52) - 1023);
+  bits = (bits & 0x000FFFFFFFFFFFFFULL) | 0x3FF0000000000000ULL;  // mantissa in [1, 2)
+  double m;
+  std::memcpy(&m, &bits, sizeof m);
+  const bool high = m > 1.4142135623730951;
+  m = high ? 0.5 * m : m;
+  k = high ? k + 1.0 : k;
+  const double s = (m - 1.0) / (m + 1.0), s2 = s * s;
+  const double poly =
+      s2 * (1.0 / 3 + s2 * (1.0 / 5 + s2 * (1.0 / 7 + s2 * (1.0 / 9 + s2 * (1.0 / 11 + s2 * (1.0 / 13 + s2 / 15))))));
+  return k * 0.69314718055994530942 + (2.0 * s + 2.0 * s * poly);
 }
 
 // One frame: `src` points at the frame's first sample, `out` receives num_mel floats.
 void compute_frame(const Tables& t, const float* src, float* out) {
-  Workspace& ws = workspace(t.nfft);
+  Workspace& ws = workspace(t.nfft, t.num_mel);
   double* x = ws.x;
   const int64_t win = t.win;
   double sum = 0.0;
@@ -250,14 +277,16 @@ void compute_frame(const Tables& t, const float* src, float* out) {
   fftw_execute_dft_r2c(t.plan, x, ws.spec);
   double* p = ws.power.data();
   for (int64_t k = 0; k < t.nbins; ++k) p[k] = ws.spec[k][0] * ws.spec[k][0] + ws.spec[k][1] * ws.spec[k][1];
+  double* e = ws.mel.data();
   for (int m = 0; m < t.num_mel; ++m) {
     const double* wt = t.mel_weights.data() + t.mel_offset[m];
     const double* pk = p + t.mel_first[m];
     const int64_t cnt = t.mel_count[m];
-    double e = 0.0;
-    for (int64_t j = 0; j < cnt; ++j) e += wt[j] * pk[j];
-    out[m] = static_cast<float>(std::log(std::max(e, kLogFloor)));
+    double acc = 0.0;
+    for (int64_t j = 0; j < cnt; ++j) acc += wt[j] * pk[j];
+    e[m] = std::max(acc, kLogFloor);
   }
+  for (int m = 0; m < t.num_mel; ++m) out[m] = static_cast<float>(log_positive(e[m]));
 }
 
 void check_finite(const float* wave, int64_t n, const char* what) {

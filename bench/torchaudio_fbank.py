@@ -54,14 +54,16 @@ def main():
 
     for _ in range(3):  # warm up
         one(wave)
-    times = []
+    times, cpu = [], []
     for _ in range(args.repeats):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         out = one(wave)
         times.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
     med = statistics.median(times)
-    print(f"torch {torch.__version__}, {args.threads} threads")
-    print(f"torchaudio kaldi.fbank, one 10 s clip: {med * 1e3:.1f} ms/clip (median of {args.repeats}), "
+    print(f"torch {torch.__version__}, {args.threads} threads, load average {os.getloadavg()[0]:.1f}")
+    print(f"torchaudio kaldi.fbank, one 10 s clip: {med * 1e3:.1f} ms/clip wall, "
+          f"{statistics.median(cpu) * 1e3:.1f} ms CPU (all threads; medians of {args.repeats}), "
           f"{10.0 / med:.0f} audio s/s, output {tuple(out.shape)}")
 
     clips = [torch.from_numpy(test_clip(seed=1 + b)) for b in range(args.batch)]
