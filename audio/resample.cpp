@@ -43,10 +43,12 @@ std::vector<float> resample(const float* in, int64_t n, double in_rate, double o
   soxr_error_t err = soxr_oneshot(in_rate, out_rate, 1, in, static_cast<size_t>(n), nullptr, out.data(),
                                   out.size(), &done, &io, &qs, &rt);
   SONAR_CHECK(err == nullptr, "resample ", in_rate, " Hz -> ", out_rate, " Hz: libsoxr: ", err);
-  // libsoxr's one-shot output is round(n * ratio) long; trim or zero-extend by at most a sample so the
-  // length is exactly what resampled_length promises.
+  // libsoxr's one-shot output is round(n * ratio) long (checked for many rates and lengths); should a
+  // version round differently, trim or zero-extend by that one sample so the length is what
+  // resampled_length promises, and refuse anything larger.
+  SONAR_CHECK(static_cast<int64_t>(done) + 1 >= out_len && static_cast<int64_t>(done) <= out_len + 1,
+              "resample ", in_rate, " Hz -> ", out_rate, " Hz: libsoxr produced ", done, " samples, expected ", out_len);
   out.resize(static_cast<size_t>(out_len), 0.0f);
-  (void)done;
   return out;
 }
 
