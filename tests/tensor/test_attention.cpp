@@ -89,8 +89,12 @@ void compare_with_reference(const Case& c) {
   EXPECT_LT(rel_err(gf.dq, gr.dq), kFastVsReferenceTol);
   EXPECT_LT(rel_err(gf.dk, gr.dk), kFastVsReferenceTol);
   EXPECT_LT(rel_err(gf.dv, gr.dv), kFastVsReferenceTol);
-  if (c.bias) EXPECT_LT(rel_err(gf.dbias, gr.dbias), kFastVsReferenceTol);
-  if (c.gate) EXPECT_LT(rel_err(gf.dgate, gr.dgate), kFastVsReferenceTol);
+  if (c.bias) {
+    EXPECT_LT(rel_err(gf.dbias, gr.dbias), kFastVsReferenceTol);
+  }
+  if (c.gate) {
+    EXPECT_LT(rel_err(gf.dgate, gr.dgate), kFastVsReferenceTol);
+  }
 }
 
 TEST(Attention, MatchesReferenceWithBiasGateAndMask) { compare_with_reference(Case{}); }
