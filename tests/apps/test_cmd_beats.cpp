@@ -9,6 +9,7 @@
 #include <fstream>
 #include <sstream>
 
+#include "audio/decode.h"
 #include "tensor/ops.h"
 
 namespace sonar {
@@ -92,6 +93,16 @@ TEST_F(CmdBeats, FeaturesOfOneClipFromSafetensorsAndLayerOutputs) {
             0)
       << err_;
   EXPECT_GT(max_err(load_npy(file("l1.npy")), load_npy(kDir + "features_single.npy")), 1e-2);
+}
+
+TEST_F(CmdBeats, FeaturesOfAnAudioFile) {
+  // Clip 0 as a 32-bit float WAV at 16 kHz: decoding is exact, so the official features are reproduced.
+  audio::write_audio(file("clip0.wav"), load_npy(kDir + "wave.npy").select(0, 0).contiguous().to_vector<float>(), 1,
+                     16000, audio::SampleFormat::Float);
+  ASSERT_EQ(run("features --checkpoint " + kDir + "beats.pt --input " + file("clip0.wav") + " --output " + file("f.npy")),
+            0)
+      << err_;
+  EXPECT_LT(max_err(load_npy(file("f.npy")), load_npy(kDir + "features_single.npy")), kFeatureTol);
 }
 
 TEST_F(CmdBeats, ExactPaddingMaskFollowsTheTrueLength) {
