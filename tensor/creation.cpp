@@ -52,6 +52,7 @@ Tensor arange(double start, double end, double step, DType dtype) {
   SONAR_CHECK(step != 0.0 && std::isfinite(step), "arange: step must be finite and nonzero, got ", step);
   SONAR_CHECK(std::isfinite(start) && std::isfinite(end), "arange: bounds must be finite, got ", start, " and ", end);
   const double span = (end - start) / step;
+  SONAR_CHECK(span < 1e15, "arange: [", start, ", ", end, ") in steps of ", step, " has too many elements");
   const int64_t n = span > 0 ? static_cast<int64_t>(std::ceil(span)) : 0;
   Tensor t = Tensor::empty({n}, dtype);
   // Each element is start + i * step (no running sum, so no drift).
@@ -59,6 +60,8 @@ Tensor arange(double start, double end, double step, DType dtype) {
     float* p = detail::ptr<float>(t);
     for (int64_t i = 0; i < n; ++i) p[i] = static_cast<float>(start + static_cast<double>(i) * step);
   } else {
+    SONAR_CHECK(std::fabs(start) < 9e18 && std::fabs(end) < 9e18, "arange: bounds ", start, " and ", end,
+                " are outside the int64 range");
     int64_t* p = detail::ptr<int64_t>(t);
     for (int64_t i = 0; i < n; ++i) p[i] = static_cast<int64_t>(start + static_cast<double>(i) * step);
   }

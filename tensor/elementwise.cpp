@@ -35,6 +35,9 @@ void check_defined(const Tensor& t, const char* op) { SONAR_CHECK(t.defined(), o
 
 bool is_float(const Tensor& t) { return t.dtype() == DType::Float32; }
 
+// A float that converts exactly to int64 (whole and in range).
+bool is_whole(float s) { return std::isfinite(s) && s == std::trunc(s) && std::fabs(s) < 9.2e18f; }
+
 // An in-place destination must not have several elements at one address (an expanded view): the
 // writes would race and the result would depend on the order.
 void check_writable(const Tensor& t, const char* op) {
@@ -86,7 +89,7 @@ Tensor binary(const Tensor& a, const Tensor& b, const char* name, bool float_onl
 template <class Op>
 Tensor binary_scalar(const Tensor& a, float s, const char* name, Op op) {
   check_defined(a, name);
-  if (!is_float(a) && s == std::trunc(s) && std::isfinite(s)) {
+  if (!is_float(a) && is_whole(s)) {
     Tensor x = a.to(DType::Int64);
     Tensor out = Tensor::empty(a.shape(), DType::Int64);
     const int64_t v = static_cast<int64_t>(s);
@@ -163,8 +166,8 @@ void add_(Tensor& a, const Tensor& b, float alpha) {
   if (y.shares_storage(a) && !(y.offset() == a.offset() && y.strides() == a.strides() && y.shape() == a.shape()))
     y = y.clone();
   if (a.dtype() == DType::Int64) {
+    SONAR_CHECK(is_whole(alpha), "add_: int64 destination needs a whole alpha, got ", alpha);
     const int64_t al = static_cast<int64_t>(alpha);
-    SONAR_CHECK(static_cast<float>(al) == alpha, "add_: int64 destination needs a whole alpha, got ", alpha);
     map_binary<int64_t, int64_t, int64_t>(a, a, y, [=](int64_t x, int64_t v) { return x + al * v; },
                                           detail::kGrainCheap, "add_");
     return;
@@ -194,8 +197,8 @@ void mul_(Tensor& a, float s) {
   check_defined(a, "mul_");
   check_writable(a, "mul_");
   if (a.dtype() == DType::Int64) {
+    SONAR_CHECK(is_whole(s), "mul_: int64 tensor needs a whole factor, got ", s);
     const int64_t v = static_cast<int64_t>(s);
-    SONAR_CHECK(static_cast<float>(v) == s, "mul_: int64 tensor needs a whole factor, got ", s);
     map_unary<int64_t, int64_t>(a, a, [=](int64_t x) { return x * v; });
     return;
   }

@@ -1,6 +1,8 @@
 // Comparisons (eq, ne, lt, le, gt, ge -> bool), logical ops, where and masked_fill, all broadcasting.
 // Inputs of different dtypes are compared in a common type (float32 if either is float32, else int64).
 // Not here: arithmetic (elementwise.cpp), unary math (elementwise_unary.cpp).
+#include <cmath>
+
 #include "tensor/broadcast_iter.h"
 #include "tensor/elementwise.h"
 
@@ -150,12 +152,16 @@ Tensor masked_fill(const Tensor& a, const Tensor& mask, float value) {
                                         detail::kGrainCheap, "masked_fill");
       break;
     case DType::Int64: {
+      SONAR_CHECK(std::isfinite(value) && value == std::trunc(value) && std::fabs(value) < 9.2e18f,
+                  "masked_fill: an int64 tensor needs a whole fill value, got ", value);
       const int64_t v = static_cast<int64_t>(value);
       map_binary<int64_t, int64_t, uint8_t>(out, a, mask, [=](int64_t x, uint8_t m) { return m ? v : x; },
                                             detail::kGrainCheap, "masked_fill");
       break;
     }
     default: {
+      SONAR_CHECK(a.dtype() == DType::Bool || (value >= 0.0f && value <= 255.0f && value == std::trunc(value)),
+                  "masked_fill: a uint8 tensor needs a fill value in 0..255, got ", value);
       const uint8_t v = a.dtype() == DType::Bool ? (value != 0.0f) : static_cast<uint8_t>(value);
       map_binary<uint8_t, uint8_t, uint8_t>(out, a, mask, [=](uint8_t x, uint8_t m) { return m ? v : x; },
                                             detail::kGrainCheap, "masked_fill");

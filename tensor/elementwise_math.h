@@ -2,7 +2,8 @@
 // functions vectorise (std::exp and friends are opaque library calls that never do without -ffast-math).
 // Each is accurate to a few ulp over the whole float range and keeps inf/NaN semantics; the test
 // tests/tensor/test_elementwise.cpp (MathFunctionsMatchLibm) sweeps them against double-precision libm.
-// Not a public API: kernels in tensor/ include it. Must not be compiled with -ffast-math: the rounding
+// Not a public API: kernels in tensor/ include it. Call these directly (they are always_inline; taking
+// their address can fail to compile at -O1). Must not be compiled with -ffast-math: the rounding
 // trick in exp_f and the NaN checks rely on IEEE semantics.
 #pragma once
 #include <bit>
@@ -31,7 +32,8 @@ SONAR_INLINE float exp_f(float hi, float lo = 0.0f) {
   float x = sum > 89.0f ? 89.0f : hi;
   x = sum < -104.0f ? -104.0f : x;
   const float l = clip ? 0.0f : lo;
-  const float xs = clip ? x : sum;
+  float xs = clip ? x : sum;
+  xs = xs != xs ? 0.0f : xs;  // NaN: keep the float -> int conversion below defined; the result is NaN anyway
   // n = round((hi + lo) / ln2) by the 1.5 * 2^23 trick (IEEE round-to-nearest; needs no fast-math).
   const float kRound = 12582912.0f;
   const float n = (xs * 1.44269504088896341f + kRound) - kRound;

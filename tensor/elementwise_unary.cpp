@@ -3,6 +3,7 @@
 // vectorisable few-ulp functions of tensor/elementwise_math.h); outputs are fresh contiguous tensors of the
 // input's shape, inputs may be strided. Not here: binary ops (elementwise.cpp), comparisons (elementwise_compare.cpp).
 #include <cmath>
+#include <limits>
 #ifdef __AVX__
 #include <immintrin.h>
 #endif
@@ -99,7 +100,13 @@ Tensor clamp(const Tensor& a, float lo, float hi) {
   check_defined(a, "clamp");
   SONAR_CHECK(!(lo > hi), "clamp: lo ", lo, " is greater than hi ", hi);
   if (a.dtype() == DType::Int64) {
-    const int64_t l = static_cast<int64_t>(std::ceil(lo)), h = static_cast<int64_t>(std::floor(hi));
+    // Bounds rounded inwards and saturated to the int64 range (a float bound may be +-inf or huge).
+    auto to_i64 = [](double v) {
+      if (v <= -9.2233720368547758e18) return std::numeric_limits<int64_t>::min();
+      if (v >= 9.2233720368547758e18) return std::numeric_limits<int64_t>::max();
+      return static_cast<int64_t>(v);
+    };
+    const int64_t l = to_i64(std::ceil(double(lo))), h = to_i64(std::floor(double(hi)));
     return unary_numeric(a, "clamp", [=](int64_t x) { return x < l ? l : (x > h ? h : x); });
   }
   return unary_numeric(a, "clamp", [=](float x) { return x < lo ? lo : (x > hi ? hi : x); });  // NaN propagates

@@ -389,6 +389,9 @@ TEST(Elementwise, IntegerUnary) {
   Tensor c = clamp(a, -1.5f, 4.f);
   EXPECT_EQ(c.dtype(), DType::Int64);
   EXPECT_EQ(c.to_vector<int64_t>(), (std::vector<int64_t>{-1, 0, 3, -1, 4}));
+  const float inf = std::numeric_limits<float>::infinity();
+  EXPECT_EQ(clamp(a, 0.f, inf).to_vector<int64_t>(), (std::vector<int64_t>{0, 0, 3, 0, 9}));
+  EXPECT_EQ(clamp(a, -inf, 1e30f).to_vector<int64_t>(), a.to_vector<int64_t>());
   expect_message([&] { neg(from_bytes({1}, {1}, DType::Bool)); }, {"neg", "bool"});
 }
 
@@ -445,6 +448,10 @@ TEST(Elementwise, WhereAndMaskedFill) {
   expect_close(mt, {3, 4}, [&](auto& i) { return i[1] == 0 ? 5.0 : base.at({i[1], i[0]}); }, 0, 0, "masked_fill t");
   EXPECT_EQ(masked_fill(ia, mask.narrow(0, 1, 1), 3.f).to_vector<int64_t>(), (std::vector<int64_t>(4, 3)));
   expect_message([&] { masked_fill(base, values({3}), 0.f); }, {"masked_fill", "float32"});
+  expect_message([&] { masked_fill(ia, mask.narrow(0, 1, 1), -INFINITY); }, {"masked_fill", "int64"});
+  Tensor bytes = from_bytes({1, 2, 3}, {3});
+  EXPECT_EQ(masked_fill(bytes, mask, 9.f).to_vector<int>(), (std::vector<int>{1, 9, 9}));
+  expect_message([&] { masked_fill(bytes, mask, 300.f); }, {"masked_fill", "uint8"});
   expect_message([&] { masked_fill(base, mask.narrow(0, 0, 2), 0.f); }, {"masked_fill", "[4, 3]", "[2]"});
 }
 
@@ -619,14 +626,14 @@ TEST(Elementwise, MathFunctionsMatchLibm) {
   };
   check(sweep([](float x) { return exp_f(x); }, ex, -87.f, 88.7f), kExpUlp, "exp");
   check(sweep([](float x) { return exp_f(x); }, ex, -104.f, -87.f), kExpUlp, "exp (denormal results)");
-  check(sweep(tanh_f, [](double x) { return std::tanh(x); }, -12.f, 12.f), kTanhUlp, "tanh");
-  check(sweep(tanh_f, [](double x) { return std::tanh(x); }, -1.f, 1.f), kTanhUlp, "tanh near 0");
-  check(sweep(sigmoid_f, [](double x) { return 1 / (1 + std::exp(-x)); }, -100.f, 30.f), kSigmoidUlp, "sigmoid");
+  check(sweep([](float x) { return tanh_f(x); }, [](double x) { return std::tanh(x); }, -12.f, 12.f), kTanhUlp, "tanh");
+  check(sweep([](float x) { return tanh_f(x); }, [](double x) { return std::tanh(x); }, -1.f, 1.f), kTanhUlp, "tanh near 0");
+  check(sweep([](float x) { return sigmoid_f(x); }, [](double x) { return 1 / (1 + std::exp(-x)); }, -100.f, 30.f), kSigmoidUlp, "sigmoid");
   check(sweep([](float x) { return erf_f(x); }, [](double x) { return std::erf(x); }, -6.f, 6.f), kErfUlp, "erf");
   check(sweep([](float x) { return erf_f(x); }, [](double x) { return std::erf(x); }, -1e-3f, 1e-3f), kErfUlp, "erf tiny");
-  check(sweep(gelu_f, [&](double x) { return 0.5 * x * std::erfc(-x * rs2); }, -12.f, 12.f), kGeluUlp, "gelu");
-  check(sweep(gelu_f, [&](double x) { return 0.5 * x * std::erfc(-x * rs2); }, -1.f, 1.f), kGeluUlp, "gelu near 0");
-  const Sweep g = sweep(gelu_grad_f, [&](double x) { return 0.5 * std::erfc(-x * rs2) + x * rs2pi * std::exp(-x * x / 2); },
+  check(sweep([](float x) { return gelu_f(x); }, [&](double x) { return 0.5 * x * std::erfc(-x * rs2); }, -12.f, 12.f), kGeluUlp, "gelu");
+  check(sweep([](float x) { return gelu_f(x); }, [&](double x) { return 0.5 * x * std::erfc(-x * rs2); }, -1.f, 1.f), kGeluUlp, "gelu near 0");
+  const Sweep g = sweep([](float x) { return gelu_grad_f(x); }, [&](double x) { return 0.5 * std::erfc(-x * rs2) + x * rs2pi * std::exp(-x * x / 2); },
                         -12.f, 12.f);
   EXPECT_LE(g.max_abs, kGeluGradAbs) << "gelu' worst at " << g.worst_x;
   // Special values.
