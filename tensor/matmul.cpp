@@ -219,7 +219,15 @@ void matmul_reference_into(const Tensor& A, const Tensor& B, const Tensor& C, co
 }
 
 // ---------------------------------------------------------------- OpenBLAS
+// OpenBLAS (the pthread build) keeps its own thread pool; it follows omp_get_max_threads() like oneDNN does.
+void sync_openblas_threads() {
+  static std::atomic<int> current{-1};
+  const int n = omp_get_max_threads();
+  if (current.exchange(n) != n) openblas_set_num_threads(n);
+}
+
 void run_openblas(const Problem& p) {
+  sync_openblas_threads();
   const int64_t nbatch = shape_numel(p.bshape);
   const int64_t nd = static_cast<int64_t>(p.bshape.size());
   const CBLAS_TRANSPOSE ta = p.A.col_major ? CblasTrans : CblasNoTrans;
