@@ -5,12 +5,16 @@
 #include "tensor/attention.h"
 
 #include <omp.h>
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 
 #include <algorithm>
 #include <cmath>
 #include <limits>
 #include <vector>
 
+#include "tensor/elementwise_math.h"
 #include "tensor/random.h"
 
 namespace sonar {
@@ -18,6 +22,7 @@ namespace {
 
 constexpr int64_t kRowTile = 4;        // rows of the small GEMM tile
 constexpr int64_t kColTile = 16;       // columns of the small GEMM tile
+constexpr int64_t kForwardRows = 32;   // query rows scored at once in the forward (multiple of kRowTile)
 constexpr int64_t kBackwardRows = 32;  // query rows recomputed at once in the backward (multiple of kRowTile)
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 // Below this many multiply-adds (B*H*T*S*D) a call runs on one thread: waking a team costs more.
@@ -73,37 +78,103 @@ Dims check_inputs(const Tensor& q, const Tensor& k, const Tensor& v, const Tenso
 // A float32 tensor whose last dim has stride 1 (copied when it has not); other strides are kept.
 Tensor rows_dense(const Tensor& t) { return t.stride(-1) == 1 ? t : t.contiguous(); }
 
-// C[M x N] (+)= A[M x K] * B[K x N], row-major with leading dims; M % kRowTile == 0, N % kColTile == 0.
-// A register-blocked tile: 4 rows x 16 columns of C live in registers while K streams by.
+#if defined(__AVX512F__)
+// One register tile of gemm_nn with AVX-512: rows a0..a3 of A times columns [j, j + 16 NV) of B. With NV = 2
+// the 8 accumulators stay in zmm registers (GCC spills a portable float[4][32] tile to the stack), enough
+// independent FMAs to hide their latency. Same products and summation order as the portable tile.
+// Element (row i, k) of A is at a0[i * ars + k * aks]; rows a0 + 0..3 * ars.
+template <int NV>
+SONAR_INLINE void gemm_tile(const float* a0, int64_t ars, int64_t aks, const float* B, int64_t ldb, float* C,
+                            int64_t ldc, int64_t j, int64_t K, bool accumulate) {
+  __m512 c0[NV], c1[NV], c2[NV], c3[NV];
+  for (int v = 0; v < NV; ++v) c0[v] = c1[v] = c2[v] = c3[v] = _mm512_setzero_ps();
+  for (int64_t kk = 0; kk < K; ++kk) {
+    const float* b = B + kk * ldb + j;
+    const float* a = a0 + kk * aks;
+    const __m512 x0 = _mm512_set1_ps(a[0]), x1 = _mm512_set1_ps(a[ars]), x2 = _mm512_set1_ps(a[2 * ars]),
+                 x3 = _mm512_set1_ps(a[3 * ars]);
+    for (int v = 0; v < NV; ++v) {
+      const __m512 bv = _mm512_loadu_ps(b + 16 * v);
+      c0[v] = _mm512_fmadd_ps(x0, bv, c0[v]);
+      c1[v] = _mm512_fmadd_ps(x1, bv, c1[v]);
+      c2[v] = _mm512_fmadd_ps(x2, bv, c2[v]);
+      c3[v] = _mm512_fmadd_ps(x3, bv, c3[v]);
+    }
+  }
+  __m512* rows[kRowTile] = {c0, c1, c2, c3};
+  for (int64_t r = 0; r < kRowTile; ++r)
+    for (int v = 0; v < NV; ++v) {
+      float* c = C + r * ldc + j + 16 * v;
+      _mm512_storeu_ps(c, accumulate ? _mm512_add_ps(_mm512_loadu_ps(c), rows[r][v]) : rows[r][v]);
+    }
+}
+#else
+// One register tile of gemm_nn: rows a0..a3 of A times columns [j, j + 16 NV) of B.
+// Element (row i, k) of A is at a0[i * ars + k * aks].
+template <int NV>
+SONAR_INLINE void gemm_tile(const float* a0, int64_t ars, int64_t aks, const float* B, int64_t ldb, float* C,
+                            int64_t ldc, int64_t j, int64_t K, bool accumulate) {
+  constexpr int64_t NC = 16 * NV;
+  float acc[kRowTile][NC] = {};
+  for (int64_t kk = 0; kk < K; ++kk) {
+    const float* b = B + kk * ldb + j;
+    const float* a = a0 + kk * aks;
+    const float x0 = a[0], x1 = a[ars], x2 = a[2 * ars], x3 = a[3 * ars];
+#pragma omp simd
+    for (int64_t jj = 0; jj < NC; ++jj) {
+      acc[0][jj] += x0 * b[jj];
+      acc[1][jj] += x1 * b[jj];
+      acc[2][jj] += x2 * b[jj];
+      acc[3][jj] += x3 * b[jj];
+    }
+  }
+  for (int64_t r = 0; r < kRowTile; ++r) {
+    float* c = C + r * ldc + j;
+    for (int64_t jj = 0; jj < NC; ++jj) c[jj] = accumulate ? c[jj] + acc[r][jj] : acc[r][jj];
+  }
+}
+#endif
+static_assert(kColTile == 16, "gemm_tile works in 16-float vectors");
+
+// C[M x N] (+)= op(A)[M x K] * B[K x N], row-major with leading dims; M % kRowTile == 0, N % kColTile == 0.
+// op(A) = A ([M x K], lda) or, with trans_a, the transpose of a stored [K x M] matrix (lda its row stride),
+// read in place. Register-blocked: tiles of 4 rows x 32 columns (x 16 at the right edge) of C stay in
+// registers while K streams by.
+void gemm(const float* A, int64_t lda, bool trans_a, const float* B, int64_t ldb, float* C, int64_t ldc, int64_t M,
+          int64_t N, int64_t K, bool accumulate) {
+  const int64_t ars = trans_a ? 1 : lda, aks = trans_a ? lda : 1;
+  // Column panels outside, row tiles inside: a panel of B (K x 32) is reused by every row tile while it is
+  // in L1.
+  int64_t j = 0;
+  for (; j + 2 * kColTile <= N; j += 2 * kColTile)
+    for (int64_t i = 0; i < M; i += kRowTile)
+      gemm_tile<2>(A + i * ars, ars, aks, B, ldb, C + i * ldc, ldc, j, K, accumulate);
+  for (; j < N; j += kColTile)
+    for (int64_t i = 0; i < M; i += kRowTile)
+      gemm_tile<1>(A + i * ars, ars, aks, B, ldb, C + i * ldc, ldc, j, K, accumulate);
+}
 void gemm_nn(const float* A, int64_t lda, const float* B, int64_t ldb, float* C, int64_t ldc, int64_t M, int64_t N,
              int64_t K, bool accumulate) {
-  for (int64_t i = 0; i < M; i += kRowTile) {
-    const float* a0 = A + i * lda;
-    const float* a1 = a0 + lda;
-    const float* a2 = a1 + lda;
-    const float* a3 = a2 + lda;
-    for (int64_t j = 0; j < N; j += kColTile) {
-      float acc[kRowTile][kColTile] = {};
-      for (int64_t kk = 0; kk < K; ++kk) {
-        const float* b = B + kk * ldb + j;
-        const float x0 = a0[kk], x1 = a1[kk], x2 = a2[kk], x3 = a3[kk];
+  gemm(A, lda, false, B, ldb, C, ldc, M, N, K, accumulate);
+}
+
+// attention_dropout_keep for a whole row, inlined so that the loop vectorises: the same splitmix64 hash as
+// random_bits (tensor/random.cpp) and the same test u >= p on u = (bits >> 40) / 2^24, written as an integer
+// comparison with ceil(p * 2^24) (exact: both sides are integers below 2^24 scaled by the same power of 2).
+constexpr uint64_t kGolden = 0x9E3779B97F4A7C15ULL;
+SONAR_INLINE uint64_t mix64(uint64_t z) {
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+  return z ^ (z >> 31);
+}
+uint64_t keep_threshold(float p) { return static_cast<uint64_t>(std::ceil(static_cast<double>(p) * 16777216.0)); }
+// keep[s] = 1 when element s of the row whose first counter is `first` survives dropout.
+void dropout_row_mask(uint64_t seed, uint64_t first, uint64_t threshold, int64_t n, uint8_t* keep) {
+  const uint64_t base = mix64(seed);
 #pragma omp simd
-        for (int64_t jj = 0; jj < kColTile; ++jj) {
-          acc[0][jj] += x0 * b[jj];
-          acc[1][jj] += x1 * b[jj];
-          acc[2][jj] += x2 * b[jj];
-          acc[3][jj] += x3 * b[jj];
-        }
-      }
-      for (int64_t r = 0; r < kRowTile; ++r) {
-        float* c = C + (i + r) * ldc + j;
-        if (accumulate) {
-          for (int64_t jj = 0; jj < kColTile; ++jj) c[jj] += acc[r][jj];
-        } else {
-          for (int64_t jj = 0; jj < kColTile; ++jj) c[jj] = acc[r][jj];
-        }
-      }
-    }
+  for (int64_t s = 0; s < n; ++s) {
+    const uint64_t bits = mix64(base + (first + static_cast<uint64_t>(s) + 1) * kGolden);
+    keep[s] = (bits >> 40) >= threshold ? 1 : 0;
   }
 }
 
@@ -154,26 +225,63 @@ void pack_scores_operands(const Inputs& in, const Dims& d, const AttentionParams
 }
 
 // Turns a row of raw scores q.k into final logits in place (masked keys -inf, padded columns untouched) and
-// returns the row max of the logits (-inf when every key is masked).
+// returns the row max of the logits (-inf when every key is masked). The loops are branch-free so that they
+// vectorise; the arithmetic (and its rounding) is that of the official code: (score - rowmax) * alpha, then
+// + gate * bias.
 float row_logits(float* row, const Inputs& in, const Dims& d, const AttentionParams& p, int64_t b, int64_t h,
                  int64_t t) {
+  const int64_t S = d.S;
   float m = kNegInf;
-  for (int64_t s = 0; s < d.S; ++s) m = std::max(m, row[s]);
+#pragma omp simd reduction(max : m)
+  for (int64_t s = 0; s < S; ++s) m = row[s] > m ? row[s] : m;
   const uint8_t* mask = in.mask ? in.mask + b * d.S : nullptr;
   const float* bias = in.bias ? in.bias + (h * d.T + t) * d.S : nullptr;
   const float g = in.gate ? in.gate[(b * d.H + h) * d.T + t] : 1.0f;
+  const float alpha = p.alpha;
   float lmax = kNegInf;
-  for (int64_t s = 0; s < d.S; ++s) {
-    float l = (row[s] - m) * p.alpha;
-    if (mask && mask[s]) {
-      l = kNegInf;
-    } else if (bias) {
-      l = l + g * bias[s];
+  if (bias && mask) {
+#pragma omp simd reduction(max : lmax)
+    for (int64_t s = 0; s < S; ++s) {
+      float l = (row[s] - m) * alpha;
+      l = mask[s] ? kNegInf : l + g * bias[s];
+      row[s] = l;
+      lmax = l > lmax ? l : lmax;
     }
-    row[s] = l;
-    lmax = std::max(lmax, l);
+  } else if (bias) {
+#pragma omp simd reduction(max : lmax)
+    for (int64_t s = 0; s < S; ++s) {
+      const float l = (row[s] - m) * alpha + g * bias[s];
+      row[s] = l;
+      lmax = l > lmax ? l : lmax;
+    }
+  } else if (mask) {
+#pragma omp simd reduction(max : lmax)
+    for (int64_t s = 0; s < S; ++s) {
+      const float l = mask[s] ? kNegInf : (row[s] - m) * alpha;
+      row[s] = l;
+      lmax = l > lmax ? l : lmax;
+    }
+  } else {
+#pragma omp simd reduction(max : lmax)
+    for (int64_t s = 0; s < S; ++s) {
+      const float l = (row[s] - m) * alpha;
+      row[s] = l;
+      lmax = l > lmax ? l : lmax;
+    }
   }
   return lmax;
+}
+
+// row[s] = exp(row[s] - shift) for s < n; returns the sum in double.
+double exp_row(float* row, int64_t n, float shift) {
+  double sum = 0.0;
+#pragma omp simd reduction(+ : sum)
+  for (int64_t s = 0; s < n; ++s) {
+    const float e = detail::exp_f(row[s] - shift);
+    row[s] = e;
+    sum += static_cast<double>(e);
+  }
+  return sum;
 }
 
 uint64_t dropout_counter(const Dims& d, const AttentionParams& p, int64_t b, int64_t h, int64_t t, int64_t s) {
@@ -216,11 +324,13 @@ AttentionForward attention_forward(const Tensor& q_in, const Tensor& k_in, const
 
   const int64_t Tp = round_up(d.T, kRowTile), Sp = round_up(d.S, kColTile), Dp = round_up(d.D, kColTile);
   const float keep_scale = p.dropout_p > 0.0f ? 1.0f / (1.0f - p.dropout_p) : 1.0f;
+  const uint64_t threshold = keep_threshold(p.dropout_p);
   const bool parallel = d.B * d.H * d.T * d.S * d.D > kParallelWork;
 
 #pragma omp parallel if (parallel)
   {
-    std::vector<float> Qs(Tp * d.D), Kt(d.D * Sp), Vp(Sp * Dp, 0.0f), sc(kRowTile * Sp), ob(kRowTile * Dp);
+    std::vector<float> Qs(Tp * d.D), Kt(d.D * Sp), Vp(Sp * Dp, 0.0f), sc(kForwardRows * Sp), ob(kForwardRows * Dp);
+    std::vector<uint8_t> keep(Sp);
 #pragma omp for collapse(2) schedule(dynamic)
     for (int64_t b = 0; b < d.B; ++b) {
       for (int64_t h = 0; h < d.H; ++h) {
@@ -229,9 +339,10 @@ AttentionForward attention_forward(const Tensor& q_in, const Tensor& k_in, const
           const float* src = in.v + b * in.vb + s * in.vt + h * d.D;
           std::copy(src, src + d.D, Vp.data() + s * Dp);
         }
-        for (int64_t t0 = 0; t0 < Tp; t0 += kRowTile) {
-          gemm_nn(Qs.data() + t0 * d.D, d.D, Kt.data(), Sp, sc.data(), Sp, kRowTile, Sp, d.D, false);
-          for (int64_t r = 0; r < kRowTile; ++r) {
+        for (int64_t t0 = 0; t0 < Tp; t0 += kForwardRows) {
+          const int64_t rows = std::min(kForwardRows, Tp - t0);  // a multiple of kRowTile
+          gemm_nn(Qs.data() + t0 * d.D, d.D, Kt.data(), Sp, sc.data(), Sp, rows, Sp, d.D, false);
+          for (int64_t r = 0; r < rows; ++r) {
             float* row = sc.data() + r * Sp;
             const int64_t t = t0 + r;
             if (t >= d.T) {
@@ -245,25 +356,25 @@ AttentionForward attention_forward(const Tensor& q_in, const Tensor& k_in, const
               *lse_t = kNegInf;
               continue;
             }
-            double sum = 0.0;
-            for (int64_t s = 0; s < d.S; ++s) {
-              const float e = std::exp(row[s] - lmax);
-              row[s] = e;
-              sum += e;
-            }
+            const double sum = exp_row(row, d.S, lmax);
             const float inv = static_cast<float>(1.0 / sum);
-            for (int64_t s = 0; s < d.S; ++s) row[s] *= inv;
             if (p.dropout_p > 0.0f) {
-              for (int64_t s = 0; s < d.S; ++s)
-                row[s] = attention_dropout_keep(p.dropout_seed, dropout_counter(d, p, b, h, t, s), p.dropout_p)
-                             ? row[s] * keep_scale
-                             : 0.0f;
+              dropout_row_mask(p.dropout_seed, dropout_counter(d, p, b, h, t, 0), threshold, d.S, keep.data());
+              const uint8_t* kp = keep.data();
+#pragma omp simd
+              for (int64_t s = 0; s < d.S; ++s) {
+                const float pr = row[s] * inv;
+                row[s] = kp[s] ? pr * keep_scale : 0.0f;
+              }
+            } else {
+#pragma omp simd
+              for (int64_t s = 0; s < d.S; ++s) row[s] *= inv;
             }
             std::fill(row + d.S, row + Sp, 0.0f);
             *lse_t = lmax + static_cast<float>(std::log(sum));
           }
-          gemm_nn(sc.data(), Sp, Vp.data(), Dp, ob.data(), Dp, kRowTile, Dp, Sp, false);
-          for (int64_t r = 0; r < kRowTile && t0 + r < d.T; ++r)
+          gemm_nn(sc.data(), Sp, Vp.data(), Dp, ob.data(), Dp, rows, Dp, Sp, false);
+          for (int64_t r = 0; r < rows && t0 + r < d.T; ++r)
             std::copy(ob.data() + r * Dp, ob.data() + r * Dp + d.D, out + (b * d.T + t0 + r) * d.C + h * d.D);
         }
       }
@@ -312,12 +423,14 @@ AttentionGrads attention_backward(const Tensor& grad_out_in, const Tensor& q_in,
   const int64_t Tp = round_up(d.T, kRowTile), Sp = round_up(d.S, kColTile), Dp = round_up(d.D, kColTile);
   const int64_t R = kBackwardRows;
   const float keep_scale = p.dropout_p > 0.0f ? 1.0f / (1.0f - p.dropout_p) : 1.0f;
+  const uint64_t threshold = keep_threshold(p.dropout_p);
   const bool parallel = d.B * d.H * d.T * d.S * d.D > kParallelWork;
 
 #pragma omp parallel if (parallel)
   {
     std::vector<float> Qs(Tp * d.D), Kt(d.D * Sp), Vt(d.D * Sp), Kp(Sp * Dp, 0.0f), Qp(R * Dp), dOp(R * Dp),
-        dOs(R * d.D), P(R * Sp), dP(R * Sp), trans(Sp * R), blk(R * Dp), dkb(Sp * Dp), dvb(Sp * Dp);
+        dOs(R * d.D), P(R * Sp), dP(R * Sp), blk(R * Dp), dkb(Sp * Dp), dvb(Sp * Dp);
+    std::vector<uint8_t> keep(Sp);
 #pragma omp for schedule(dynamic)
     for (int64_t h = 0; h < d.H; ++h) {
       for (int64_t b = 0; b < d.B; ++b) {
@@ -361,41 +474,42 @@ AttentionGrads attention_backward(const Tensor& grad_out_in, const Tensor& q_in,
               continue;
             }
             row_logits(prow, in, d, p, b, h, t);
-            for (int64_t s = 0; s < d.S; ++s) prow[s] = std::exp(prow[s] - l);
+            exp_row(prow, d.S, l);
             std::fill(prow + d.S, prow + Sp, 0.0f);
-            // prow: probabilities before dropout; dprow: dL/dP (before dropout) after this loop.
+            // prow: probabilities before dropout; dprow: dL/dP (before dropout) after this block.
+            const uint8_t* kp = keep.data();
             if (p.dropout_p > 0.0f) {
-              for (int64_t s = 0; s < d.S; ++s) {
-                const bool keep =
-                    attention_dropout_keep(p.dropout_seed, dropout_counter(d, p, b, h, t, s), p.dropout_p);
-                dprow[s] = keep ? dprow[s] * keep_scale : 0.0f;
-              }
+              dropout_row_mask(p.dropout_seed, dropout_counter(d, p, b, h, t, 0), threshold, d.S, keep.data());
+#pragma omp simd
+              for (int64_t s = 0; s < d.S; ++s) dprow[s] = kp[s] ? dprow[s] * keep_scale : 0.0f;
             }
             double delta = 0.0;
+#pragma omp simd reduction(+ : delta)
             for (int64_t s = 0; s < d.S; ++s) delta += static_cast<double>(prow[s]) * dprow[s];
             const float delta_f = static_cast<float>(delta);
             // dprow becomes dL/dlogits.
+#pragma omp simd
             for (int64_t s = 0; s < d.S; ++s) dprow[s] = prow[s] * (dprow[s] - delta_f);
             std::fill(dprow + d.S, dprow + Sp, 0.0f);
             if (bias.defined()) {
               const float* brow = in.bias + (h * d.T + t) * d.S;
               if (dgate) {
                 double acc = 0.0;
+#pragma omp simd reduction(+ : acc)
                 for (int64_t s = 0; s < d.S; ++s) acc += static_cast<double>(dprow[s]) * brow[s];
                 dgate[(b * d.H + h) * d.T + t] = static_cast<float>(acc);
               }
               if (dbias) {
                 const float gt = in.gate ? in.gate[(b * d.H + h) * d.T + t] : 1.0f;
                 float* dbrow = dbias + (h * d.T + t) * d.S;
+#pragma omp simd
                 for (int64_t s = 0; s < d.S; ++s) dbrow[s] += gt * dprow[s];
               }
             }
             // prow becomes the dropped probabilities used by the forward's P @ V.
             if (p.dropout_p > 0.0f) {
-              for (int64_t s = 0; s < d.S; ++s)
-                prow[s] = attention_dropout_keep(p.dropout_seed, dropout_counter(d, p, b, h, t, s), p.dropout_p)
-                              ? prow[s] * keep_scale
-                              : 0.0f;
+#pragma omp simd
+              for (int64_t s = 0; s < d.S; ++s) prow[s] = kp[s] ? prow[s] * keep_scale : 0.0f;
             }
           }
           if (dq) {  // dq = scale * dlogits @ K
@@ -405,16 +519,10 @@ AttentionGrads attention_backward(const Tensor& grad_out_in, const Tensor& q_in,
               for (int64_t j = 0; j < d.D; ++j) dst[j] = p.scale * blk[r * Dp + j];
             }
           }
-          if (dk) {  // dk += dlogits^T @ Q  (scaled at the end)
-            for (int64_t r = 0; r < rows; ++r)
-              for (int64_t s = 0; s < Sp; ++s) trans[s * R + r] = dP[r * Sp + s];
-            gemm_nn(trans.data(), R, Qp.data(), Dp, dkb.data(), Dp, Sp, Dp, rows, true);
-          }
-          if (dv) {  // dv += P_dropped^T @ dO
-            for (int64_t r = 0; r < rows; ++r)
-              for (int64_t s = 0; s < Sp; ++s) trans[s * R + r] = P[r * Sp + s];
-            gemm_nn(trans.data(), R, dOp.data(), Dp, dvb.data(), Dp, Sp, Dp, rows, true);
-          }
+          if (dk)  // dk += dlogits^T @ Q  (scaled at the end); the transpose is read in place
+            gemm(dP.data(), Sp, true, Qp.data(), Dp, dkb.data(), Dp, Sp, Dp, rows, true);
+          if (dv)  // dv += P_dropped^T @ dO
+            gemm(P.data(), Sp, true, dOp.data(), Dp, dvb.data(), Dp, Sp, Dp, rows, true);
         }
         for (int64_t s = 0; s < d.S; ++s) {
           if (dk) {
