@@ -30,6 +30,10 @@ class Generator {
 // 64 random bits for (seed, counter): a stateless hash (splitmix64 of both).
 uint64_t random_bits(uint64_t seed, uint64_t counter);
 
+// Tensor draws reserve counters with gen.advance() and fill element i from counter first + i, in parallel.
+// rand: the top 24 bits / 2^24 (every value a multiple of 2^-24). randn: Box-Muller in double on counter
+// pairs (pair k -> elements 2k, 2k+1; reserves 2 * ceil(n / 2) counters). randint: multiply-high of the 64
+// bits by the range. bernoulli: a 53-bit uniform < p. randperm: Fisher-Yates with next_int (n - 1 counters).
 Tensor rand(const Shape& shape, Generator& gen);                     // U[0, 1) float32
 Tensor randn(const Shape& shape, Generator& gen);                    // N(0, 1) float32
 Tensor randint(int64_t low, int64_t high, const Shape& shape, Generator& gen);  // int64 in [low, high)
