@@ -336,7 +336,29 @@ std::shared_ptr<MatmulPrim> onednn_prim(const Problem& p) {
   });
 }
 
+// oneDNN 2.6's brgemm matmul repacks a row-major right operand for every block of rows and drops to a third of
+// its speed when that operand is large ([768, 3072] in BEATs' MLP backward); oneDNN's jit sgemm packs once and
+// measured as fast or faster on every 2-D product with a row-major right operand (docs/performance.md).
+bool prefer_sgemm(const Problem& p) { return p.bshape.empty() && !p.B.col_major; }
+
+void run_dnnl_sgemm(const Problem& p) {
+  float beta = p.accumulate ? 1.0f : 0.0f;
+  if (p.bias) {
+    for (int64_t m = 0; m < p.M; ++m)
+      for (int64_t n = 0; n < p.N; ++n) p.C[m * p.ldc + n] = (p.accumulate ? p.C[m * p.ldc + n] : 0.0f) + p.bias[n];
+    beta = 1.0f;
+  }
+  const dnnl_status_t st = dnnl_sgemm(p.A.col_major ? 'T' : 'N', p.B.col_major ? 'T' : 'N', p.M, p.N, p.K, 1.0f,
+                                      p.A.ptr, p.A.ld, p.B.ptr, p.B.ld, beta, p.C, p.ldc);
+  SONAR_CHECK(st == dnnl_success, "matmul: dnnl_sgemm failed (status ", static_cast<int>(st), ") for M=", p.M,
+              " N=", p.N, " K=", p.K);
+}
+
 void run_onednn(const Problem& p) {
+  if (prefer_sgemm(p)) {
+    run_dnnl_sgemm(p);
+    return;
+  }
   std::shared_ptr<MatmulPrim> mp = onednn_prim(p);
   if (!mp->fast) {
     run_openblas(p);
@@ -503,7 +525,9 @@ std::string matmul_onednn_impl(const Tensor& a, const Tensor& b, bool trans_a, b
   out_shape.push_back(B.size(-1));
   Tensor C = Tensor::empty(out_shape, DType::Float32);
   if (C.numel() == 0 || A.size(-1) == 0) return "none (empty)";
-  std::shared_ptr<MatmulPrim> mp = onednn_prim(analyse(A, B, out_batch, C, nullptr, false));
+  const Problem p = analyse(A, B, out_batch, C, nullptr, false);
+  if (prefer_sgemm(p)) return "sgemm:jit (dnnl_sgemm)";
+  std::shared_ptr<MatmulPrim> mp = onednn_prim(p);
   return mp->fast ? mp->impl : "openblas (oneDNN offers " + mp->impl + ")";
 }
 

@@ -1,5 +1,6 @@
 // Matrix products: 2-D and batched (leading dims broadcast), optional transposes of either operand.
-// Three backends: oneDNN (cached primitives, the default), OpenBLAS sgemm, and a plain reference kernel
+// Three backends: oneDNN (cached primitives, or oneDNN's sgemm where its brgemm primitive is slow; the default),
+// OpenBLAS sgemm, and a plain reference kernel
 // (the test oracle). Non-contiguous inputs whose last two dims are a (possibly transposed) dense matrix
 // are passed without copying.
 #pragma once
@@ -36,8 +37,10 @@ struct LinearGrads {
 LinearGrads linear_backward(const Tensor& grad_y, const Tensor& x, const Tensor& weight, bool need_bias,
                             MatmulBackend backend = MatmulBackend::Auto);
 
-// Name of the oneDNN implementation matmul(a, b, trans_a, trans_b) would run (e.g. "brg:avx512_core_amx",
-// or "openblas" when the layout has no fast oneDNN kernel and the OpenBLAS loop is used). For tests/benchmarks.
+// Name of the oneDNN implementation matmul(a, b, trans_a, trans_b) would run: a cached matmul primitive
+// ("brg:avx512_core", "gemm:jit"), oneDNN's sgemm for 2-D products with a row-major right operand
+// ("sgemm:jit (dnnl_sgemm)"), or "openblas ..." when the layout has no fast oneDNN kernel and the OpenBLAS loop
+// is used. For tests and benchmarks.
 std::string matmul_onednn_impl(const Tensor& a, const Tensor& b, bool trans_a = false, bool trans_b = false);
 
 }  // namespace sonar

@@ -162,6 +162,30 @@ TEST(Matmul, TransposedOperandsUseFastOneDnnKernels) {
   }
 }
 
+TEST(Matmul, RowMajorRightOperandUsesOneDnnSgemmAndBatchesUsePrimitives) {
+  // 2-D with a row-major b: oneDNN's sgemm (brgemm repacks such a b per row block); batched: the primitive.
+  EXPECT_EQ(matmul_onednn_impl(uniform({8, 6}, 1), uniform({6, 5}, 2)), "sgemm:jit (dnnl_sgemm)");
+  EXPECT_EQ(matmul_onednn_impl(uniform({6, 8}, 1), uniform({6, 5}, 2), true, false), "sgemm:jit (dnnl_sgemm)");
+  EXPECT_EQ(matmul_onednn_impl(uniform({3, 8, 6}, 1), uniform({3, 6, 5}, 2)).rfind("brg", 0), 0u);
+  // Accumulating and bias paths of the sgemm route (bias through linear with a row-major weight view).
+  Tensor a = uniform({9, 6}, 3), b = uniform({6, 5}, 4);
+  Tensor want = matmul(a, b, false, false, MatmulBackend::Reference);
+  Tensor out = Tensor::empty({9, 5});
+  out.fill_(0.5);
+  matmul_into(out, a, b, false, false, true, MatmulBackend::OneDNN);
+  std::vector<float> w = want.to_vector<float>();
+  for (float& v : w) v += 0.5f;
+  expect_close(out, from_vector(w, {9, 5}), tol_for(6), kRelTol, "sgemm accumulate");
+  Tensor wt = uniform({6, 5}, 5).t();  // [5, 6] weight whose transpose is row-major
+  Tensor bias = uniform({5}, 6);
+  Tensor ref = matmul(a, wt, false, true, MatmulBackend::Reference);
+  std::vector<float> r = ref.to_vector<float>();
+  const std::vector<float> bv = bias.to_vector<float>();
+  for (size_t i = 0; i < r.size(); ++i) r[i] += bv[i % 5];
+  expect_close(linear(a, wt, bias, MatmulBackend::OneDNN), from_vector(r, {9, 5}), tol_for(6), kRelTol,
+               "sgemm bias");
+}
+
 TEST(Matmul, EmptyDims) {
   Tensor c = matmul(uniform({0, 3}, 1), uniform({3, 4}, 2));
   EXPECT_EQ(c.shape(), (Shape{0, 4}));
@@ -172,14 +196,16 @@ TEST(Matmul, EmptyDims) {
 }
 
 TEST(Matmul, PrimitivesAreCachedAndThreadCountIsPartOfTheKey) {
-  Tensor a = uniform({17, 19}, 70), b = uniform({19, 23}, 71);
-  matmul(a, b, false, false, MatmulBackend::OneDNN);
+  // b transposed (a Linear weight): the cached brgemm primitive path.
+  Tensor a = uniform({17, 19}, 70), b = uniform({23, 19}, 71);
+  ASSERT_EQ(matmul_onednn_impl(a, b, false, true).rfind("brg", 0), 0u) << matmul_onednn_impl(a, b, false, true);
+  matmul(a, b, false, true, MatmulBackend::OneDNN);
   const size_t n = dnnl_ctx::cache_size();
-  Tensor c1 = matmul(a, b, false, false, MatmulBackend::OneDNN);
+  Tensor c1 = matmul(a, b, false, true, MatmulBackend::OneDNN);
   EXPECT_EQ(dnnl_ctx::cache_size(), n);
   const int threads = omp_get_max_threads();
   omp_set_num_threads(1);
-  Tensor c2 = matmul(a, b, false, false, MatmulBackend::OneDNN);
+  Tensor c2 = matmul(a, b, false, true, MatmulBackend::OneDNN);
   omp_set_num_threads(threads);
   if (threads > 1) {
     EXPECT_EQ(dnnl_ctx::cache_size(), n + 1);
