@@ -17,6 +17,7 @@ Usage: /usr/bin/python3 bench/beats_pytorch.py --mode forward --threads 2 --reps
 """
 import argparse
 import math
+import os
 import resource
 import statistics
 import sys
@@ -166,14 +167,17 @@ def mask_indices(P, ratio, gen):
 
 
 def timeit(fn, reps, warmup=1):
+    """Median and best wall time of `reps` calls after `warmup` calls, and the mean process CPU time per call
+    (all threads), so that a loaded machine can be recognised (CPU time well below threads x wall)."""
     for _ in range(warmup):
         fn()
     ts = []
+    c0 = time.process_time()
     for _ in range(reps):
         t0 = time.perf_counter()
         fn()
         ts.append(time.perf_counter() - t0)
-    return statistics.median(ts), min(ts)
+    return statistics.median(ts), min(ts), (time.process_time() - c0) / reps
 
 
 def peak_rss_mb():
@@ -200,8 +204,7 @@ def main():
         def fwd():
             with torch.no_grad():
                 return model(fbank(wave))
-        med, best = timeit(fwd, a.reps)
-        report.append(("full forward (fbank included)", med, best))
+        report.append(("full forward (fbank included)", *timeit(fwd, a.reps)))
     elif a.mode in ("step_full", "step_masked"):
         model.train()
         fb = fbank(wave)
@@ -233,15 +236,14 @@ def main():
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
-        med, best = timeit(step, a.reps)
-        report.append((f"training step ({a.mode})", med, best))
+        report.append((f"training step ({a.mode})", *timeit(step, a.reps)))
     else:
         fb = fbank(wave)
-        med, best = timeit(lambda: fbank(wave), a.reps)
-        report.append(("fbank 10 s", med, best))
+        r = timeit(lambda: fbank(wave), a.reps)
+        report.append(("fbank 10 s", *r))
         with torch.no_grad():
-            med, best = timeit(lambda: model.post_extract_proj(model.patches(fb)), a.reps)
-        report.append(("patch embedding + projection", med, best))
+            r = timeit(lambda: model.post_extract_proj(model.patches(fb)), a.reps)
+        report.append(("patch embedding + projection", *r))
         model.train()
         for m in model.modules():
             if isinstance(m, (Block, Attention, Encoder)):
@@ -250,15 +252,15 @@ def main():
         layer = model.encoder.layers[0]
         bias = layer.self_attn.bias(x0.shape[1]).detach()
         with torch.no_grad():
-            med, best = timeit(lambda: layer(x0, bias, None), a.reps * 3)
-        report.append(("encoder layer forward", med, best))
+            r = timeit(lambda: layer(x0, bias, None), a.reps * 3)
+        report.append(("encoder layer forward", *r))
         xg = x0.clone().requires_grad_(True)
 
         def layer_fb():
             y = layer(xg, bias, None)
             y.backward(torch.ones_like(y))
-        med, best = timeit(layer_fb, a.reps * 3)
-        report.append(("encoder layer forward+backward", med, best))
+        r = timeit(layer_fb, a.reps * 3)
+        report.append(("encoder layer forward+backward", *r))
         B, T, C, H = 1, x0.shape[1], CFG["dim"], CFG["heads"]
         q, k, v = (torch.randn(B, H, T, C // H) for _ in range(3))
         gate = torch.rand(B, H, T, 1) + 1
@@ -269,19 +271,20 @@ def main():
             s = (s - s.amax(-1, keepdim=True)) * 32 + gate * bias_t[None]
             return torch.softmax(s, -1) @ v
         with torch.no_grad():
-            med, best = timeit(lambda: core(q, k, v), a.reps * 3)
-        report.append(("attention core forward", med, best))
+            r = timeit(lambda: core(q, k, v), a.reps * 3)
+        report.append(("attention core forward", *r))
         qg, kg, vg = (t.clone().requires_grad_(True) for t in (q, k, v))
 
         def core_fb():
             o = core(qg, kg, vg)
             o.backward(torch.ones_like(o))
-        med, best = timeit(core_fb, a.reps * 3)
-        report.append(("attention core forward+backward", med, best))
+        r = timeit(core_fb, a.reps * 3)
+        report.append(("attention core forward+backward", *r))
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {a.seconds:g} s clip")
-    for name, med, best in report:
-        print(f"{name:40s} median {med * 1e3:9.1f} ms   best {best * 1e3:9.1f} ms")
+    for name, med, best, cpu in report:
+        print(f"{name:40s} median {med * 1e3:9.1f} ms   best {best * 1e3:9.1f} ms   cpu {cpu * 1e3:9.1f} ms")
+    print(f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     print(f"peak RSS {peak_rss_mb():.0f} MB")
     return 0
 
