@@ -1,7 +1,7 @@
 // Foundation benchmarks for the tensor layer (Google Benchmark): the BEATs-base matrix products forward and
 // both backward products through our matmul (oneDNN and OpenBLAS backends) next to the raw oneDNN matmul
-// primitive and raw cblas_sgemm on the same shapes (so the layer's overhead is visible), layer norm, softmax
-// and GELU on [496, 768] and [12, 496, 496], the patch-embedding conv2d and the positional grouped conv1d.
+// primitive, raw dnnl_sgemm and raw cblas_sgemm on the same shapes (so the layer's overhead is visible), layer norm,
+// softmax and GELU on [496, 768] and [12, 496, 496], the patch-embedding conv2d and the positional grouped conv1d.
 // Counters: GFLOP/s for products and convolutions, GB/s (bytes read + written once) for the memory-bound
 // kernels, computed from wall-clock time (the work runs on several threads). Not a correctness check (tests/
 // does that). Run e.g.
@@ -120,6 +120,24 @@ void BM_RawOneDnn(benchmark::State& st, Product p) {
   }
   set_gflops(st, p.flops());
   st.SetLabel(dnnl::matmul::primitive_desc(dnnl::matmul::desc(a_md, b_md, c_md), eng).impl_info_str());
+}
+
+// Raw dnnl_sgemm (oneDNN's jit gemm, a loop over the batch), output preallocated: the ceiling for the 2-D
+// products our oneDNN path sends to it.
+void BM_RawDnnlSgemm(benchmark::State& st, Product p) {
+  Tensor a = rnd(p.a_shape(), 1), b = rnd(p.b_shape(), 2);
+  Tensor c = Tensor::empty({p.batch, p.M, p.N});
+  const float* pa = a.data<float>();
+  const float* pb = b.data<float>();
+  float* pc = c.data<float>();
+  const int64_t lda = p.ta ? p.M : p.K, ldb = p.tb ? p.K : p.N;
+  for (auto _ : st) {
+    for (int64_t i = 0; i < p.batch; ++i)
+      dnnl_sgemm(p.ta ? 'T' : 'N', p.tb ? 'T' : 'N', p.M, p.N, p.K, 1.0f, pa + i * p.M * p.K, lda, pb + i * p.K * p.N,
+                 ldb, 0.0f, pc + i * p.M * p.N, p.N);
+    benchmark::ClobberMemory();
+  }
+  set_gflops(st, p.flops());
 }
 
 // Raw cblas_sgemm (a loop over the batch), output preallocated.
@@ -259,43 +277,77 @@ void register_all() {
   for (const Product& p : products()) {
     const std::string l = product_label(p);
     benchmark::RegisterBenchmark(("Matmul/ours_onednn/" + l).c_str(), BM_Matmul, p, MatmulBackend::OneDNN)
-        ->Apply(timing)->Unit(benchmark::kMicrosecond);
-    benchmark::RegisterBenchmark(("Matmul/raw_onednn/" + l).c_str(), BM_RawOneDnn, p)->Apply(timing)->Unit(benchmark::kMicrosecond);
+        ->Apply(timing)
+        ->Unit(benchmark::kMicrosecond);
+    benchmark::RegisterBenchmark(("Matmul/raw_onednn/" + l).c_str(), BM_RawOneDnn, p)
+        ->Apply(timing)
+        ->Unit(benchmark::kMicrosecond);
+    benchmark::RegisterBenchmark(("Matmul/raw_dnnl_sgemm/" + l).c_str(), BM_RawDnnlSgemm, p)
+        ->Apply(timing)
+        ->Unit(benchmark::kMicrosecond);
     benchmark::RegisterBenchmark(("Matmul/ours_openblas/" + l).c_str(), BM_Matmul, p, MatmulBackend::OpenBLAS)
-        ->Apply(timing)->Unit(benchmark::kMicrosecond);
+        ->Apply(timing)
+        ->Unit(benchmark::kMicrosecond);
     benchmark::RegisterBenchmark(("Matmul/raw_openblas/" + l).c_str(), BM_RawOpenBlas, p)
-        ->Apply(timing)->Unit(benchmark::kMicrosecond);
+        ->Apply(timing)
+        ->Unit(benchmark::kMicrosecond);
   }
   benchmark::RegisterBenchmark("Linear/bias_fused/496x768x768", BM_LinearBias, 496, 768, 768)
-      ->Apply(timing)->Unit(benchmark::kMicrosecond);
+      ->Apply(timing)
+      ->Unit(benchmark::kMicrosecond);
   benchmark::RegisterBenchmark("Linear/bias_fused/496x768x3072", BM_LinearBias, 496, 768, 3072)
-      ->Apply(timing)->Unit(benchmark::kMicrosecond);
+      ->Apply(timing)
+      ->Unit(benchmark::kMicrosecond);
   const std::pair<const char*, Shape> shapes[] = {{"496x768", {496, 768}}, {"12x496x496", {12, 496, 496}}};
   for (const auto& [n, s] : shapes) {
     const std::string tag(n);
-    benchmark::RegisterBenchmark(("LayerNorm/fwd/" + tag).c_str(), BM_LayerNormFwd, s)->Apply(timing)->Unit(benchmark::kMicrosecond);
-    benchmark::RegisterBenchmark(("LayerNorm/bwd/" + tag).c_str(), BM_LayerNormBwd, s)->Apply(timing)->Unit(benchmark::kMicrosecond);
-    benchmark::RegisterBenchmark(("Softmax/fwd/" + tag).c_str(), BM_SoftmaxFwd, s)->Apply(timing)->Unit(benchmark::kMicrosecond);
-    benchmark::RegisterBenchmark(("Softmax/bwd/" + tag).c_str(), BM_SoftmaxBwd, s)->Apply(timing)->Unit(benchmark::kMicrosecond);
-    benchmark::RegisterBenchmark(("Gelu/fwd/" + tag).c_str(), BM_GeluFwd, s)->Apply(timing)->Unit(benchmark::kMicrosecond);
-    benchmark::RegisterBenchmark(("Gelu/bwd/" + tag).c_str(), BM_GeluBwd, s)->Apply(timing)->Unit(benchmark::kMicrosecond);
+    benchmark::RegisterBenchmark(("LayerNorm/fwd/" + tag).c_str(), BM_LayerNormFwd, s)
+        ->Apply(timing)
+        ->Unit(benchmark::kMicrosecond);
+    benchmark::RegisterBenchmark(("LayerNorm/bwd/" + tag).c_str(), BM_LayerNormBwd, s)
+        ->Apply(timing)
+        ->Unit(benchmark::kMicrosecond);
+    benchmark::RegisterBenchmark(("Softmax/fwd/" + tag).c_str(), BM_SoftmaxFwd, s)
+        ->Apply(timing)
+        ->Unit(benchmark::kMicrosecond);
+    benchmark::RegisterBenchmark(("Softmax/bwd/" + tag).c_str(), BM_SoftmaxBwd, s)
+        ->Apply(timing)
+        ->Unit(benchmark::kMicrosecond);
+    benchmark::RegisterBenchmark(("Gelu/fwd/" + tag).c_str(), BM_GeluFwd, s)
+        ->Apply(timing)
+        ->Unit(benchmark::kMicrosecond);
+    benchmark::RegisterBenchmark(("Gelu/bwd/" + tag).c_str(), BM_GeluBwd, s)
+        ->Apply(timing)
+        ->Unit(benchmark::kMicrosecond);
   }
   for (ConvLayout layout : {ConvLayout::Blocked, ConvLayout::Plain}) {
     const std::string ln = layout == ConvLayout::Plain ? "plain" : "blocked";
     benchmark::RegisterBenchmark(("Conv/patch_embed_1x1x992x128_512x16x16/fwd/" + ln).c_str(), BM_PatchEmbed, false,
-                                 layout)->Apply(timing)->Unit(benchmark::kMicrosecond);
-    benchmark::RegisterBenchmark(("Conv/patch_embed_1x1x992x128_512x16x16/bwd_weights/" + ln).c_str(), BM_PatchEmbed, true,
-                                 layout)->Apply(timing)->Unit(benchmark::kMicrosecond);
-    benchmark::RegisterBenchmark(("Conv/pos_conv1d_768x496_k128_g16/fwd/primitive_" + ln).c_str(), BM_PosConv,
-                                 false, layout, Conv1dPath::Primitive)->Apply(timing)->Unit(benchmark::kMillisecond);
-    benchmark::RegisterBenchmark(("Conv/pos_conv1d_768x496_k128_g16/bwd/primitive_" + ln).c_str(), BM_PosConv,
-                                 true, layout, Conv1dPath::Primitive)->Apply(timing)->Unit(benchmark::kMillisecond);
+                                 layout)
+        ->Apply(timing)
+        ->Unit(benchmark::kMicrosecond);
+    benchmark::RegisterBenchmark(("Conv/patch_embed_1x1x992x128_512x16x16/bwd_weights/" + ln).c_str(), BM_PatchEmbed,
+                                 true, layout)
+        ->Apply(timing)
+        ->Unit(benchmark::kMicrosecond);
+    benchmark::RegisterBenchmark(("Conv/pos_conv1d_768x496_k128_g16/fwd/primitive_" + ln).c_str(), BM_PosConv, false,
+                                 layout, Conv1dPath::Primitive)
+        ->Apply(timing)
+        ->Unit(benchmark::kMillisecond);
+    benchmark::RegisterBenchmark(("Conv/pos_conv1d_768x496_k128_g16/bwd/primitive_" + ln).c_str(), BM_PosConv, true,
+                                 layout, Conv1dPath::Primitive)
+        ->Apply(timing)
+        ->Unit(benchmark::kMillisecond);
   }
   // The default path for this shape: unfolded channel blocks + oneDNN matmul.
   benchmark::RegisterBenchmark("Conv/pos_conv1d_768x496_k128_g16/fwd/im2col", BM_PosConv, false, ConvLayout::Blocked,
-                               Conv1dPath::Im2col)->Apply(timing)->Unit(benchmark::kMillisecond);
+                               Conv1dPath::Im2col)
+      ->Apply(timing)
+      ->Unit(benchmark::kMillisecond);
   benchmark::RegisterBenchmark("Conv/pos_conv1d_768x496_k128_g16/bwd/im2col", BM_PosConv, true, ConvLayout::Blocked,
-                               Conv1dPath::Im2col)->Apply(timing)->Unit(benchmark::kMillisecond);
+                               Conv1dPath::Im2col)
+      ->Apply(timing)
+      ->Unit(benchmark::kMillisecond);
 }
 
 }  // namespace

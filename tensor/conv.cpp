@@ -56,8 +56,8 @@ Geom make_geom(const char* op, int sd, const Tensor& x, const Tensor& w, const T
   SONAR_CHECK(w.size(1) * groups == g.C, op, ": weight ", shape_str(w.shape()), " expects ", w.size(1) * groups,
               " input channels with groups=", groups, " but input ", shape_str(x.shape()), " has ", g.C);
   if (bias.defined()) {
-    SONAR_CHECK(bias.dtype() == DType::Float32 && bias.dim() == 1 && bias.size(0) == g.O, op, ": bias ",
-                bias.str(), " must be float32 [", g.O, "]");
+    SONAR_CHECK(bias.dtype() == DType::Float32 && bias.dim() == 1 && bias.size(0) == g.O, op, ": bias ", bias.str(),
+                " must be float32 [", g.O, "]");
   }
   for (int i = 0; i < sd; ++i) {
     const int64_t in = x.size(2 + i), k = w.size(2 + i), s = stride[i], p = pad[i];
@@ -190,7 +190,7 @@ ConvGrads reference_backward(const Geom& g, const Tensor& gy_in, const Tensor& x
           pdx[((n * d.C + c) * d.H + ih) * d.W + iw] = static_cast<float>(acc);
         }
     }
-  // dw[o, c, kh, kw] = sum over (n, oh, ow) of gy[n, o, oh, ow] * x[n, group c, oh*SH - PH + kh, ow*SW - PW + kw]
+    // dw[o, c, kh, kw] = sum over (n, oh, ow) of gy[n, o, oh, ow] * x[n, group c, oh*SH - PH + kh, ow*SW - PW + kw]
 #pragma omp parallel for collapse(2) schedule(static) if (work > kParallelWork)
   for (int64_t o = 0; o < d.O; ++o)
     for (int64_t c = 0; c < cg; ++c) {
@@ -217,12 +217,8 @@ ConvGrads reference_backward(const Geom& g, const Tensor& gy_in, const Tensor& x
 }
 
 // ---------------------------------------------------------------- oneDNN
-memory::desc plain_md(const Dims& dims) {
-  return memory::desc(dims, memory::data_type::f32, contiguous_strides(dims));
-}
-memory::desc any_md(const Dims& dims) {
-  return memory::desc(dims, memory::data_type::f32, memory::format_tag::any);
-}
+memory::desc plain_md(const Dims& dims) { return memory::desc(dims, memory::data_type::f32, contiguous_strides(dims)); }
+memory::desc any_md(const Dims& dims) { return memory::desc(dims, memory::data_type::f32, memory::format_tag::any); }
 
 // oneDNN's view of the weights: [O, C/G, K...] or, grouped, [G, O/G, C/G, K...] (the same memory).
 Dims onednn_w_dims(const Geom& g) {
@@ -233,8 +229,8 @@ Dims onednn_w_dims(const Geom& g) {
 
 dnnl_ctx::Key geom_key(const char* what, const Geom& g, ConvLayout layout, bool bias) {
   dnnl_ctx::Key key(what);
-  key << dnnl_ctx::max_threads() << static_cast<int64_t>(g.sd) << g.N << g.C << g.O << g.G << g.in << g.k
-      << g.stride << g.pad << (layout == ConvLayout::Plain ? "plain" : "blocked") << (bias ? "bias" : "nobias");
+  key << dnnl_ctx::max_threads() << static_cast<int64_t>(g.sd) << g.N << g.C << g.O << g.G << g.in << g.k << g.stride
+      << g.pad << (layout == ConvLayout::Plain ? "plain" : "blocked") << (bias ? "bias" : "nobias");
   return key;
 }
 
@@ -246,7 +242,8 @@ struct Reorder {
   void init(const memory::desc& from, const memory::desc& to_md) {
     to = to_md;
     needed = from != to_md;
-    if (needed) prim = dnnl::reorder(dnnl::reorder::primitive_desc(dnnl_ctx::engine(), from, dnnl_ctx::engine(), to_md));
+    if (needed)
+      prim = dnnl::reorder(dnnl::reorder::primitive_desc(dnnl_ctx::engine(), from, dnnl_ctx::engine(), to_md));
   }
   // Memory in layout `to`: `user` itself, or a reordered copy.
   memory in(const memory& user, dnnl::stream& s) const {
@@ -265,7 +262,8 @@ struct OutReorder {
   void init(const memory::desc& prim_md, const memory::desc& user_md) {
     from = prim_md;
     needed = prim_md != user_md;
-    if (needed) prim = dnnl::reorder(dnnl::reorder::primitive_desc(dnnl_ctx::engine(), prim_md, dnnl_ctx::engine(), user_md));
+    if (needed)
+      prim = dnnl::reorder(dnnl::reorder::primitive_desc(dnnl_ctx::engine(), prim_md, dnnl_ctx::engine(), user_md));
   }
   memory buffer(const memory& user) const { return needed ? memory(from, dnnl_ctx::engine()) : user; }
   void copy_out(memory& buf, memory& user, dnnl::stream& s) const {
@@ -301,10 +299,9 @@ std::shared_ptr<ConvFwd> conv_fwd(const Geom& g, bool bias, ConvLayout layout) {
     r->y_md = plain_md(y_shape(g));
     if (bias) r->b_md = plain_md({g.O});
     const bool plain = layout == ConvLayout::Plain;
-    dnnl::convolution_forward::desc d(
-        dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct,
-        plain ? r->x_md : any_md(x_shape(g)), plain ? r->w_md : any_md(onednn_w_dims(g)), r->b_md,
-        plain ? r->y_md : any_md(y_shape(g)), g.stride, g.pad, g.pad_r);
+    dnnl::convolution_forward::desc d(dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct,
+                                      plain ? r->x_md : any_md(x_shape(g)), plain ? r->w_md : any_md(onednn_w_dims(g)),
+                                      r->b_md, plain ? r->y_md : any_md(y_shape(g)), g.stride, g.pad, g.pad_r);
     r->pd = dnnl::convolution_forward::primitive_desc(d, dnnl_ctx::engine());
     r->prim = dnnl::convolution_forward(r->pd);
     r->x_in.init(r->x_md, r->pd.src_desc());
@@ -322,18 +319,17 @@ std::shared_ptr<ConvBwd> conv_bwd(const Geom& g, bool bias, ConvLayout layout) {
     const auto& eng = dnnl_ctx::engine();
     dnnl::convolution_backward_data::desc dd(
         dnnl::algorithm::convolution_direct, plain ? fwd->x_md : any_md(x_shape(g)),
-        plain ? fwd->w_md : any_md(onednn_w_dims(g)), plain ? fwd->y_md : any_md(y_shape(g)), g.stride, g.pad,
-        g.pad_r);
+        plain ? fwd->w_md : any_md(onednn_w_dims(g)), plain ? fwd->y_md : any_md(y_shape(g)), g.stride, g.pad, g.pad_r);
     r->data_pd = dnnl::convolution_backward_data::primitive_desc(dd, eng, fwd->pd);
     r->data_prim = dnnl::convolution_backward_data(r->data_pd);
     r->data_gy_in.init(fwd->y_md, r->data_pd.diff_dst_desc());
     r->data_w_in.init(fwd->w_md, r->data_pd.weights_desc());
     r->data_dx_out.init(r->data_pd.diff_src_desc(), fwd->x_md);
     r->db_md = fwd->b_md;
-    dnnl::convolution_backward_weights::desc wd(
-        dnnl::algorithm::convolution_direct, plain ? fwd->x_md : any_md(x_shape(g)),
-        plain ? fwd->w_md : any_md(onednn_w_dims(g)), r->db_md, plain ? fwd->y_md : any_md(y_shape(g)), g.stride,
-        g.pad, g.pad_r);
+    dnnl::convolution_backward_weights::desc wd(dnnl::algorithm::convolution_direct,
+                                                plain ? fwd->x_md : any_md(x_shape(g)),
+                                                plain ? fwd->w_md : any_md(onednn_w_dims(g)), r->db_md,
+                                                plain ? fwd->y_md : any_md(y_shape(g)), g.stride, g.pad, g.pad_r);
     r->wpd = dnnl::convolution_backward_weights::primitive_desc(wd, eng, fwd->pd);
     r->w_prim = dnnl::convolution_backward_weights(r->wpd);
     r->w_x_in.init(fwd->x_md, r->wpd.src_desc());
@@ -366,8 +362,8 @@ Tensor onednn_forward(const Geom& g, const Tensor& x_in, const Tensor& w_in, con
   return y;
 }
 
-ConvGrads onednn_backward(const Geom& g, const Tensor& gy_in, const Tensor& x_in, const Tensor& w_in,
-                          bool has_bias, bool need_dx) {
+ConvGrads onednn_backward(const Geom& g, const Tensor& gy_in, const Tensor& x_in, const Tensor& w_in, bool has_bias,
+                          bool need_dx) {
   const ConvLayout layout = g_layout.load();
   auto f = conv_fwd(g, has_bias, layout);
   auto b = conv_bwd(g, has_bias, layout);
@@ -405,7 +401,6 @@ void check_grad_y(const Geom& g, const Tensor& gy) {
   SONAR_CHECK(gy.shape() == y_shape(g), g.op, "_backward: grad_y ", shape_str(gy.shape()), " should be ",
               shape_str(y_shape(g)), " (the output shape)");
 }
-
 
 // ---------------------------------------------------------------- conv1d by unfolded blocks and matmul
 // oneDNN 2.6 has no direct kernel for long 1-D kernels (BEATs' positional conv: 128 taps, 16 groups of 48
@@ -504,8 +499,8 @@ Tensor im2col_forward(const Geom& g, const Tensor& x_in, const Tensor& w_in, con
   return y;
 }
 
-ConvGrads im2col_backward(const Geom& g, const Tensor& gy_in, const Tensor& x_in, const Tensor& w_in,
-                          bool has_bias, bool need_dx) {
+ConvGrads im2col_backward(const Geom& g, const Tensor& gy_in, const Tensor& x_in, const Tensor& w_in, bool has_bias,
+                          bool need_dx) {
   const int64_t L = g.in[0], Lo = g.out[0], K = g.k[0], S = g.stride[0], P = g.pad[0];
   const int64_t Cg = g.C / g.G, Og = g.O / g.G, cb_max = channel_block(g);
   Tensor x = x_in.contiguous(), gy = gy_in.contiguous(), w = w_in.contiguous().view({g.O, Cg * K});
@@ -552,8 +547,8 @@ std::string impl_info(const Geom& g, bool bias) {
   const ConvLayout layout = g_layout.load();
   auto f = conv_fwd(g, bias, layout);
   auto b = conv_bwd(g, bias, layout);
-  return std::string("fwd ") + f->pd.impl_info_str() + ", bwd_data " + b->data_pd.impl_info_str() +
-         ", bwd_weights " + b->wpd.impl_info_str();
+  return std::string("fwd ") + f->pd.impl_info_str() + ", bwd_data " + b->data_pd.impl_info_str() + ", bwd_weights " +
+         b->wpd.impl_info_str();
 }
 
 Tensor zeros_of(const Shape& s) {
@@ -571,16 +566,14 @@ Tensor forward_any(const Geom& g, const Tensor& x, const Tensor& w, const Tensor
   return use_im2col(g) ? im2col_forward(g, x, w, bias) : onednn_forward(g, x, w, bias);
 }
 
-ConvGrads backward_any(const Geom& g, const Tensor& gy, const Tensor& x, const Tensor& w, bool has_bias,
-                       bool need_dx) {
+ConvGrads backward_any(const Geom& g, const Tensor& gy, const Tensor& x, const Tensor& w, bool has_bias, bool need_dx) {
   check_grad_y(g, gy);
   if (empty_problem(g)) {
-    ConvGrads r{need_dx ? zeros_of(x_shape(g)) : Tensor(), zeros_of(w_shape(g)),
-                has_bias ? zeros_of({g.O}) : Tensor()};
+    ConvGrads r{need_dx ? zeros_of(x_shape(g)) : Tensor(), zeros_of(w_shape(g)), has_bias ? zeros_of({g.O}) : Tensor()};
     return r;
   }
   return use_im2col(g) ? im2col_backward(g, gy, x, w, has_bias, need_dx)
-                        : onednn_backward(g, gy, x, w, has_bias, need_dx);
+                       : onednn_backward(g, gy, x, w, has_bias, need_dx);
 }
 
 }  // namespace
@@ -592,7 +585,8 @@ ConvLayout conv_layout() { return g_layout.load(); }
 
 Tensor bias_grad_reference(const Tensor& grad_y) {
   SONAR_CHECK(grad_y.defined() && grad_y.dtype() == DType::Float32 && grad_y.dim() >= 2,
-              "conv bias grad: grad_y must be float32 [N, O, ...], got ", grad_y.defined() ? grad_y.str() : "undefined");
+              "conv bias grad: grad_y must be float32 [N, O, ...], got ",
+              grad_y.defined() ? grad_y.str() : "undefined");
   Tensor gy = grad_y.contiguous();
   const int64_t N = gy.size(0), O = gy.size(1), S = gy.numel() / std::max<int64_t>(N * O, 1);
   Tensor db = Tensor::empty({O});
@@ -608,7 +602,8 @@ Tensor bias_grad_reference(const Tensor& grad_y) {
 }
 
 Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, const Conv2dParams& p) {
-  const Geom g = make_geom("conv2d", 2, x, weight, bias, {p.stride[0], p.stride[1]}, {p.padding[0], p.padding[1]}, p.groups);
+  const Geom g =
+      make_geom("conv2d", 2, x, weight, bias, {p.stride[0], p.stride[1]}, {p.padding[0], p.padding[1]}, p.groups);
   return forward_any(g, x, weight, bias);
 }
 
@@ -619,24 +614,28 @@ ConvGrads conv2d_backward(const Tensor& grad_y, const Tensor& x, const Tensor& w
 
 ConvGrads conv2d_backward(const Tensor& grad_y, const Tensor& x, const Tensor& weight, bool has_bias,
                           const Conv2dParams& p, bool need_dx) {
-  const Geom g = make_geom("conv2d", 2, x, weight, Tensor(), {p.stride[0], p.stride[1]}, {p.padding[0], p.padding[1]}, p.groups);
+  const Geom g =
+      make_geom("conv2d", 2, x, weight, Tensor(), {p.stride[0], p.stride[1]}, {p.padding[0], p.padding[1]}, p.groups);
   return backward_any(g, grad_y, x, weight, has_bias, need_dx);
 }
 
 Tensor conv2d_reference(const Tensor& x, const Tensor& weight, const Tensor& bias, const Conv2dParams& p) {
-  const Geom g = make_geom("conv2d", 2, x, weight, bias, {p.stride[0], p.stride[1]}, {p.padding[0], p.padding[1]}, p.groups);
+  const Geom g =
+      make_geom("conv2d", 2, x, weight, bias, {p.stride[0], p.stride[1]}, {p.padding[0], p.padding[1]}, p.groups);
   return reference_forward(g, x, weight, bias);
 }
 
 ConvGrads conv2d_backward_reference(const Tensor& grad_y, const Tensor& x, const Tensor& weight, bool has_bias,
                                     const Conv2dParams& p) {
-  const Geom g = make_geom("conv2d", 2, x, weight, Tensor(), {p.stride[0], p.stride[1]}, {p.padding[0], p.padding[1]}, p.groups);
+  const Geom g =
+      make_geom("conv2d", 2, x, weight, Tensor(), {p.stride[0], p.stride[1]}, {p.padding[0], p.padding[1]}, p.groups);
   check_grad_y(g, grad_y);
   return reference_backward(g, grad_y, x, weight, has_bias);
 }
 
 std::string conv2d_impl(const Tensor& x, const Tensor& weight, bool has_bias, const Conv2dParams& p) {
-  const Geom g = make_geom("conv2d", 2, x, weight, Tensor(), {p.stride[0], p.stride[1]}, {p.padding[0], p.padding[1]}, p.groups);
+  const Geom g =
+      make_geom("conv2d", 2, x, weight, Tensor(), {p.stride[0], p.stride[1]}, {p.padding[0], p.padding[1]}, p.groups);
   return empty_problem(g) ? "none (empty)" : impl_info(g, has_bias);
 }
 

@@ -37,13 +37,13 @@ struct Operand {
 
 // A whole product C[b] = A[b] @ B[b] (+ bias) after analysis.
 struct Problem {
-  std::vector<int64_t> bshape;  // batch dims of size > 1, collapsed where all strides allow
+  std::vector<int64_t> bshape;   // batch dims of size > 1, collapsed where all strides allow
   std::vector<int64_t> cstride;  // C's strides over those dims
   int64_t M = 0, N = 0, K = 0;
   Operand A, B;
   float* C = nullptr;
-  int64_t ldc = 0;               // C's row stride (its column stride is 1)
-  bool accumulate = false;       // C += product instead of C = product
+  int64_t ldc = 0;              // C's row stride (its column stride is 1)
+  bool accumulate = false;      // C += product instead of C = product
   const float* bias = nullptr;  // [N] or null
 };
 
@@ -98,8 +98,8 @@ void check_operand(const Tensor& t, const char* op, const char* name) {
 void logical_views(const Tensor& a, const Tensor& b, bool ta, bool tb, Tensor& A, Tensor& B) {
   check_operand(a, "matmul", "a");
   check_operand(b, "matmul", "b");
-  SONAR_CHECK(a.dim() >= 2 && b.dim() >= 2, "matmul: both operands need at least 2 dims, got a ",
-              shape_str(a.shape()), " and b ", shape_str(b.shape()));
+  SONAR_CHECK(a.dim() >= 2 && b.dim() >= 2, "matmul: both operands need at least 2 dims, got a ", shape_str(a.shape()),
+              " and b ", shape_str(b.shape()));
   A = ta ? a.transpose(-2, -1) : a;
   B = tb ? b.transpose(-2, -1) : b;
   SONAR_CHECK(A.size(-1) == B.size(-2), "matmul: inner dimensions differ: a ", shape_str(a.shape()),
@@ -182,8 +182,8 @@ Problem analyse(const Tensor& A, const Tensor& B, const Shape& out_batch, const 
 
 // ---------------------------------------------------------------- reference
 // Plain loops over the logical views' own strides (no layout analysis, no copies): the oracle.
-void matmul_reference_into(const Tensor& A, const Tensor& B, const Tensor& C, const Shape& out_batch,
-                           const float* bias, bool accumulate) {
+void matmul_reference_into(const Tensor& A, const Tensor& B, const Tensor& C, const Shape& out_batch, const float* bias,
+                           bool accumulate) {
   const int64_t M = A.size(-2), K = A.size(-1), N = B.size(-1);
   const std::vector<int64_t> sa = batch_strides(A, out_batch), sb = batch_strides(B, out_batch),
                              sc = batch_strides(C, out_batch);
@@ -252,9 +252,9 @@ void run_openblas(const Problem& p) {
       }
       beta = 1.0f;
     }
-    cblas_sgemm(CblasRowMajor, ta, tb, static_cast<blasint>(p.M), static_cast<blasint>(p.N),
-                static_cast<blasint>(p.K), 1.0f, p.A.ptr + oa, static_cast<blasint>(p.A.ld), p.B.ptr + ob,
-                static_cast<blasint>(p.B.ld), beta, c, static_cast<blasint>(p.ldc));
+    cblas_sgemm(CblasRowMajor, ta, tb, static_cast<blasint>(p.M), static_cast<blasint>(p.N), static_cast<blasint>(p.K),
+                1.0f, p.A.ptr + oa, static_cast<blasint>(p.A.ld), p.B.ptr + ob, static_cast<blasint>(p.B.ld), beta, c,
+                static_cast<blasint>(p.ldc));
   }
 }
 
@@ -382,9 +382,8 @@ void run_onednn(const Problem& p) {
 void store(const Tensor& dst, const Tensor& src, bool accumulate) {
   const float* ps = src.data<float>();
   float* pd = dst.data<float>();
-  for_each_offset(dst.shape(), dst.strides(), [&](int64_t i, int64_t off) {
-    pd[off] = accumulate ? pd[off] + ps[i] : ps[i];
-  });
+  for_each_offset(dst.shape(), dst.strides(),
+                  [&](int64_t i, int64_t off) { pd[off] = accumulate ? pd[off] + ps[i] : ps[i]; });
 }
 
 // Shared driver for matmul, matmul_into and linear. With `out` undefined a fresh contiguous result is
@@ -452,9 +451,9 @@ void check_linear(const Tensor& x, const Tensor& weight) {
   check_operand(x, "linear", "x");
   check_operand(weight, "linear", "weight");
   SONAR_CHECK(weight.dim() == 2, "linear: weight must be [out, in], got ", shape_str(weight.shape()));
-  SONAR_CHECK(x.dim() >= 1 && x.size(-1) == weight.size(1), "linear: x ", shape_str(x.shape()),
-              " has ", (x.dim() >= 1 ? x.size(-1) : 0), " input features but weight ", shape_str(weight.shape()),
-              " expects ", weight.size(1));
+  SONAR_CHECK(x.dim() >= 1 && x.size(-1) == weight.size(1), "linear: x ", shape_str(x.shape()), " has ",
+              (x.dim() >= 1 ? x.size(-1) : 0), " input features but weight ", shape_str(weight.shape()), " expects ",
+              weight.size(1));
 }
 
 }  // namespace

@@ -69,7 +69,8 @@ double loss(const Tensor& y, const Tensor& r) {
 }
 
 // Central-difference check of an analytic gradient `grad` of loss(f(t), r) with respect to `t`.
-void check_fd(Tensor t, const Tensor& grad, const std::function<Tensor()>& f, const Tensor& r, const std::string& what) {
+void check_fd(Tensor t, const Tensor& grad, const std::function<Tensor()>& f, const Tensor& r,
+              const std::string& what) {
   float* p = t.data<float>();
   const std::vector<float> g = grad.to_vector<float>();
   for (int64_t i = 0; i < t.numel(); ++i) {
@@ -210,28 +211,28 @@ TEST_P(ConvOneDnn, Conv1dForwardAndBackwardMatchReference) {
       {{1, 48, 40}, {48, 48, 17}, p1(1, 8, 1), "many channels (several unfolded blocks)"},
   };
   for (Conv1dPath path : {Conv1dPath::Primitive, Conv1dPath::Im2col})
-  for (const Case1d& c : cases) {
-    set_conv1d_path(path);
-    const std::string tag = path == Conv1dPath::Im2col ? " (im2col)" : " (primitive)";
-    Tensor x = uniform(c.x, 20), w = uniform(c.w, 21), b = uniform({c.w[0]}, 22);
-    const int64_t terms = c.w[1] * c.w[2];
-    Tensor ref = conv1d_reference(x, w, b, c.p);
-    expect_close(conv1d(x, w, b, c.p), ref, tol(terms), kRelTol, c.name + tag + " fwd");
-    expect_close(conv1d(x, w, Tensor(), c.p), conv1d_reference(x, w, Tensor(), c.p), tol(terms), kRelTol,
-                 c.name + tag + " fwd no bias");
-    Tensor gy = uniform(ref.shape(), 23);
-    ConvGrads want = conv1d_backward_reference(gy, x, w, true, c.p);
-    ConvGrads got = conv1d_backward(gy, x, w, true, c.p);
-    const int64_t o_terms = (c.w[0] / c.p.groups) * c.w[2];
-    const int64_t w_terms = ref.size(0) * ref.size(2);
-    expect_close(got.dx, want.dx, tol(o_terms), kRelTol, c.name + tag + " dx");
-    expect_close(got.dweight, want.dweight, tol(w_terms), kRelTol, c.name + tag + " dw");
-    expect_close(got.dbias, want.dbias, tol(w_terms), kRelTol, c.name + tag + " db");
-    ConvGrads no_dx = conv1d_backward(gy, x, w, false, c.p, /*need_dx=*/false);
-    EXPECT_FALSE(no_dx.dx.defined());
-    EXPECT_FALSE(no_dx.dbias.defined());
-    expect_close(no_dx.dweight, want.dweight, tol(w_terms), kRelTol, c.name + tag + " dw without dx");
-  }
+    for (const Case1d& c : cases) {
+      set_conv1d_path(path);
+      const std::string tag = path == Conv1dPath::Im2col ? " (im2col)" : " (primitive)";
+      Tensor x = uniform(c.x, 20), w = uniform(c.w, 21), b = uniform({c.w[0]}, 22);
+      const int64_t terms = c.w[1] * c.w[2];
+      Tensor ref = conv1d_reference(x, w, b, c.p);
+      expect_close(conv1d(x, w, b, c.p), ref, tol(terms), kRelTol, c.name + tag + " fwd");
+      expect_close(conv1d(x, w, Tensor(), c.p), conv1d_reference(x, w, Tensor(), c.p), tol(terms), kRelTol,
+                   c.name + tag + " fwd no bias");
+      Tensor gy = uniform(ref.shape(), 23);
+      ConvGrads want = conv1d_backward_reference(gy, x, w, true, c.p);
+      ConvGrads got = conv1d_backward(gy, x, w, true, c.p);
+      const int64_t o_terms = (c.w[0] / c.p.groups) * c.w[2];
+      const int64_t w_terms = ref.size(0) * ref.size(2);
+      expect_close(got.dx, want.dx, tol(o_terms), kRelTol, c.name + tag + " dx");
+      expect_close(got.dweight, want.dweight, tol(w_terms), kRelTol, c.name + tag + " dw");
+      expect_close(got.dbias, want.dbias, tol(w_terms), kRelTol, c.name + tag + " db");
+      ConvGrads no_dx = conv1d_backward(gy, x, w, false, c.p, /*need_dx=*/false);
+      EXPECT_FALSE(no_dx.dx.defined());
+      EXPECT_FALSE(no_dx.dbias.defined());
+      expect_close(no_dx.dweight, want.dweight, tol(w_terms), kRelTol, c.name + tag + " dw without dx");
+    }
 }
 
 TEST_P(ConvOneDnn, NonContiguousInputs) {
@@ -240,14 +241,14 @@ TEST_P(ConvOneDnn, NonContiguousInputs) {
   Tensor w = uniform({8, 4, 6}, 31).narrow(2, 1, 3);  // [8, 4, 3]
   const Conv1dParams p = p1(1, 1, 2);
   for (Conv1dPath path : {Conv1dPath::Primitive, Conv1dPath::Im2col}) {
-  set_conv1d_path(path);
-  expect_close(conv1d(x, w, Tensor(), p), conv1d_reference(x.contiguous(), w.contiguous(), Tensor(), p), tol(12),
-               kRelTol, "permuted x");
-  Tensor gy = uniform({2, 8, 11}, 32);
-  ConvGrads got = conv1d_backward(gy, x, w, false, p);
-  ConvGrads want = conv1d_backward_reference(gy, x.contiguous(), w.contiguous(), false, p);
-  expect_close(got.dx, want.dx, tol(12), kRelTol, "permuted x: dx");
-  expect_close(got.dweight, want.dweight, tol(22), kRelTol, "permuted x: dw");
+    set_conv1d_path(path);
+    expect_close(conv1d(x, w, Tensor(), p), conv1d_reference(x.contiguous(), w.contiguous(), Tensor(), p), tol(12),
+                 kRelTol, "permuted x");
+    Tensor gy = uniform({2, 8, 11}, 32);
+    ConvGrads got = conv1d_backward(gy, x, w, false, p);
+    ConvGrads want = conv1d_backward_reference(gy, x.contiguous(), w.contiguous(), false, p);
+    expect_close(got.dx, want.dx, tol(12), kRelTol, "permuted x: dx");
+    expect_close(got.dweight, want.dweight, tol(22), kRelTol, "permuted x: dw");
   }
 }
 
@@ -255,19 +256,27 @@ INSTANTIATE_TEST_SUITE_P(Layouts, ConvOneDnn, ::testing::Values(ConvLayout::Bloc
                          [](const auto& info) { return info.param == ConvLayout::Plain ? "Plain" : "Blocked"; });
 
 TEST(ConvErrors, MessagesNameShapesAndValues) {
-  const std::string ch = error_of([] { conv2d(Tensor::empty({1, 3, 8, 8}), Tensor::empty({4, 2, 3, 3}), Tensor(), {}); });
+  const std::string ch = error_of([] {
+    conv2d(Tensor::empty({1, 3, 8, 8}), Tensor::empty({4, 2, 3, 3}), Tensor(), {});
+  });
   EXPECT_NE(ch.find("conv2d"), std::string::npos) << ch;
   EXPECT_NE(ch.find("[1, 3, 8, 8]"), std::string::npos) << ch;
   EXPECT_NE(ch.find("[4, 2, 3, 3]"), std::string::npos) << ch;
   const std::string rank = error_of([] { conv1d(Tensor::empty({3, 8}), Tensor::empty({4, 3, 3}), Tensor(), {}); });
   EXPECT_NE(rank.find("[3, 8]"), std::string::npos) << rank;
-  const std::string groups = error_of([] { conv1d(Tensor::empty({1, 6, 8}), Tensor::empty({4, 2, 3}), Tensor(), p1(1, 0, 3)); });
+  const std::string groups = error_of([] {
+    conv1d(Tensor::empty({1, 6, 8}), Tensor::empty({4, 2, 3}), Tensor(), p1(1, 0, 3));
+  });
   EXPECT_NE(groups.find("groups 3"), std::string::npos) << groups;
   const std::string big = error_of([] { conv1d(Tensor::empty({1, 2, 4}), Tensor::empty({2, 2, 7}), Tensor(), {}); });
   EXPECT_NE(big.find("larger than the padded input"), std::string::npos) << big;
-  const std::string stride = error_of([] { conv1d(Tensor::empty({1, 2, 4}), Tensor::empty({2, 2, 2}), Tensor(), p1(0, 0, 1)); });
+  const std::string stride = error_of([] {
+    conv1d(Tensor::empty({1, 2, 4}), Tensor::empty({2, 2, 2}), Tensor(), p1(0, 0, 1));
+  });
   EXPECT_NE(stride.find("stride must be >= 1, got 0"), std::string::npos) << stride;
-  const std::string bias = error_of([] { conv1d(Tensor::empty({1, 2, 4}), Tensor::empty({3, 2, 2}), Tensor::empty({2}), {}); });
+  const std::string bias = error_of([] {
+    conv1d(Tensor::empty({1, 2, 4}), Tensor::empty({3, 2, 2}), Tensor::empty({2}), {});
+  });
   EXPECT_NE(bias.find("bias"), std::string::npos) << bias;
   const std::string gy = error_of([] {
     conv1d_backward(Tensor::empty({1, 3, 4}), Tensor::empty({1, 2, 4}), Tensor::empty({3, 2, 2}), false, {});

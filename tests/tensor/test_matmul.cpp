@@ -8,8 +8,8 @@
 #include <cmath>
 #include <cstdint>
 #include <functional>
-#include <tuple>
 #include <string>
+#include <tuple>
 
 #include "tensor/dnnl_context.h"
 #include "tensor/matmul.h"
@@ -154,8 +154,8 @@ TEST(Matmul, StridedOperandsWithoutCopy) {
 TEST(Matmul, TransposedOperandsUseFastOneDnnKernels) {
   // The backward products dA = dC @ B^T and dB = A^T @ dC must not fall back to copies or slow kernels.
   Tensor a = uniform({64, 48}, 60), b = uniform({48, 32}, 61), dc = uniform({64, 32}, 62);
-  for (auto [x, y, ta, tb] : {std::tuple{a, b, false, false}, std::tuple{dc, b, false, true},
-                              std::tuple{a, dc, true, false}}) {
+  for (auto [x, y, ta, tb] :
+       {std::tuple{a, b, false, false}, std::tuple{dc, b, false, true}, std::tuple{a, dc, true, false}}) {
     const std::string impl = matmul_onednn_impl(x, y, ta, tb);
     EXPECT_EQ(impl.rfind("ref", 0), std::string::npos) << impl;
     EXPECT_EQ(impl.rfind("openblas", 0), std::string::npos) << impl;
@@ -182,8 +182,7 @@ TEST(Matmul, RowMajorRightOperandUsesOneDnnSgemmAndBatchesUsePrimitives) {
   std::vector<float> r = ref.to_vector<float>();
   const std::vector<float> bv = bias.to_vector<float>();
   for (size_t i = 0; i < r.size(); ++i) r[i] += bv[i % 5];
-  expect_close(linear(a, wt, bias, MatmulBackend::OneDNN), from_vector(r, {9, 5}), tol_for(6), kRelTol,
-               "sgemm bias");
+  expect_close(linear(a, wt, bias, MatmulBackend::OneDNN), from_vector(r, {9, 5}), tol_for(6), kRelTol, "sgemm bias");
 }
 
 TEST(Matmul, EmptyDims) {
@@ -242,8 +241,8 @@ TEST(Linear, MatchesReferenceWithAndWithoutBias) {
   // A 1-D input gives a 1-D output; a permuted (non-contiguous) 3-D input is accepted.
   EXPECT_EQ(linear(uniform({13}, 93), w, bias).shape(), (Shape{5}));
   Tensor xp = uniform({3, 2, 13}, 94).permute({1, 0, 2});
-  expect_close(linear(xp, w, bias), linear(xp.contiguous(), w, bias, MatmulBackend::Reference), tol_for(13),
-               kRelTol, "permuted x");
+  expect_close(linear(xp, w, bias), linear(xp.contiguous(), w, bias, MatmulBackend::Reference), tol_for(13), kRelTol,
+               "permuted x");
 }
 
 TEST(Linear, BackwardMatchesExplicitLoops) {
@@ -282,9 +281,13 @@ TEST(MatmulErrors, InnerDimMismatchNamesBothShapes) {
 }
 
 TEST(MatmulErrors, BadRankDtypeBatchAndLinearShapes) {
-  EXPECT_NE(error_of([] { matmul(Tensor::empty({3}), Tensor::empty({3, 2})); }).find("at least 2 dims"),
+  EXPECT_NE(error_of([] {
+              matmul(Tensor::empty({3}), Tensor::empty({3, 2}));
+            }).find("at least 2 dims"),
             std::string::npos);
-  EXPECT_NE(error_of([] { matmul(Tensor::empty({2, 3}, DType::Int64), Tensor::empty({3, 2})); }).find("float32"),
+  EXPECT_NE(error_of([] {
+              matmul(Tensor::empty({2, 3}, DType::Int64), Tensor::empty({3, 2}));
+            }).find("float32"),
             std::string::npos);
   const std::string batch = error_of([] { matmul(Tensor::empty({2, 2, 3}), Tensor::empty({3, 3, 2})); });
   EXPECT_NE(batch.find("do not broadcast"), std::string::npos) << batch;
