@@ -1,6 +1,7 @@
 // BEATs pre-training objectives and the optimiser step (see nn/beats/pretrain.h).
 #include "nn/beats/pretrain.h"
 
+#include <algorithm>
 #include <cmath>
 #include <set>
 
@@ -180,8 +181,77 @@ std::vector<ag::ParamGroup> decay_param_groups(const nn::Module& m) {
   return groups;
 }
 
+namespace {
+constexpr int64_t kParallelMin = 1 << 15;  // elements below which a parameter is handled on one thread
+constexpr double kClipEps = 1e-6;          // clip_grad_norm's denominator guard (PyTorch's)
+}  // namespace
+
+double ClippedAdamW::grad_norm() const {
+  double sq = 0.0;
+  for (const Slot& slot : flat_) {
+    if (!slot.param.grad().defined()) continue;
+    const Tensor g = slot.param.grad().contiguous();
+    const float* gp = g.data<float>();
+    const int64_t n = g.numel();
+    double s = 0.0;
+#pragma omp parallel for simd reduction(+ : s) if (n > kParallelMin)
+    for (int64_t k = 0; k < n; ++k) s += static_cast<double>(gp[k]) * gp[k];
+    sq += s;
+  }
+  return std::sqrt(sq);
+}
+
+void ClippedAdamW::step_scaled(float grad_scale) {
+  SONAR_CHECK(std::isfinite(grad_scale) && grad_scale > 0.0f, "ClippedAdamW: gradient scale ", grad_scale,
+              " must be positive and finite");
+  // Validate every parameter first, so that a bad one leaves the whole model untouched.
+  for (size_t i = 0; i < flat_.size(); ++i) {
+    if (!flat_[i].param.grad().defined()) continue;
+    checked_grad(i);
+    for (const char* name : {"exp_avg", "exp_avg_sq"}) {
+      auto it = buffers_[i].find(name);
+      SONAR_CHECK(it == buffers_[i].end() || it->second.shape() == flat_[i].param.shape(), "ClippedAdamW: ", name,
+                  " of parameter ", i, " is ", shape_str(it->second.shape()), " but the parameter is ",
+                  shape_str(flat_[i].param.shape()), " (call grow_optimizer_state after growing a layer)");
+    }
+  }
+  const ag::AdamWOptions& o = options();
+  for (size_t i = 0; i < flat_.size(); ++i) {
+    Slot& s = flat_[i];
+    if (!s.param.grad().defined()) continue;
+    const Tensor g = checked_grad(i);
+    Tensor& pv = s.param.value();
+    auto& buf = buffers_[i];
+    if (buf.find("exp_avg") == buf.end()) buf["exp_avg"] = zeros(pv.shape());
+    if (buf.find("exp_avg_sq") == buf.end()) buf["exp_avg_sq"] = zeros(pv.shape());
+    const int64_t t = ++steps_[i];
+    // The arithmetic of ag::AdamW::step, on g * grad_scale.
+    const double bc1 = 1.0 - std::pow(static_cast<double>(o.beta1), static_cast<double>(t));
+    const double bc2 = 1.0 - std::pow(static_cast<double>(o.beta2), static_cast<double>(t));
+    const double lr = static_cast<double>(this->lr()) * s.lr_scale;
+    const float decay = static_cast<float>(1.0 - lr * s.weight_decay);
+    const float step_size = static_cast<float>(lr / bc1);
+    const float inv_sqrt_bc2 = static_cast<float>(1.0 / std::sqrt(bc2));
+    const float fb1 = o.beta1, fb2 = o.beta2, eps = o.eps, c = grad_scale;
+    const bool scaled = grad_scale != 1.0f;
+    const int64_t n = pv.numel();
+    float* p = pv.data<float>();
+    float* m = buf["exp_avg"].data<float>();
+    float* v = buf["exp_avg_sq"].data<float>();
+    const float* gp = g.data<float>();
+#pragma omp parallel for simd if (n > kParallelMin)
+    for (int64_t k = 0; k < n; ++k) {
+      const float gk = scaled ? gp[k] * c : gp[k];
+      p[k] *= decay;
+      m[k] = fb1 * m[k] + (1.0f - fb1) * gk;
+      v[k] = fb2 * v[k] + (1.0f - fb2) * gk * gk;
+      p[k] -= step_size * m[k] / (std::sqrt(v[k]) * inv_sqrt_bc2 + eps);
+    }
+  }
+}
+
 TrainStep::TrainStep(const nn::Module& m, const TrainStepOptions& o) : opts_(o) {
-  opt_ = std::make_unique<ag::AdamW>(decay_param_groups(m), o.adamw);
+  opt_ = std::make_unique<ClippedAdamW>(decay_param_groups(m), o.adamw);
   if (o.schedule) schedule_.emplace(*o.schedule);
 }
 
@@ -195,12 +265,14 @@ StepStats TrainStep::run(const std::function<ag::Var()>& forward_loss) {
   s.loss = loss.value().item_double();
   SONAR_CHECK(std::isfinite(s.loss), "TrainStep: loss is ", s.loss, " at step ", step_);
   loss.backward();
-  const float max_norm = opts_.max_grad_norm > 0.0f ? opts_.max_grad_norm : INFINITY;
-  s.grad_norm = ag::clip_grad_norm(opt_->params(), max_norm);
+  s.grad_norm = opt_->grad_norm();
   SONAR_CHECK(std::isfinite(s.grad_norm), "TrainStep: gradient norm is ", s.grad_norm, " at step ", step_);
+  // clip_grad_norm's rule: scale by max_norm / (norm + 1e-6) when that is below 1.
+  double coef = 1.0;
+  if (opts_.max_grad_norm > 0.0f) coef = std::min(1.0, static_cast<double>(opts_.max_grad_norm) / (s.grad_norm + kClipEps));
   if (schedule_) opt_->set_lr(static_cast<float>(schedule_->lr_at(step_)));
   s.lr = opt_->lr();
-  opt_->step();
+  opt_->step_scaled(static_cast<float>(coef));
   ++step_;
   return s;
 }

@@ -16,7 +16,7 @@
 // codebook itself is not trained by gradients: the quantizer's EMA updates it during the forward pass.
 //
 // TrainStep: zero gradients, forward + loss, backward, clip the global gradient norm, set the scheduled
-// learning rate, AdamW step.
+// learning rate, AdamW step (ClippedAdamW: the clipping is folded into the update).
 //
 // Not here: the data pipeline, the SONAR extensions (self-distillation, codebook growth; sonar/), checkpoints.
 #pragma once
@@ -134,6 +134,20 @@ class TokenizerDistillation : public nn::Module {
 // other vectors, the mask token, weight-norm gains and the relative-position gates (grep_a).
 std::vector<ag::ParamGroup> decay_param_groups(const nn::Module& m);
 
+// AdamW with global-norm gradient clipping folded into the update: grad_norm() measures every gradient in
+// one vectorised pass (double accumulation) and step_scaled(c) runs AdamW on c * g without writing the scaled
+// gradients back, so clipping costs no extra pass over memory. The state (exp_avg, exp_avg_sq, step counts)
+// and every update are those of ag::clip_grad_norm followed by ag::AdamW::step; the difference is that the
+// gradients are left unscaled. Throws (before touching anything) when a moment buffer does not match its
+// parameter, e.g. after a layer grew without grow_optimizer_state().
+class ClippedAdamW : public ag::AdamW {
+ public:
+  using ag::AdamW::AdamW;
+  double grad_norm() const;  // L2 norm of every defined gradient together
+  void step_scaled(float grad_scale);
+  void step() override { step_scaled(1.0f); }
+};
+
 struct TrainStepOptions {
   ag::AdamWOptions adamw;  // lr is used when no schedule is given
   float max_grad_norm = 1.0f;  // <= 0: no clipping (the norm is still measured)
@@ -152,15 +166,15 @@ class TrainStep {
   // The optimiser covers m's trainable parameters, grouped by decay_param_groups.
   TrainStep(const nn::Module& m, const TrainStepOptions& opts);
   // zero_grad, loss = forward_loss(), backward, clip, lr, AdamW step. Throws (before touching any parameter)
-  // when the loss is not a finite scalar.
+  // when the loss or the gradient norm is not finite. Gradients are left unclipped (the update is clipped).
   StepStats run(const std::function<ag::Var()>& forward_loss);
-  ag::AdamW& optimizer() { return *opt_; }
+  ClippedAdamW& optimizer() { return *opt_; }
   int64_t steps_done() const { return step_; }
   const TrainStepOptions& options() const { return opts_; }
 
  private:
   TrainStepOptions opts_;
-  std::unique_ptr<ag::AdamW> opt_;
+  std::unique_ptr<ClippedAdamW> opt_;
   std::optional<ag::LrSchedule> schedule_;
   int64_t step_ = 0;
 };

@@ -19,6 +19,7 @@
 #include "autograd/ops.h"
 #include "nn/beats/pretrain.h"
 #include "tensor/creation.h"
+#include "tensor/elementwise.h"
 #include "tensor/index.h"
 #include "tensor/reduce.h"
 
@@ -489,4 +490,51 @@ TEST(BeatsPretrain, GrowingTheHeadKeepsRowsAndOptimizerState) {
   EXPECT_EQ(max_abs_diff(fresh.head->weight.value(), pred->head->weight.value()), 0.0);
   EXPECT_THROW(pred->add_classes(2, zeros({2, 31})), Error);
   (void)w_before;
+}
+
+// ---- the optimiser step ----
+
+TEST(BeatsPretrain, ClippedAdamWMatchesClipThenAdamW) {
+  constexpr double kOptimTol = 1e-6;  // absolute, on parameters of magnitude ~0.1 after three steps
+  constexpr float kMaxNorm = 0.5f;    // below the random gradients' norm, so clipping is active
+  BeatsConfig cfg = tiny_cfg();
+  Generator init(51);
+  LabelPredictorOptions po;
+  po.layers = 1;
+  po.num_classes = 8;
+  auto a = std::make_shared<LabelPredictor>(cfg, po, &init);
+  auto b = clone_as(*a);
+  ag::AdamWOptions o;
+  o.lr = 1e-2f;
+  o.weight_decay = 0.05f;
+  ClippedAdamW fused(decay_param_groups(*a), o);
+  ag::AdamW plain(decay_param_groups(*b), o);
+  std::vector<ag::Var> pa = fused.params(), pb = plain.params();
+  ASSERT_EQ(pa.size(), pb.size());
+  Generator dg(3);
+  for (int step = 0; step < 3; ++step) {
+    for (size_t i = 0; i < pa.size(); ++i) {
+      Tensor g = randn(pa[i].shape(), dg);
+      pa[i].set_grad(g.clone());
+      pb[i].set_grad(g.clone());
+    }
+    const double na = fused.grad_norm();
+    const double nb = ag::clip_grad_norm(pb, kMaxNorm);
+    EXPECT_NEAR(na, nb, 1e-5 * nb);
+    ASSERT_GT(na, kMaxNorm);
+    fused.step_scaled(static_cast<float>(std::min(1.0, kMaxNorm / (na + 1e-6))));
+    plain.step();
+  }
+  for (size_t i = 0; i < pa.size(); ++i) EXPECT_LT(max_abs_diff(pa[i].value(), pb[i].value()), kOptimTol) << i;
+  // Gradients are left as they were (not scaled).
+  EXPECT_GT(sum(sonar::mul(pa[0].grad(), pa[0].grad())).item_double(), 0.0);
+
+  // A grown head whose moments were not grown: the step throws and changes nothing.
+  a->add_classes(2, Tensor(), &init);
+  for (ag::Var& p : pa) p.set_grad(zeros(p.shape()));
+  const Tensor before = pa[0].value().clone();
+  EXPECT_THROW(fused.step_scaled(1.0f), Error);
+  EXPECT_EQ(max_abs_diff(pa[0].value(), before), 0.0);
+  grow_optimizer_state(fused);
+  EXPECT_NO_THROW(fused.step_scaled(1.0f));
 }
