@@ -121,14 +121,17 @@ DistillOutput TokenizerDistillation::forward(const ag::Var& fbank, const Tensor&
   DistillOutput out;
   FeatureOptions fo;
   fo.padding = opts.padding;
-  TokenizerOutput tk = tokenizer->tokenize_fbank(fbank, frame_mask, fo);
-  const int64_t B = tk.labels.size(0), P = tk.labels.size(1), D = tk.quantize_input.size(2);
+  // The tokenizer's encoder and quantize_layer over every patch; the quantizer only over the real ones, so
+  // that padding neither moves the EMA codebook nor counts as usage (BeatsTokenizer::tokenize_fbank would
+  // quantise every patch, as the official code does for labels).
+  Features f = tokenizer->forward_fbank(fbank, frame_mask, fo);
+  ag::Var zin = tokenizer->quantize_layer->forward(f.x);  // [B, P, D]
+  const int64_t B = zin.size(0), P = zin.size(1), D = zin.size(2);
   SONAR_CHECK(teacher.defined() && teacher.dim() == 3 && teacher.size(0) == B && teacher.size(1) == P &&
                   teacher.size(2) == estimator->target_dim,
               "TokenizerDistillation: teacher features must be [", B, ", ", P, ", ", estimator->target_dim, "], got ",
               teacher.defined() ? shape_str(teacher.shape()) : std::string("undefined"));
-  out.labels = tk.labels;
-  out.patch_padding = tk.features.padding_mask;
+  out.patch_padding = f.padding_mask;
 
   // Rows of the real patches (all of them without padding).
   std::vector<int64_t> real;
@@ -138,9 +141,28 @@ DistillOutput TokenizerDistillation::forward(const ag::Var& fbank, const Tensor&
     if (!pad || !pad[i]) real.push_back(i);
   out.real_patches = static_cast<int64_t>(real.size());
   SONAR_CHECK(out.real_patches > 0, "TokenizerDistillation: every patch of the batch is padding");
-  Tensor real_idx = from_vector(real, {out.real_patches});
+  const Tensor real_idx = from_vector(real, {out.real_patches});
 
-  out.estimate = estimator->forward(tk.z_q, out.patch_padding);  // [B, P, Ct]
+  QuantizerOutput q = tokenizer->quantize->forward(ag::index_select(ag::reshape(zin, {B * P, D}), 0, real_idx));
+  out.labels = full({B * P}, -1.0, DType::Int64);
+  const int64_t* qi = q.indices.data<int64_t>();
+  int64_t* lab = out.labels.data<int64_t>();
+  std::set<int64_t> used;
+  for (int64_t r = 0; r < out.real_patches; ++r) {
+    lab[real[r]] = qi[r];
+    used.insert(qi[r]);
+  }
+  out.labels = out.labels.reshape({B, P});
+  out.codes_used = static_cast<int64_t>(used.size());
+
+  // The estimator sees the straight-through codes at the real patches and zeros at padded ones (which the
+  // encoder zeroes and masks anyway).
+  Tensor src = full({B * P}, static_cast<double>(out.real_patches), DType::Int64);
+  int64_t* sp = src.data<int64_t>();
+  for (int64_t r = 0; r < out.real_patches; ++r) sp[real[r]] = r;
+  ag::Var table = ag::cat({q.z_q, ag::Var(zeros({1, D}))}, 0);
+  ag::Var quantized = ag::reshape(ag::index_select(table, 0, src), {B, P, D});
+  out.estimate = estimator->forward(quantized, out.patch_padding);  // [B, P, Ct]
   const int64_t Ct = estimator->target_dim;
   ag::Var est_rows = ag::index_select(ag::reshape(out.estimate, {B * P, Ct}), 0, real_idx);
   Tensor tgt_rows = index_select(teacher.contiguous().reshape({B * P, Ct}), 0, real_idx);
@@ -148,16 +170,8 @@ DistillOutput TokenizerDistillation::forward(const ag::Var& fbank, const Tensor&
   out.cosine_loss = ag::rsub(1.0f, ag::mean(cos));
 
   // Commitment: pull the normalised encoder output towards its (constant) code.
-  ag::Var z_rows = ag::index_select(ag::reshape(tk.quantize_input, {B * P, D}), 0, real_idx);
-  Tensor code_rows = index_select(tk.z_q.value().contiguous().reshape({B * P, D}), 0, real_idx);
-  out.commitment = ag::mean(ag::pow(ag::sub(z_rows, ag::Var(code_rows)), 2.0f));
+  out.commitment = ag::mean(ag::pow(ag::sub(q.z, ag::Var(q.z_q.value())), 2.0f));
   out.loss = ag::add(out.cosine_loss, ag::mul(out.commitment, opts.commitment_weight));
-
-  std::set<int64_t> used;
-  const Tensor lab_c = tk.labels.contiguous();
-  const int64_t* lab = lab_c.data<int64_t>();
-  for (int64_t i : real) used.insert(lab[i]);
-  out.codes_used = static_cast<int64_t>(used.size());
   return out;
 }
 

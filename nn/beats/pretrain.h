@@ -98,7 +98,7 @@ struct DistillOutput {
   ag::Var loss;              // cosine_loss + commitment_weight * commitment
   ag::Var cosine_loss;       // mean over real patches of 1 - cos(estimate, teacher)
   ag::Var commitment;        // mean over real patches and dims of (z - sg(code))^2
-  Tensor labels;             // int64 [B, P]: the tokenizer's labels of this batch
+  Tensor labels;             // int64 [B, P]: the tokenizer's labels of this batch, -1 at padded patches
   ag::Var estimate;          // [B, P, teacher width]
   Tensor patch_padding;      // bool [B, P] or undefined
   int64_t real_patches = 0;  // patches that entered the losses
@@ -112,7 +112,8 @@ class TokenizerDistillation : public nn::Module {
   TokenizerDistillation(std::shared_ptr<BeatsTokenizer> tokenizer, const DistillOptions& opts, Generator* gen = nullptr);
 
   // teacher: float32 [B, P, teacher_dim], the teacher's last-layer features of the same clips (see
-  // teacher_features). In training mode the quantizer's EMA updates the codebook as a side effect.
+  // teacher_features). In training mode the quantizer's EMA updates the codebook as a side effect, from the
+  // real patches only (padded patches are never quantised: no label, no usage, no codebook update).
   DistillOutput forward(const ag::Var& fbank, const Tensor& frame_mask, const Tensor& teacher);
 
   // The teacher's last-layer features for the same input, without gradients, in eval mode (the teacher's

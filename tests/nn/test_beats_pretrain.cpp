@@ -425,6 +425,13 @@ TEST(BeatsPretrain, TokenizerDistillationLossFallsAndCodebookFollowsEma) {
       DistillOutput out = distill->forward(ag::Var(fb), fmask, teacher_x);
       real = out.real_patches;
       EXPECT_GT(out.codes_used, 1);
+      // Labels at real patches, -1 at padded ones.
+      const auto lab = out.labels.to_vector<int64_t>();
+      const auto pad = out.patch_padding.to(DType::Int64).to_vector<int64_t>();
+      for (size_t j = 0; j < lab.size(); ++j) {
+        if (pad[j]) EXPECT_EQ(lab[j], -1);
+        else EXPECT_TRUE(lab[j] >= 0 && lab[j] < cfg.quant_n);
+      }
       return out.loss;
     });
     if (i == 0) {
@@ -442,8 +449,9 @@ TEST(BeatsPretrain, TokenizerDistillationLossFallsAndCodebookFollowsEma) {
   EXPECT_GT(max_abs_diff(code, code_before), 1e-4);
   Tensor norms = norm(code, 2.0, {1});
   for (float v : norms.to_vector<float>()) EXPECT_NEAR(v, 1.0, kUnitNormTol);
-  // Usage is an EMA of per-batch counts from zero: its sum is N (1 - decay^steps), N = every patch seen.
-  const double N = 6.0 * 48, decay = tokenizer->quantize->decay;
+  // Usage is an EMA of per-batch counts from zero: its sum is N (1 - decay^steps), N = the real patches of
+  // a batch (padded patches are never quantised).
+  const double N = static_cast<double>(real), decay = tokenizer->quantize->decay;
   const double usage = sum(tokenizer->quantize->usage()).item_double();
   EXPECT_NEAR(usage, N * (1 - std::pow(decay, steps)), kUsageTol * N);
 }
