@@ -68,6 +68,14 @@ if [ ${#missing[@]} -gt 0 ]; then
     || fail "could not install ${missing[*]} (see $LOG)"
 fi
 for t in "${!TOOL_PKG[@]}"; do command -v "$t" >/dev/null 2>&1 || fail "tool '$t' (package ${TOOL_PKG[$t]}) is still missing"; done
+# The expected counts were made with the tool versions in tools.csv; another version may render or decode
+# differently, so it is named (a warning, not an error: the count comparison at the end shows the effect).
+while IFS=, read -r tpkg tver _; do
+  [ "$tpkg" = package ] && continue
+  got=$(dpkg-query -W -f='${Version}' "$tpkg" 2>/dev/null || true)
+  [ -n "$got" ] || fail "tool package '$tpkg' is not installed"
+  [ "$got" = "$tver" ] || echo "warning: tool package '$tpkg' is version $got; data/benchmark/tools.csv expects $tver (renders or conversions may differ)" >&2
+done < "$DATA/tools.csv"
 MMA_LIB=/usr/share/mma/lib/stdlib
 [ -d "$MMA_LIB" ] || fail "mma's style library $MMA_LIB is missing (package mma changed?)"
 
