@@ -13,7 +13,6 @@
 #include <vector>
 
 #include "tensor/dnnl_context.h"
-#include "tensor/matmul.h"
 
 namespace sonar {
 
@@ -402,14 +401,16 @@ void check_grad_y(const Geom& g, const Tensor& gy) {
               shape_str(y_shape(g)), " (the output shape)");
 }
 
-// ---------------------------------------------------------------- conv1d by unfolded blocks and matmul
+// ---------------------------------------------------------------- conv1d by unfolded blocks and sgemm
 // oneDNN 2.6 has no direct kernel for long 1-D kernels (BEATs' positional conv: 128 taps, 16 groups of 48
 // channels); its generic gemm convolution unfolds the whole input and ran at half the matmul rate. Here the
-// input is unfolded one block of channels at a time, U [Lo, cb*K] (sized to stay in the L2 cache), and each
-// block goes through matmul_into: y_g += W_g[:, block] @ U^T, dW_g[:, block] += dy_g @ U, and
-// dU = dy_g^T @ W_g[:, block] folded back into dx.
+// input of one group is unfolded a few channels at a time, U [Lo, cb*K] (1 MB, stays in the L2 cache), and
+// multiplied with oneDNN's sgemm: y_g^T += U @ W_g[:, block]^T, dW_g[:, block] += dy_g @ U, and
+// dU = dy_g^T @ W_g[:, block], folded back into dx. Threads take whole groups (one parallel region per call,
+// each sgemm single-threaded inside it) when there are enough groups; otherwise the groups run in turn and
+// each sgemm uses every thread.
 
-constexpr int64_t kUnfoldFloats = int64_t{1} << 19;  // 2 MB per unfolded block
+constexpr int64_t kUnfoldFloats = int64_t{1} << 18;  // 1 MB per unfolded block
 
 bool use_im2col(const Geom& g) {
   const Conv1dPath path = g_conv1d_path.load();
@@ -435,7 +436,6 @@ Taps taps(int64_t t, int64_t S, int64_t P, int64_t K, int64_t L) {
 // U[t, c*K + k] = x[c, t*S + k - P] (0 outside the input) for the cb channel rows of x (row length L).
 void unfold(const float* x, int64_t L, int64_t cb, int64_t K, int64_t S, int64_t P, int64_t Lo, float* U) {
   const int64_t J = cb * K;
-#pragma omp parallel for schedule(static) if (Lo * J > kParallelWork)
   for (int64_t t = 0; t < Lo; ++t) {
     const Taps tp = taps(t, S, P, K, L);
     for (int64_t c = 0; c < cb; ++c) {
@@ -447,10 +447,9 @@ void unfold(const float* x, int64_t L, int64_t cb, int64_t K, int64_t S, int64_t
   }
 }
 
-// The adjoint of unfold: dx[c, t*S + k - P] += dU[t, c*K + k] (each thread owns whole channel rows).
+// The adjoint of unfold: dx[c, t*S + k - P] += dU[t, c*K + k].
 void fold_add(const float* dU, int64_t L, int64_t cb, int64_t K, int64_t S, int64_t P, int64_t Lo, float* dx) {
   const int64_t J = cb * K;
-#pragma omp parallel for schedule(static) if (Lo * J > kParallelWork)
   for (int64_t c = 0; c < cb; ++c) {
     float* row = dx + c * L;
     for (int64_t t = 0; t < Lo; ++t) {
@@ -463,72 +462,92 @@ void fold_add(const float* dU, int64_t L, int64_t cb, int64_t K, int64_t S, int6
   }
 }
 
-// A [rows, cols] row-major matrix over `buf` (which holds at least rows * cols floats).
-Tensor matrix_view(const Tensor& buf, int64_t rows, int64_t cols) {
-  return Tensor(buf.storage(), {rows, cols}, {cols, 1}, buf.offset(), DType::Float32);
+// Row-major C (+)= op(A) @ op(B) through oneDNN's sgemm (single-threaded inside a parallel region).
+void sgemm(char ta, char tb, int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* B, int64_t ldb,
+           float beta, float* C, int64_t ldc) {
+  const dnnl_status_t st = dnnl_sgemm(ta, tb, M, N, K, 1.0f, A, lda, B, ldb, beta, C, ldc);
+  SONAR_CHECK(st == dnnl_success, "conv1d: dnnl_sgemm failed (status ", static_cast<int>(st), ") for M=", M, " N=", N,
+              " K=", K);
+}
+
+// Runs body(i) for i in [0, n): one parallel region over the items when there are at least as many items as
+// threads (the body then runs single-threaded sgemm calls), otherwise in turn (each sgemm uses all threads).
+template <class F>
+void for_items(int64_t n, F&& body) {
+  if (n >= dnnl_ctx::max_threads() && n > 1) {
+#pragma omp parallel for schedule(dynamic, 1)
+    for (int64_t i = 0; i < n; ++i) body(i);
+  } else {
+    for (int64_t i = 0; i < n; ++i) body(i);
+  }
 }
 
 Tensor im2col_forward(const Geom& g, const Tensor& x_in, const Tensor& w_in, const Tensor& bias_in) {
   const int64_t L = g.in[0], Lo = g.out[0], K = g.k[0], S = g.stride[0], P = g.pad[0];
-  const int64_t Cg = g.C / g.G, Og = g.O / g.G, cb_max = channel_block(g);
-  Tensor x = x_in.contiguous(), w = w_in.contiguous().view({g.O, Cg * K});
+  const int64_t Cg = g.C / g.G, Og = g.O / g.G, cb_max = channel_block(g), ldw = Cg * K;
+  Tensor x = x_in.contiguous(), w = w_in.contiguous();
   Tensor b = bias_in.defined() ? bias_in.contiguous() : Tensor();
   Tensor y = Tensor::empty(y_shape(g));
-  Tensor buf = Tensor::empty({Lo * cb_max * K});
-  Tensor yt = Tensor::empty({Lo, Og});  // one group's output, time-major: brgemm runs faster with M = Lo
   const float* px = x.data<float>();
+  const float* pw = w.data<float>();
   const float* pb = b.defined() ? b.data<float>() : nullptr;
   float* py = y.data<float>();
-  const float* pyt = yt.data<float>();
-  for (int64_t n = 0; n < g.N; ++n)
-    for (int64_t grp = 0; grp < g.G; ++grp) {
-      for (int64_t c0 = 0; c0 < Cg; c0 += cb_max) {
-        const int64_t cb = std::min(cb_max, Cg - c0);
-        unfold(px + (n * g.C + grp * Cg + c0) * L, L, cb, K, S, P, Lo, buf.data<float>());
-        // A dense copy of the weight block (small) lets oneDNN use its brgemm kernel instead of a generic gemm.
-        Tensor wb = w.narrow(0, grp * Og, Og).narrow(1, c0 * K, cb * K).contiguous();  // [Og, cb*K]
-        matmul_into(yt, matrix_view(buf, Lo, cb * K), wb, false, true, /*accumulate=*/c0 > 0);
-      }
-#pragma omp parallel for schedule(static) if (Og * Lo > kParallelWork)
-      for (int64_t o = 0; o < Og; ++o) {
-        float* row = py + (n * g.O + grp * Og + o) * Lo;
-        const float bo = pb ? pb[grp * Og + o] : 0.0f;
-        for (int64_t t = 0; t < Lo; ++t) row[t] = pyt[t * Og + o] + bo;
-      }
+  // Item i = (sample n, group grp): y[n, group rows] from x[n, group channels]; items write disjoint rows.
+  for_items(g.N * g.G, [&](int64_t i) {
+    const int64_t n = i / g.G, grp = i % g.G;
+    std::vector<float> U(static_cast<size_t>(Lo * cb_max * K)), yt(static_cast<size_t>(Lo * Og));
+    const float* wg = pw + grp * Og * ldw;
+    for (int64_t c0 = 0; c0 < Cg; c0 += cb_max) {
+      const int64_t cb = std::min(cb_max, Cg - c0);
+      unfold(px + (n * g.C + grp * Cg + c0) * L, L, cb, K, S, P, Lo, U.data());
+      // yt [Lo, Og] (+)= U [Lo, cb*K] @ W_g[:, block]^T (time-major: the sgemm runs faster with M = Lo)
+      sgemm('N', 'T', Lo, Og, cb * K, U.data(), cb * K, wg + c0 * K, ldw, c0 > 0 ? 1.0f : 0.0f, yt.data(), Og);
     }
+    for (int64_t o = 0; o < Og; ++o) {
+      float* row = py + (n * g.O + grp * Og + o) * Lo;
+      const float bo = pb ? pb[grp * Og + o] : 0.0f;
+      for (int64_t t = 0; t < Lo; ++t) row[t] = yt[t * Og + o] + bo;
+    }
+  });
   return y;
 }
 
 ConvGrads im2col_backward(const Geom& g, const Tensor& gy_in, const Tensor& x_in, const Tensor& w_in, bool has_bias,
                           bool need_dx) {
   const int64_t L = g.in[0], Lo = g.out[0], K = g.k[0], S = g.stride[0], P = g.pad[0];
-  const int64_t Cg = g.C / g.G, Og = g.O / g.G, cb_max = channel_block(g);
-  Tensor x = x_in.contiguous(), gy = gy_in.contiguous(), w = w_in.contiguous().view({g.O, Cg * K});
+  const int64_t Cg = g.C / g.G, Og = g.O / g.G, cb_max = channel_block(g), ldw = Cg * K;
+  Tensor x = x_in.contiguous(), gy = gy_in.contiguous(), w = w_in.contiguous();
   ConvGrads r;
   if (need_dx) {
     r.dx = Tensor::empty(x_shape(g));
     r.dx.fill_(0.0);
   }
   r.dweight = Tensor::empty(w_shape(g));
-  Tensor dw = r.dweight.view({g.O, Cg * K});
-  Tensor ubuf = Tensor::empty({Lo * cb_max * K}), dubuf = Tensor::empty({Lo * cb_max * K});
   const float* px = x.data<float>();
+  const float* pgy = gy.data<float>();
+  const float* pw = w.data<float>();
+  float* pdw = r.dweight.data<float>();
   float* pdx = need_dx ? r.dx.data<float>() : nullptr;
-  for (int64_t n = 0; n < g.N; ++n)
-    for (int64_t grp = 0; grp < g.G; ++grp) {
-      Tensor gyg = gy.select(0, n).narrow(0, grp * Og, Og);  // [Og, Lo]
+  // Item = group: it owns dW's group rows (summed over the batch) and dx's group channels.
+  for_items(g.G, [&](int64_t grp) {
+    std::vector<float> U(static_cast<size_t>(Lo * cb_max * K)), dU(need_dx ? U.size() : 0);
+    const float* wg = pw + grp * Og * ldw;
+    float* dwg = pdw + grp * Og * ldw;
+    for (int64_t n = 0; n < g.N; ++n) {
+      const float* gyg = pgy + (n * g.O + grp * Og) * Lo;  // [Og, Lo]
       for (int64_t c0 = 0; c0 < Cg; c0 += cb_max) {
-        const int64_t cb = std::min(cb_max, Cg - c0);
+        const int64_t cb = std::min(cb_max, Cg - c0), J = cb * K;
         const int64_t xoff = (n * g.C + grp * Cg + c0) * L;
-        Tensor U = matrix_view(ubuf, Lo, cb * K), dU = matrix_view(dubuf, Lo, cb * K);
-        unfold(px + xoff, L, cb, K, S, P, Lo, ubuf.data<float>());
-        matmul_into(dw.narrow(0, grp * Og, Og).narrow(1, c0 * K, cb * K), gyg, U, false, false,
-                    /*accumulate=*/n > 0);
+        unfold(px + xoff, L, cb, K, S, P, Lo, U.data());
+        // dW_g[:, block] (+)= dy_g [Og, Lo] @ U [Lo, J]
+        sgemm('N', 'N', Og, J, Lo, gyg, Lo, U.data(), J, n > 0 ? 1.0f : 0.0f, dwg + c0 * K, ldw);
         if (!need_dx) continue;
-        matmul_into(dU, gyg, w.narrow(0, grp * Og, Og).narrow(1, c0 * K, cb * K).contiguous(), true, false);
-        fold_add(dubuf.data<float>(), L, cb, K, S, P, Lo, pdx + xoff);
+        // dU [Lo, J] = dy_g^T @ W_g[:, block], then scattered back onto the input positions
+        sgemm('T', 'N', Lo, J, Og, gyg, Lo, wg + c0 * K, ldw, 0.0f, dU.data(), J);
+        fold_add(dU.data(), L, cb, K, S, P, Lo, pdx + xoff);
       }
     }
+  });
   if (has_bias) r.dbias = bias_grad_reference(gy);
   return r;
 }
@@ -537,12 +556,8 @@ bool empty_problem(const Geom& g) { return g.N == 0 || g.C == 0 || g.O == 0; }
 
 std::string impl_info(const Geom& g, bool bias) {
   if (use_im2col(g)) {
-    const int64_t Og = g.O / g.G, cb = channel_block(g), J = cb * g.k[0], Lo = g.out[0];
-    Tensor u = Tensor::empty({Lo, J}), gy = Tensor::empty({Og, Lo});
-    Tensor wb = Tensor::empty({Og, J});
-    return "im2col blocks of " + std::to_string(cb) + " channels + matmul (fwd " +
-           matmul_onednn_impl(wb, u, false, true) + ", dW " + matmul_onednn_impl(gy, u) + ", dx " +
-           matmul_onednn_impl(gy, wb, true, false) + ")";
+    return "unfolded blocks of " + std::to_string(channel_block(g)) + " channels + oneDNN sgemm, " +
+           (g.N * g.G >= dnnl_ctx::max_threads() ? "threads over groups" : "threads inside sgemm");
   }
   const ConvLayout layout = g_layout.load();
   auto f = conv_fwd(g, bias, layout);
