@@ -1,0 +1,873 @@
+// The continual pre-training loop (DCPT), its data stream, checkpoints and resume (see sonar/trainer.h).
+#include "sonar/trainer.h"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <optional>
+
+#include "audio/fbank_cache.h"
+#include "autograd/ops.h"
+#include "autograd/schedule.h"
+#include "nn/beats/checkpoint.h"
+#include "tensor/io.h"
+#include "tensor/random.h"
+
+namespace sonar::method {
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+
+namespace {
+
+// Stream identifiers: each use of the run seed draws from its own sequence.
+constexpr uint64_t kInitStream = 0x494e4954ULL;       // "INIT": fresh model weights
+constexpr uint64_t kPredictorStream = 0x50524544ULL;  // "PRED": label predictor weights
+constexpr uint64_t kTokenizerStream = 0x544f4b4eULL;  // "TOKN": random-projection tokenizer
+constexpr uint64_t kMaskStream = 0x4d41534bULL;       // "MASK": patch masking
+constexpr uint64_t kDropoutStream = 0x44524f50ULL;    // "DROP": dropout and layer drop
+constexpr uint64_t kOrderStream = 0x4f524452ULL;      // "ORDR": epoch permutations
+constexpr uint64_t kCropStream = 0x43524f50ULL;       // "CROP": crop windows
+
+constexpr const char* kPredictorPrefix = "predictor.";
+constexpr const char* kOptimizerPrefix = "optimizer.";
+constexpr const char* kExtensionPrefix = "ext.";
+
+using Clock = std::chrono::steady_clock;
+double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
+
+std::string absolute_path(const std::string& p) {
+  if (p.empty()) return p;
+  return fs::absolute(fs::path(p)).lexically_normal().string();
+}
+
+std::string hex_of(const audio::Hash128& h) { return h.hex(); }
+
+// Chained 128-bit hash over several byte ranges.
+struct HashChain {
+  audio::Hash128 h{0x736f6e6172ULL, 0x68617368ULL};
+  void add(const void* data, size_t n) {
+    audio::Hash128 x = audio::hash_bytes(data, n, h.lo ^ (h.hi * 0x9e3779b97f4a7c15ULL));
+    h = x;
+  }
+  void add(const std::string& s) { add(s.data(), s.size()); }
+};
+
+void default_log(const std::string& line) {
+  std::printf("%s\n", line.c_str());
+  std::fflush(stdout);
+}
+
+}  // namespace
+
+// ---- presets ----
+
+const std::vector<std::string>& preset_names() {
+  static const std::vector<std::string> names = {"tiny", "base"};
+  return names;
+}
+
+beats::BeatsConfig preset_config(const std::string& name) {
+  beats::BeatsConfig c;
+  c.input_patch_size = 16;
+  c.conv_bias = false;
+  c.activation_fn = "gelu";
+  c.layer_norm_first = false;
+  c.deep_norm = true;
+  c.relative_position_embedding = true;
+  c.gru_rel_pos = true;
+  c.dropout = 0.1;
+  c.attention_dropout = 0.1;
+  c.activation_dropout = 0.0;
+  c.encoder_layerdrop = 0.0;
+  c.dropout_input = 0.0;
+  c.finetuned_model = false;
+  if (name == "tiny") {
+    c.embed_dim = 32;
+    c.encoder_layers = 2;
+    c.encoder_embed_dim = 64;
+    c.encoder_ffn_embed_dim = 128;
+    c.encoder_attention_heads = 4;
+    c.conv_pos = 16;
+    c.conv_pos_groups = 4;
+    c.num_buckets = 32;
+    c.max_distance = 64;
+    c.quant_n = 256;
+    c.quant_dim = 32;
+  } else if (name == "base") {
+    c.embed_dim = 512;
+    c.encoder_layers = 12;
+    c.encoder_embed_dim = 768;
+    c.encoder_ffn_embed_dim = 3072;
+    c.encoder_attention_heads = 12;
+    c.conv_pos = 128;
+    c.conv_pos_groups = 16;
+    c.num_buckets = 320;
+    c.max_distance = 800;
+    c.encoder_layerdrop = 0.05;
+    c.quant_n = 1024;
+    c.quant_dim = 256;
+  } else {
+    std::string known;
+    for (const auto& n : preset_names()) known += (known.empty() ? "" : ", ") + n;
+    SONAR_FAIL("unknown model preset '", name, "' (known: ", known, ")");
+  }
+  c.validate();
+  return c;
+}
+
+// ---- tokenizer ----
+
+LabelTokenizer LabelTokenizer::load(const std::string& path) {
+  beats::CheckpointData c = beats::read_checkpoint(path);
+  LabelTokenizer t;
+  if (c.kind == beats::ModelKind::Tokenizer) {
+    t.beats = beats::build_tokenizer(c);
+    t.beats->eval();
+    t.beats->quantize->update = false;
+    t.beats->quantize->track_usage_in_eval = false;
+  } else if (c.kind == beats::ModelKind::RandomProjectionTokenizer) {
+    t.random = beats::build_random_projection(c);
+    t.random->eval();
+  } else {
+    SONAR_FAIL(path, ": this is a ", beats::kind_name(c.kind), " checkpoint, not a tokenizer");
+  }
+  return t;
+}
+
+LabelTokenizer LabelTokenizer::random_projection(int64_t patch_size, int64_t num_codes, int64_t dim, uint64_t seed) {
+  SONAR_CHECK(patch_size > 0 && num_codes > 1 && dim > 0, "random-projection tokenizer: patch size ", patch_size,
+              ", codes ", num_codes, " and width ", dim, " must be positive (at least 2 codes)");
+  Generator gen(seed);
+  LabelTokenizer t;
+  t.random = std::make_shared<beats::RandomProjectionTokenizer>(patch_size, num_codes, dim, &gen);
+  t.random->eval();
+  return t;
+}
+
+Tensor LabelTokenizer::labels(const Tensor& fbank, const Tensor& frame_mask) const {
+  ag::NoGradGuard no_grad;
+  if (random) return random->labels(fbank);
+  SONAR_CHECK(beats != nullptr, "LabelTokenizer: empty");
+  beats::FeatureOptions fo;
+  fo.padding = beats::PaddingMode::Exact;
+  return beats->tokenize_fbank(ag::Var(fbank), frame_mask, fo).labels;
+}
+
+int64_t LabelTokenizer::num_codes() const {
+  if (random) return random->num_codes;
+  SONAR_CHECK(beats != nullptr, "LabelTokenizer: empty");
+  return beats->quantize->num_codes();
+}
+
+int64_t LabelTokenizer::patch_size() const {
+  if (random) return random->patch_size;
+  SONAR_CHECK(beats != nullptr, "LabelTokenizer: empty");
+  return beats->cfg.input_patch_size;
+}
+
+std::string LabelTokenizer::kind() const {
+  return beats::kind_name(random ? beats::ModelKind::RandomProjectionTokenizer : beats::ModelKind::Tokenizer);
+}
+
+void LabelTokenizer::save(const std::string& path) const {
+  if (random) {
+    beats::save_random_projection(path, *random);
+  } else {
+    SONAR_CHECK(beats != nullptr, "LabelTokenizer: empty");
+    beats::save_tokenizer(path, *beats);
+  }
+}
+
+std::string LabelTokenizer::fingerprint() const {
+  HashChain hc;
+  hc.add(kind());
+  const nn::Module& m = random ? static_cast<const nn::Module&>(*random) : static_cast<const nn::Module&>(*beats);
+  for (const auto& [name, t] : m.state_dict()) {
+    hc.add(name);
+    Tensor c = t.contiguous();
+    hc.add(c.raw_data(), c.nbytes());
+  }
+  return hex_of(hc.h);
+}
+
+// ---- progress ----
+
+std::string format_duration(double s) {
+  if (!std::isfinite(s) || s < 0) return "?";
+  const long long t = static_cast<long long>(std::llround(s));
+  char buf[48];
+  std::snprintf(buf, sizeof buf, "%lld:%02lld:%02lld", t / 3600, (t / 60) % 60, t % 60);
+  return buf;
+}
+
+std::string format_progress(const Progress& p) {
+  char buf[256];
+  std::snprintf(buf, sizeof buf, "step %lld/%lld | loss %.4f | acc %.3f | lr %.2e | %.1f clips/s | elapsed %s | left %s | wait %.0f%%",
+                static_cast<long long>(p.step), static_cast<long long>(p.total), p.loss, p.accuracy, p.lr,
+                p.clips_per_second, format_duration(p.elapsed_seconds).c_str(), format_duration(p.eta_seconds).c_str(),
+                100.0 * std::clamp(p.data_wait, 0.0, 1.0));
+  std::string s = buf;
+  for (const auto& [name, v] : p.extra) {
+    std::snprintf(buf, sizeof buf, " | %s %.4f", name.c_str(), v);
+    s += buf;
+  }
+  return s;
+}
+
+// ---- the data stream ----
+
+namespace {
+
+struct TrainBatch {
+  Tensor fbank;       // [B, Tc, F]
+  Tensor frame_mask;  // bool [B, Tc]
+  int64_t clips = 0;
+};
+
+struct StreamOptions {
+  int64_t batch_size = 8;
+  double crop_seconds = 10.0;
+  double max_clip_seconds = 60.0;
+  uint64_t seed = 0;
+  int workers = 1;
+  int prefetch = 4;
+  std::string cache_dir;
+  double min_seconds = 0.175;
+};
+
+// Endless batches: epoch e is a seeded permutation of the clips cut into batches; the position (epoch, batch)
+// of the next batch is what a checkpoint stores. One DataLoader per epoch segment (shuffle off, whole clips up
+// to max_clip_seconds), the next one started before the current one runs dry so the workers keep prefetching.
+class BatchStream {
+ public:
+  BatchStream(const audio::Dataset& ds, const StreamOptions& o, int64_t epoch, int64_t batch)
+      : ds_(ds), o_(o), epoch_(epoch), batch_(batch) {
+    const int64_t n = ds_.size();
+    SONAR_CHECK(n > 0, "no audio clips to train on");
+    eff_batch_ = std::min<int64_t>(o_.batch_size, n);
+    per_epoch_ = n / eff_batch_;
+    SONAR_CHECK(batch_ >= 0 && batch_ < per_epoch_ && epoch_ >= 0, "data position (epoch ", epoch_, ", batch ",
+                batch_, ") is outside an epoch of ", per_epoch_, " batches");
+    audio::FbankOptions fo;
+    shift_ = fo.window_shift();
+    want_ = static_cast<int64_t>(std::llround(o_.crop_seconds * 16000.0));
+    crop_frames_ = audio::fbank_num_frames(want_, fo);
+    cur_ = open(epoch_, batch_);
+  }
+
+  int64_t batches_per_epoch() const { return per_epoch_; }
+  int64_t batch_size() const { return eff_batch_; }
+  int64_t crop_frames() const { return crop_frames_; }
+  // Position of the next batch.
+  int64_t epoch() const { return epoch_; }
+  int64_t batch() const { return batch_; }
+
+  TrainBatch next() {
+    int64_t empty_segments = 0;
+    for (;;) {
+      std::optional<audio::Batch> b = cur_.loader->next();
+      if (!b) {
+        // A whole epoch without a single loadable clip would loop for ever.
+        if (cur_.first == 0 && !cur_.yielded) {
+          SONAR_CHECK(++empty_segments < 2, "no loadable audio in ", ds_.origin, ": all ", ds_.size(),
+                      " clips were skipped");
+        }
+        epoch_ = cur_.epoch + 1;
+        batch_ = 0;
+        cur_ = next_.loader ? std::move(next_) : open(epoch_, 0);
+        next_ = Segment();
+        continue;
+      }
+      cur_.yielded = true;
+      const int64_t k = cur_.first + b->index;  // batch index within the epoch
+      epoch_ = cur_.epoch;
+      batch_ = k + 1;
+      if (batch_ >= per_epoch_) {
+        epoch_ = cur_.epoch + 1;
+        batch_ = 0;
+      }
+      if (!next_.loader && per_epoch_ - (k + 1) <= o_.prefetch) next_ = open(cur_.epoch + 1, 0);
+      return crop(*b, cur_.epoch, cur_.first);
+    }
+  }
+
+ private:
+  struct Segment {
+    std::unique_ptr<audio::DataLoader> loader;
+    int64_t epoch = 0, first = 0;
+    bool yielded = false;
+  };
+
+  Segment open(int64_t epoch, int64_t first) {
+    const int64_t n = ds_.size();
+    std::vector<int64_t> order = audio::shuffled_indices(n, random_bits(random_bits(o_.seed, kOrderStream),
+                                                                        static_cast<uint64_t>(epoch)));
+    std::vector<int64_t> items(order.begin() + first * eff_batch_, order.begin() + per_epoch_ * eff_batch_);
+    audio::LoaderOptions lo;
+    lo.batch_size = eff_batch_;
+    lo.clip_seconds = o_.max_clip_seconds;
+    lo.crop = audio::CropMode::Full;
+    lo.shuffle = false;
+    lo.drop_last = false;
+    lo.num_workers = o_.workers;
+    lo.prefetch_batches = o_.prefetch;
+    lo.keep_waveforms = false;
+    lo.cache_dir = o_.cache_dir;
+    lo.min_seconds = o_.min_seconds;
+    Segment s;
+    s.epoch = epoch;
+    s.first = first;
+    s.loader = std::make_unique<audio::DataLoader>(ds_.subset(items), lo);
+    return s;
+  }
+
+  // The crop window of each clip: a frame-aligned random window of crop_seconds when the clip is longer,
+  // else the whole clip padded. Seeded by (seed, epoch, position in the epoch).
+  TrainBatch crop(const audio::Batch& b, int64_t epoch, int64_t first) const {
+    const int64_t m = b.size(), F = b.fbank.size(2), Tfull = b.fbank.size(1), Tc = crop_frames_;
+    audio::FbankOptions fo;
+    TrainBatch out;
+    out.clips = m;
+    out.fbank = Tensor::empty({m, Tc, F});
+    out.frame_mask = Tensor::empty({m, Tc}, DType::Bool);
+    const float* src = b.fbank.contiguous().data<float>();
+    float* dst = out.fbank.data<float>();
+    uint8_t* fm = out.frame_mask.bytes();
+    const uint64_t crop_base = random_bits(random_bits(o_.seed, kCropStream), static_cast<uint64_t>(epoch));
+    for (int64_t i = 0; i < m; ++i) {
+      const int64_t n = b.lengths[i];
+      const int64_t position = first * eff_batch_ + b.indices[i];  // position in the epoch's order
+      const int64_t real = std::min(audio::fbank_num_frames(n, fo), Tfull);
+      int64_t start = 0, len = std::min(real, Tc);
+      if (n > want_) {
+        Generator g(random_bits(crop_base, static_cast<uint64_t>(position)));
+        start = g.next_int(0, (n - want_) / shift_ + 1);
+        len = Tc;
+        SONAR_CHECK(start + len <= real, "crop of ", b.paths[i], ": frames [", start, ", ", start + len,
+                    ") outside its ", real, " frames");
+      }
+      std::copy(src + (i * Tfull + start) * F, src + (i * Tfull + start + len) * F, dst + i * Tc * F);
+      std::fill(dst + (i * Tc + len) * F, dst + (i + 1) * Tc * F, 0.0f);
+      for (int64_t t = 0; t < Tc; ++t) fm[i * Tc + t] = t >= len ? 1 : 0;
+    }
+    return out;
+  }
+
+  const audio::Dataset& ds_;
+  StreamOptions o_;
+  int64_t epoch_, batch_;
+  int64_t eff_batch_ = 1, per_epoch_ = 1;
+  int64_t shift_ = 160, want_ = 0, crop_frames_ = 0;
+  Segment cur_, next_;
+};
+
+}  // namespace
+
+// ---- the trainer ----
+
+struct Trainer::State {
+  audio::Dataset data;
+  std::string data_fingerprint;
+  LabelTokenizer tokenizer;
+  std::shared_ptr<beats::BeatsModel> model;
+  std::shared_ptr<beats::MaskedLabelPrediction> objective;
+  std::unique_ptr<beats::TrainStep> train_step;
+  std::optional<ag::LrSchedule> schedule;
+  Generator mask_gen, dropout_gen;
+  int64_t step = 0;
+  int64_t epoch = 0, batch = 0;  // data position of the next batch
+  double elapsed_before = 0.0;   // seconds spent in earlier sessions
+  int64_t warmup = 0;
+  json config;
+  bool resumed = false;
+  Clock::time_point session_start = Clock::now();
+  std::string out, ckpt_path;
+  std::function<void(const std::string&)> log;
+};
+
+Trainer::Trainer(PretrainOptions o, std::vector<std::shared_ptr<TrainerExtension>> ext)
+    : opts_(std::move(o)), extensions_(std::move(ext)) {
+  const PretrainOptions& p = opts_;
+  SONAR_CHECK(!p.data.empty(), "no training data given (--data)");
+  SONAR_CHECK(!p.out_dir.empty(), "no output folder given (--out)");
+  SONAR_CHECK(p.steps > 0, "--steps must be positive, got ", p.steps);
+  SONAR_CHECK(p.batch_size > 0, "--batch must be positive, got ", p.batch_size);
+  SONAR_CHECK(std::isfinite(p.crop_seconds) && p.crop_seconds > 0 && p.crop_seconds <= 600,
+              "--crop-seconds must be in (0, 600], got ", p.crop_seconds);
+  SONAR_CHECK(std::isfinite(p.max_clip_seconds) && p.max_clip_seconds >= p.crop_seconds,
+              "the clip length cap (", p.max_clip_seconds, " s) must be at least --crop-seconds (", p.crop_seconds,
+              ")");
+  SONAR_CHECK(std::isfinite(p.adamw.lr) && p.adamw.lr > 0, "--lr must be positive, got ", p.adamw.lr);
+  SONAR_CHECK(p.warmup_steps >= -1 && p.warmup_steps <= p.steps, "--warmup must be in [0, --steps = ", p.steps,
+              "], got ", p.warmup_steps);
+  SONAR_CHECK(p.final_lr >= 0 && p.final_lr <= p.adamw.lr, "the final learning rate must be in [0, --lr], got ",
+              p.final_lr);
+  SONAR_CHECK(p.adamw.weight_decay >= 0, "--weight-decay must be >= 0, got ", p.adamw.weight_decay);
+  SONAR_CHECK(p.log_every > 0, "--log-every must be positive, got ", p.log_every);
+  SONAR_CHECK(p.save_every > 0, "--save-every must be positive, got ", p.save_every);
+  SONAR_CHECK(p.num_threads >= 0, "--threads must be >= 0, got ", p.num_threads);
+  SONAR_CHECK(p.loader_workers >= 0, "--workers must be >= 0, got ", p.loader_workers);
+  SONAR_CHECK(p.codes == 0 || p.codes >= 2, "--codes must be at least 2, got ", p.codes);
+  SONAR_CHECK(p.mlp.masking.mask_ratio > 0 && p.mlp.masking.mask_ratio < 1, "--mask-ratio must be in (0, 1), got ",
+              p.mlp.masking.mask_ratio);
+  if (p.init.empty()) preset_config(p.preset);  // throws on an unknown preset
+  for (const auto& e : extensions_) {
+    SONAR_CHECK(e != nullptr, "Trainer: null extension");
+    const std::string n = e->name();
+    SONAR_CHECK(!n.empty() && n.find('.') == std::string::npos, "Trainer: extension name '", n,
+                "' must be non-empty without dots");
+  }
+}
+
+Trainer::~Trainer() = default;
+
+std::shared_ptr<beats::BeatsModel> Trainer::model() const { return st_ ? st_->model : nullptr; }
+std::shared_ptr<beats::MaskedLabelPrediction> Trainer::objective() const { return st_ ? st_->objective : nullptr; }
+const LabelTokenizer& Trainer::tokenizer() const {
+  SONAR_CHECK(st_ != nullptr, "Trainer: not set up yet");
+  return st_->tokenizer;
+}
+ag::AdamW& Trainer::optimizer() {
+  SONAR_CHECK(st_ && st_->train_step, "Trainer: not set up yet");
+  return st_->train_step->optimizer();
+}
+const audio::Dataset& Trainer::data() const {
+  SONAR_CHECK(st_ != nullptr, "Trainer: not set up yet");
+  return st_->data;
+}
+int64_t Trainer::steps_done() const { return st_ ? st_->step : 0; }
+
+namespace {
+
+// The model to start from: a checkpoint (fine-tuned head dropped) or a fresh preset.
+std::shared_ptr<beats::BeatsModel> initial_model(const PretrainOptions& p, beats::CheckpointData* init_ckpt,
+                                                 const std::function<void(const std::string&)>& log) {
+  if (p.init.empty()) {
+    Generator gen(random_bits(p.seed, kInitStream));
+    auto m = std::make_shared<beats::BeatsModel>(preset_config(p.preset), &gen);
+    log("model: fresh '" + p.preset + "' BEATs (" + std::to_string(m->num_parameters()) + " parameters)");
+    return m;
+  }
+  beats::CheckpointData c = beats::read_checkpoint(p.init);
+  if (c.kind == beats::ModelKind::Finetuned) {
+    for (auto it = c.state.begin(); it != c.state.end();)
+      it = it->first.rfind("predictor.", 0) == 0 ? c.state.erase(it) : std::next(it);
+    c.cfg.finetuned_model = false;
+    c.kind = beats::ModelKind::Pretrained;
+    c.labels.clear();
+    log("model: " + p.init + " (fine-tuned head dropped)");
+  }
+  SONAR_CHECK(c.kind == beats::ModelKind::Pretrained, p.init, ": this is a ", beats::kind_name(c.kind),
+              " checkpoint, not a BEATs model (--init)");
+  auto m = beats::build_beats(c);
+  log("model: " + p.init + " (" + std::to_string(m->num_parameters()) + " parameters)");
+  *init_ckpt = std::move(c);
+  return m;
+}
+
+std::map<std::string, Tensor> with_prefix_removed(const std::map<std::string, Tensor>& m, const std::string& prefix) {
+  std::map<std::string, Tensor> out;
+  for (const auto& [k, v] : m)
+    if (k.compare(0, prefix.size(), prefix) == 0) out[k.substr(prefix.size())] = v;
+  return out;
+}
+
+std::map<std::string, std::string> meta_with_prefix_removed(const std::map<std::string, std::string>& m,
+                                                            const std::string& prefix) {
+  std::map<std::string, std::string> out;
+  for (const auto& [k, v] : m)
+    if (k.compare(0, prefix.size(), prefix) == 0) out[k.substr(prefix.size())] = v;
+  return out;
+}
+
+const std::string& meta_at(const beats::CheckpointData& c, const std::string& key) {
+  auto it = c.metadata.find(key);
+  SONAR_CHECK(it != c.metadata.end(), c.path, ": not a trainer checkpoint (metadata has no '", key, "')");
+  return it->second;
+}
+
+json meta_json(const beats::CheckpointData& c, const std::string& key) {
+  const std::string& s = meta_at(c, key);
+  try {
+    return json::parse(s);
+  } catch (const json::exception& e) {
+    SONAR_FAIL(c.path, ": metadata '", key, "' is not valid JSON: ", e.what());
+  }
+}
+
+std::string json_value_str(const json& j) { return j.is_null() ? "(none)" : j.dump(); }
+
+}  // namespace
+
+PretrainResult Trainer::run() {
+  const PretrainOptions& p = opts_;
+  st_ = std::make_unique<State>();
+  State& s = *st_;
+  s.log = p.log ? p.log : default_log;
+  if (p.num_threads > 0) omp_set_num_threads(p.num_threads);
+  s.out = p.out_dir;
+  s.ckpt_path = (fs::path(s.out) / kCheckpointFile).string();
+  PretrainResult result;
+  result.checkpoint = s.ckpt_path;
+  result.total_steps = p.steps;
+
+  // ---- read everything (nothing is written before this all succeeded) ----
+  s.data = audio::read_source(p.data);
+  if (!p.splits.empty()) s.data = audio::select_split(s.data, p.splits);
+  SONAR_CHECK(s.data.size() > 0, p.data, ": no audio clips", p.splits.empty() ? "" : " in the selected splits");
+  {
+    HashChain hc;
+    for (const auto& it : s.data.items) hc.add(it.path + "\n");
+    s.data_fingerprint = hex_of(hc.h);
+  }
+  s.warmup = p.warmup_steps >= 0 ? p.warmup_steps : p.steps / 10;
+
+  json cfg = json::object();
+  cfg["data"] = absolute_path(p.data);
+  cfg["splits"] = p.splits;
+  cfg["data-items"] = s.data.size();
+  cfg["data-fingerprint"] = s.data_fingerprint;
+  cfg["init"] = absolute_path(p.init);
+  cfg["preset"] = p.init.empty() ? p.preset : "";
+  cfg["tokenizer"] = absolute_path(p.tokenizer);
+  cfg["codes"] = p.codes;
+  cfg["reuse-predictor"] = p.reuse_predictor;
+  cfg["crop-seconds"] = p.crop_seconds;
+  cfg["max-clip-seconds"] = p.max_clip_seconds;
+  cfg["batch"] = p.batch_size;
+  cfg["steps"] = p.steps;
+  cfg["lr"] = p.adamw.lr;
+  cfg["beta1"] = p.adamw.beta1;
+  cfg["beta2"] = p.adamw.beta2;
+  cfg["eps"] = p.adamw.eps;
+  cfg["weight-decay"] = p.adamw.weight_decay;
+  cfg["warmup"] = s.warmup;
+  cfg["final-lr"] = p.final_lr;
+  cfg["clip-grad"] = p.max_grad_norm;
+  cfg["seed"] = p.seed;
+  cfg["mask-ratio"] = p.mlp.masking.mask_ratio;
+  cfg["min-visible"] = p.mlp.masking.min_visible;
+  cfg["label-smoothing"] = p.mlp.label_smoothing;
+  cfg["predictor-layers"] = p.mlp.predictor.layers;
+  cfg["padding"] = p.mlp.padding == beats::PaddingMode::Exact ? "exact" : "official";
+  json ext_cfg = json::object();
+  for (const auto& e : extensions_) ext_cfg[e->name()] = e->config();
+  cfg["extensions"] = ext_cfg;
+  s.config = cfg;
+
+  // An existing run in the folder: resume it, refuse, or (with force) start over.
+  std::optional<beats::CheckpointData> resume;
+  if (fs::exists(s.ckpt_path) && !p.force) {
+    beats::CheckpointData c;
+    try {
+      c = beats::read_checkpoint(s.ckpt_path);
+      SONAR_CHECK(meta_at(c, "trainer.format") == kTrainerFormat, s.ckpt_path, ": trainer checkpoint format '",
+                  meta_at(c, "trainer.format"), "', this build reads ", kTrainerFormat);
+    } catch (const Error& e) {
+      SONAR_FAIL("cannot resume from ", s.ckpt_path, ": ", e.what(),
+                 " (delete it to resume from nothing, or add --force to start over)");
+    }
+    const json stored = meta_json(c, "trainer.config");
+    const bool finished = meta_at(c, "trainer.finished") == "1";
+    const int64_t done = std::stoll(meta_at(c, "trainer.step"));
+    SONAR_CHECK(!finished, s.out, " holds a finished run (", done, " steps); add --force to overwrite it, or choose "
+                "another --out");
+    for (const auto& [k, v] : cfg.items()) {
+      const json sv = stored.contains(k) ? stored.at(k) : json();
+      SONAR_CHECK(sv == v, s.out, " holds a run started with other options (", k, ": ", json_value_str(sv),
+                  " there, ", json_value_str(v), " now); rerun with the same options to resume it, or add --force "
+                  "to start over");
+    }
+    resume = std::move(c);
+  }
+
+  beats::CheckpointData init_ckpt;
+  if (resume) {
+    const beats::CheckpointData& c = *resume;
+    const std::string tok_path = (fs::path(s.out) / kTokenizerFile).string();
+    try {
+      s.tokenizer = LabelTokenizer::load(tok_path);
+    } catch (const Error& e) {
+      SONAR_FAIL("cannot resume: the run's tokenizer ", tok_path, " is unreadable: ", e.what(),
+                 " (add --force to start over)");
+    }
+    SONAR_CHECK(s.tokenizer.fingerprint() == meta_at(c, "trainer.tokenizer-fingerprint"), "cannot resume: ",
+                tok_path, " is not the tokenizer the checkpoint was trained with (add --force to start over)");
+    s.model = beats::build_beats(c);
+  } else {
+    if (!p.tokenizer.empty()) {
+      s.tokenizer = LabelTokenizer::load(p.tokenizer);
+    }
+    s.model = initial_model(p, &init_ckpt, s.log);
+    if (p.tokenizer.empty()) {
+      const int64_t codes = p.codes > 0 ? p.codes : s.model->cfg.quant_n;
+      const int64_t dim = s.model->cfg.quant_dim > 0 ? s.model->cfg.quant_dim : 256;
+      s.tokenizer = LabelTokenizer::random_projection(s.model->cfg.input_patch_size, codes, dim,
+                                                      random_bits(p.seed, kTokenizerStream));
+    }
+  }
+  SONAR_CHECK(s.tokenizer.patch_size() == s.model->cfg.input_patch_size, "the tokenizer's patches are ",
+              s.tokenizer.patch_size(), " wide but the model's are ", s.model->cfg.input_patch_size);
+  const int64_t want_frames = audio::fbank_num_frames(std::llround(p.crop_seconds * 16000.0));
+  SONAR_CHECK(want_frames >= s.model->cfg.input_patch_size, "--crop-seconds ", p.crop_seconds, " is shorter than one ",
+              s.model->cfg.input_patch_size, "-frame patch (",
+              ((s.model->cfg.input_patch_size - 1) * 160 + 400) / 16000.0, " s)");
+
+  beats::MlpOptions mo = p.mlp;
+  mo.predictor.num_classes = s.tokenizer.num_codes();
+  {
+    Generator pgen(random_bits(p.seed, kPredictorStream));
+    s.objective = std::make_shared<beats::MaskedLabelPrediction>(s.model, mo, &pgen);
+  }
+  if (resume) {
+    s.objective->predictor->load_state_dict(with_prefix_removed(resume->training_tensors, kPredictorPrefix), true);
+  } else if (!p.init.empty() && p.reuse_predictor) {
+    auto pred = with_prefix_removed(init_ckpt.training_tensors, kPredictorPrefix);
+    auto fp = init_ckpt.metadata.find("trainer.tokenizer-fingerprint");
+    if (!pred.empty() && fp != init_ckpt.metadata.end() && fp->second == s.tokenizer.fingerprint()) {
+      s.objective->predictor->load_state_dict(pred, true);
+      s.log("label predictor: from " + p.init + " (same tokenizer)");
+    } else {
+      s.log("label predictor: fresh (" + p.init +
+            (pred.empty() ? " has none)" : " was trained with another tokenizer)"));
+    }
+  }
+  s.objective->train();
+
+  beats::TrainStepOptions tso;
+  tso.adamw = p.adamw;
+  tso.max_grad_norm = p.max_grad_norm;
+  s.train_step = std::make_unique<beats::TrainStep>(*s.objective, tso);  // lr set by the loop each step
+  ag::LrScheduleOptions so;
+  so.peak_lr = p.adamw.lr;
+  so.warmup_steps = s.warmup;
+  so.total_steps = p.steps;
+  so.init_lr = 0.0;
+  so.final_lr = p.final_lr;
+  so.decay = ag::Decay::Cosine;
+  s.schedule.emplace(so);
+  s.mask_gen = Generator(random_bits(p.seed, kMaskStream));
+  s.dropout_gen = Generator(random_bits(p.seed, kDropoutStream));
+
+  for (const auto& e : extensions_) e->attach(*this);
+
+  if (resume) {
+    const beats::CheckpointData& c = *resume;
+    try {
+      ag::OptimizerState os;
+      os.tensors = with_prefix_removed(c.training_tensors, kOptimizerPrefix);
+      const json sc = meta_json(c, "trainer.optimizer-scalars");
+      for (const auto& [k, v] : sc.items()) os.scalars[k] = v.get<double>();
+      s.train_step->optimizer().load_state(os);
+      const json rng = meta_json(c, "trainer.rng");
+      s.mask_gen.set_state(rng.at("mask").at(0).get<uint64_t>(), rng.at("mask").at(1).get<uint64_t>());
+      s.dropout_gen.set_state(rng.at("dropout").at(0).get<uint64_t>(), rng.at("dropout").at(1).get<uint64_t>());
+      const json pos = meta_json(c, "trainer.data-position");
+      s.epoch = pos.at("epoch").get<int64_t>();
+      s.batch = pos.at("batch").get<int64_t>();
+      s.step = std::stoll(meta_at(c, "trainer.step"));
+      s.elapsed_before = std::stod(meta_at(c, "trainer.elapsed-seconds"));
+      for (const auto& e : extensions_) {
+        const std::string pre = std::string(kExtensionPrefix) + e->name() + ".";
+        e->load_state(with_prefix_removed(c.training_tensors, pre), meta_with_prefix_removed(c.metadata, pre));
+      }
+    } catch (const json::exception& e) {
+      SONAR_FAIL("cannot resume from ", s.ckpt_path, ": bad trainer metadata: ", e.what(),
+                 " (add --force to start over)");
+    } catch (const std::logic_error& e) {  // std::stoll / std::stod
+      SONAR_FAIL("cannot resume from ", s.ckpt_path, ": bad trainer metadata: ", e.what(),
+                 " (add --force to start over)");
+    } catch (const Error& e) {
+      SONAR_FAIL("cannot resume from ", s.ckpt_path, ": ", e.what(), " (add --force to start over)");
+    }
+    SONAR_CHECK(s.step >= 0 && s.step <= p.steps, s.ckpt_path, ": step ", s.step, " outside [0, ", p.steps, "]");
+    s.resumed = true;
+  }
+
+  // The data stream (validates the position against the epoch size).
+  StreamOptions sto;
+  sto.batch_size = p.batch_size;
+  sto.crop_seconds = p.crop_seconds;
+  sto.max_clip_seconds = p.max_clip_seconds;
+  sto.seed = p.seed;
+  sto.workers = p.loader_workers;
+  sto.prefetch = p.prefetch_batches;
+  sto.cache_dir = p.cache_dir;
+  sto.min_seconds = ((s.model->cfg.input_patch_size - 1) * 160 + 400) / 16000.0;
+  BatchStream stream(s.data, sto, s.epoch, s.batch);
+
+  // ---- from here on the run folder is written ----
+  fs::create_directories(s.out);
+  if (!resume) {
+    if (p.force) {
+      for (const char* f : {kCheckpointFile, kModelFile, kTokenizerFile, kRunFile}) fs::remove(fs::path(s.out) / f);
+    }
+    s.tokenizer.save((fs::path(s.out) / kTokenizerFile).string());
+    json run = json::object();
+    run["format"] = kTrainerFormat;
+    run["options"] = cfg;
+    run["model"] = s.model->cfg.to_json();
+    run["tokenizer"] = {{"kind", s.tokenizer.kind()},
+                        {"codes", s.tokenizer.num_codes()},
+                        {"fingerprint", s.tokenizer.fingerprint()}};
+    write_file_atomic((fs::path(s.out) / kRunFile).string(), run.dump(2) + "\n");
+  }
+
+  s.log(std::string(resume ? "resuming " : "starting ") + s.out + ": " + std::to_string(s.data.size()) +
+        " clips, " + std::to_string(stream.batches_per_epoch()) + " batches of " + std::to_string(stream.batch_size()) +
+        " per epoch, " + std::to_string(stream.crop_frames()) + " frames per crop; tokenizer " + s.tokenizer.kind() +
+        " (" + std::to_string(s.tokenizer.num_codes()) + " codes); " + std::to_string(omp_get_max_threads()) +
+        " threads" + (resume ? "; at step " + std::to_string(s.step) + "/" + std::to_string(p.steps) : ""));
+
+  auto save = [&](bool finished) {
+    beats::SaveExtras ex;
+    for (const auto& [k, t] : s.objective->predictor->state_dict()) ex.training_tensors[kPredictorPrefix + k] = t;
+    ag::OptimizerState os = s.train_step->optimizer().save_state();
+    for (const auto& [k, t] : os.tensors) ex.training_tensors[kOptimizerPrefix + k] = t;
+    json sc = json::object();
+    for (const auto& [k, v] : os.scalars) sc[k] = v;
+    ex.metadata["trainer.format"] = kTrainerFormat;
+    ex.metadata["trainer.step"] = std::to_string(s.step);
+    ex.metadata["trainer.total-steps"] = std::to_string(p.steps);
+    ex.metadata["trainer.finished"] = finished ? "1" : "0";
+    ex.metadata["trainer.config"] = s.config.dump();
+    ex.metadata["trainer.optimizer-scalars"] = sc.dump();
+    ex.metadata["trainer.rng"] = json{{"mask", {s.mask_gen.seed(), s.mask_gen.offset()}},
+                                      {"dropout", {s.dropout_gen.seed(), s.dropout_gen.offset()}}}
+                                     .dump();
+    ex.metadata["trainer.data-position"] = json{{"epoch", stream.epoch()}, {"batch", stream.batch()}}.dump();
+    ex.metadata["trainer.schedule"] = json{{"peak_lr", so.peak_lr}, {"warmup_steps", so.warmup_steps},
+                                           {"total_steps", so.total_steps}, {"init_lr", so.init_lr},
+                                           {"final_lr", so.final_lr}, {"decay", "cosine"}}
+                                          .dump();
+    char el[64];
+    std::snprintf(el, sizeof el, "%.3f", s.elapsed_before + seconds_since(s.session_start));
+    ex.metadata["trainer.elapsed-seconds"] = el;
+    ex.metadata["trainer.tokenizer-fingerprint"] = s.tokenizer.fingerprint();
+    for (const auto& e : extensions_) {
+      std::map<std::string, Tensor> t;
+      std::map<std::string, std::string> m;
+      e->save_state(t, m);
+      const std::string pre = std::string(kExtensionPrefix) + e->name() + ".";
+      for (auto& [k, v] : t) ex.training_tensors[pre + k] = v;
+      for (auto& [k, v] : m) ex.metadata[pre + k] = v;
+    }
+    if (finished) beats::save_beats((fs::path(s.out) / kModelFile).string(), *s.model);
+    beats::save_beats(s.ckpt_path, *s.model, ex);
+  };
+
+  // ---- the loop ----
+  result.start_step = s.step;
+  result.resumed = s.resumed;
+  s.session_start = Clock::now();
+  Clock::time_point interval_start = s.session_start;
+  double interval_wait = 0.0, interval_loss = 0.0, interval_acc = 0.0;
+  int64_t interval_steps = 0, interval_clips = 0, session_steps = 0;
+  if (s.step >= p.steps) {  // every step was done but the final save did not complete
+    save(true);
+    result.steps_done = s.step;
+    result.finished = true;
+    return result;
+  }
+  while (s.step < p.steps) {
+    const Clock::time_point tw = Clock::now();
+    TrainBatch tb = stream.next();
+    interval_wait += seconds_since(tw);
+
+    StepBatch sb;
+    sb.fbank = tb.fbank;
+    sb.frame_mask = tb.frame_mask;
+    sb.new_clips = tb.clips;
+    sb.step = s.step;
+    for (const auto& e : extensions_) e->on_batch(sb);
+    sb.labels = s.tokenizer.labels(sb.fbank, sb.frame_mask);
+
+    s.train_step->optimizer().set_lr(static_cast<float>(s.schedule->lr_at(s.step)));
+    beats::MlpOutput out;
+    beats::StepStats st;
+    try {
+      st = s.train_step->run([&]() {
+        nn::RngScope scope(s.dropout_gen);
+        out = s.objective->forward(ag::Var(sb.fbank), sb.frame_mask, sb.labels, s.mask_gen);
+        ag::Var loss = out.loss;
+        for (const auto& e : extensions_) {
+          ag::Var extra = e->extra_loss(sb, out);
+          if (extra.defined()) loss = ag::add(loss, extra);
+        }
+        return loss;
+      });
+    } catch (const Error& e) {
+      SONAR_FAIL("step ", s.step + 1, " of ", p.steps, ": ", e.what(), " (the last checkpoint is ", s.ckpt_path, ")");
+    }
+    for (const auto& e : extensions_) e->after_step(sb, out);
+    ++s.step;
+    ++session_steps;
+
+    StepRecord rec;
+    rec.step = s.step;
+    rec.loss = st.loss;
+    rec.accuracy = out.masked_accuracy;
+    rec.lr = st.lr;
+    rec.grad_norm = st.grad_norm;
+    result.history.push_back(rec);
+    interval_loss += st.loss;
+    interval_acc += out.masked_accuracy;
+    interval_clips += sb.fbank.size(0);
+    ++interval_steps;
+
+    if (s.step % p.log_every == 0 || s.step == p.steps) {
+      const double dt = seconds_since(interval_start);
+      const double session = seconds_since(s.session_start);
+      Progress pr;
+      pr.step = s.step;
+      pr.total = p.steps;
+      pr.loss = interval_loss / static_cast<double>(interval_steps);
+      pr.accuracy = interval_acc / static_cast<double>(interval_steps);
+      pr.lr = st.lr;
+      pr.clips_per_second = dt > 0 ? static_cast<double>(interval_clips) / dt : 0.0;
+      pr.elapsed_seconds = s.elapsed_before + session;
+      pr.eta_seconds = session / static_cast<double>(session_steps) * static_cast<double>(p.steps - s.step);
+      pr.data_wait = dt > 0 ? interval_wait / dt : 0.0;
+      for (const auto& e : extensions_)
+        for (auto& kv : e->progress()) pr.extra.push_back(kv);
+      s.log(format_progress(pr));
+      interval_start = Clock::now();
+      interval_wait = interval_loss = interval_acc = 0.0;
+      interval_steps = interval_clips = 0;
+    }
+
+    if (s.step == p.steps) {
+      save(true);
+      result.finished = true;
+      s.log("finished: " + s.ckpt_path + " and " + (fs::path(s.out) / kModelFile).string() + " after " +
+            format_duration(s.elapsed_before + seconds_since(s.session_start)));
+      break;
+    }
+    if (s.step % p.save_every == 0) save(false);
+    if (p.halt_after >= 0 && session_steps >= p.halt_after) {
+      result.stopped = true;
+      break;
+    }
+    if (p.stop && p.stop->load()) {
+      if (s.step % p.save_every != 0) save(false);
+      result.stopped = true;
+      s.log("stopped at step " + std::to_string(s.step) + "/" + std::to_string(p.steps) + "; checkpoint " +
+            s.ckpt_path + " (run the same command again to resume)");
+      break;
+    }
+  }
+  result.steps_done = s.step;
+  return result;
+}
+
+PretrainResult pretrain(const PretrainOptions& opts, std::vector<std::shared_ptr<TrainerExtension>> extensions) {
+  Trainer t(opts, std::move(extensions));
+  return t.run();
+}
+
+}  // namespace sonar::method

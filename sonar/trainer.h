@@ -1,0 +1,245 @@
+// Continual self-supervised pre-training of a BEATs model by masked label prediction: the training loop that
+// `sonar pretrain` runs. With no extension this is DCPT (direct continual pre-training), the baseline the SONAR
+// method is compared with: new, unlabelled audio only; the tokenizer's labels as targets; AdamW with warm-up and
+// cosine decay; gradient clipping. The SONAR parts (replay of prior data, self-distillation, online codebook
+// updates) plug in later as TrainerExtension objects (extra clips, extra loss terms, after-step hooks, their own
+// checkpoint state); none is implemented here.
+//
+// A run lives in one output folder:
+//   run.json                 the options and the data it was started with (for people; resumes check the
+//                            copy stored in the checkpoint)
+//   tokenizer.safetensors    the tokenizer whose labels are the targets (a copy, so the folder is self-contained)
+//   checkpoint.safetensors   the latest training checkpoint: the BEATs model (loadable by load_beats and
+//                            `sonar probe`), and under "train." the label predictor, AdamW's moments, plus
+//                            metadata with the step, schedule, RNG states, data-order position and options
+//   model.safetensors        the final model alone, written when the last step is done
+// Checkpoints are written atomically (temporary file + rename) every save_every steps and at the end, so a run
+// killed mid-way loses at most the steps since the last one. Started again with the same options and folder,
+// the run resumes from the checkpoint and takes exactly the steps it would have taken without the interruption
+// (same batches, crops, masks, dropout draws and optimiser state: bit-identical weights on the same machine
+// and thread count). A finished run is never overwritten unless `force` is set.
+//
+// Data: every epoch is a seeded permutation of the clips, cut into batches (the last partial batch dropped);
+// the background DataLoader decodes and computes each clip's fbank ahead of the training thread, and the
+// trainer crops a random window of crop_seconds from it (a frame-aligned window, so its fbank equals the fbank
+// of the cropped audio). The window of a clip depends on (seed, epoch, position in the epoch) only, which is
+// what lets a resumed run start in the middle of an epoch without loading the batches before it.
+//
+// Not here: the tokenizer's own training (nn/beats/pretrain.h TokenizerDistillation), evaluation
+// (sonar/probe.h), the command line (apps/cmd_pretrain.cpp).
+#pragma once
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "audio/dataset.h"
+#include "audio/loader.h"
+#include "autograd/optim.h"
+#include "nn/beats/beats.h"
+#include "nn/beats/pretrain.h"
+#include "nn/beats/quantizer.h"
+#include "nn/beats/tokenizer.h"
+
+namespace sonar::method {
+
+// ---- model presets ----
+
+// A fresh BEATs configuration by name: "tiny" (2 blocks, 64 wide, patch embedding 32, 4 heads; a 256-code
+// tokenizer codebook; for tests and the demo) or "base" (BEATs base: 12 blocks, 768 wide, 12 heads, patch
+// embedding 512; 1024 x 256 codebook). Both pre-train with dropout 0.1. Throws naming the unknown name.
+beats::BeatsConfig preset_config(const std::string& name);
+const std::vector<std::string>& preset_names();
+
+// ---- the targets ----
+
+// The tokenizer that labels every patch: a trained BEATs tokenizer (checkpoint) or, for iteration 0, a frozen
+// random-projection tokenizer. Labels are computed without gradients, in eval mode, and never change the
+// tokenizer (the codebook's usage statistics are not updated either).
+class LabelTokenizer {
+ public:
+  // A tokenizer or random-projection tokenizer checkpoint (.pt or safetensors). Throws naming the file when it
+  // holds a model of another kind.
+  static LabelTokenizer load(const std::string& path);
+  // A fresh random-projection tokenizer (seeded): patch_size x patch_size patches, num_codes codes of width dim.
+  static LabelTokenizer random_projection(int64_t patch_size, int64_t num_codes, int64_t dim, uint64_t seed);
+
+  // fbank [B, T, F] normalised, frame_mask bool [B, T] or undefined -> labels int64 [B, P].
+  Tensor labels(const Tensor& fbank, const Tensor& frame_mask) const;
+  int64_t num_codes() const;
+  int64_t patch_size() const;
+  std::string kind() const;  // "tokenizer" or "random_projection_tokenizer"
+  // Writes the tokenizer as this project's safetensors (atomically).
+  void save(const std::string& path) const;
+  // 32 hex digits hashing the kind and every state tensor: two tokenizers with the same fingerprint give the
+  // same labels.
+  std::string fingerprint() const;
+
+  std::shared_ptr<beats::BeatsTokenizer> beats;                // set for a trained tokenizer
+  std::shared_ptr<beats::RandomProjectionTokenizer> random;    // set for the random projection
+};
+
+// ---- options ----
+
+struct PretrainOptions {
+  // data: a manifest (.csv/.tsv), a folder or a file list (audio::read_source); labels are ignored.
+  std::string data;
+  std::vector<std::string> splits;  // keep only items whose split/fold is one of these (empty: all)
+  std::string out_dir;              // the run folder (created)
+
+  // model: a checkpoint to continue from (official .pt or project safetensors; a fine-tuned model's head is
+  // dropped), or, when empty, a fresh model of `preset`.
+  std::string init;
+  std::string preset = "tiny";
+  // targets: a tokenizer checkpoint, or (empty) a fresh random-projection tokenizer of `codes` codes
+  // (0: the model configuration's quant_n) drawn from the seed.
+  std::string tokenizer;
+  int64_t codes = 0;
+  // When `init` is a checkpoint of this trainer made with the same tokenizer (same fingerprint), start from its
+  // label predictor instead of a fresh one.
+  bool reuse_predictor = true;
+
+  double crop_seconds = 10.0;      // training window per clip (shorter clips are padded)
+  double max_clip_seconds = 60.0;  // clips are read up to this length; windows are drawn inside it
+  int64_t batch_size = 8;
+  int64_t steps = 1000;
+  ag::AdamWOptions adamw{5e-4f, 0.9f, 0.98f, 1e-8f, 0.01f};
+  int64_t warmup_steps = -1;       // -1: 10% of the steps
+  double final_lr = 0.0;           // floor of the cosine decay
+  float max_grad_norm = 1.0f;      // <= 0: no clipping
+  uint64_t seed = 0;
+  beats::MlpOptions mlp;           // masking (75%), label smoothing, predictor depth (num_classes is set here)
+
+  int64_t log_every = 10;
+  int64_t save_every = 100;
+  int num_threads = 0;             // OpenMP threads for the model (0: leave as is)
+  int loader_workers = 1;          // background loading threads
+  int prefetch_batches = 4;
+  std::string cache_dir;           // fbank cache folder ("" = none)
+  bool force = false;              // start over even if the folder holds a finished or different run
+
+  // Progress lines (default: stdout). Called from the training thread.
+  std::function<void(const std::string&)> log;
+  // Set from another thread or a signal handler: the loop finishes its step, saves a checkpoint and returns.
+  const std::atomic<bool>* stop = nullptr;
+  // Tests: return after this many steps of this session WITHOUT saving, as a killed process would (-1: off).
+  int64_t halt_after = -1;
+};
+
+// ---- progress ----
+
+struct Progress {
+  int64_t step = 0, total = 0;   // steps done, of total
+  double loss = 0.0;             // mean over the steps since the last line
+  double accuracy = 0.0;         // masked accuracy, same steps
+  double lr = 0.0;               // learning rate of the last step
+  double clips_per_second = 0.0; // same steps, wall time
+  double elapsed_seconds = 0.0;  // whole run, earlier sessions included
+  double eta_seconds = 0.0;      // time left at this session's pace
+  double data_wait = 0.0;        // share of this interval spent waiting for the loader
+  std::vector<std::pair<std::string, double>> extra;  // extension terms
+};
+// "step 20/300 | loss 5.2313 | acc 0.041 | lr 2.00e-04 | 52.1 clips/s | elapsed 0:00:12 | left 0:02:55 | wait 1%"
+// (extension terms, when any, follow as "| name 0.1234").
+std::string format_progress(const Progress& p);
+// H:MM:SS (negative or non-finite: "?").
+std::string format_duration(double seconds);
+
+// ---- extensions (the SONAR method's hooks) ----
+
+// What one step works on. Extensions may append clips before the labels are computed (replay).
+struct StepBatch {
+  Tensor fbank;       // float32 [B, T, F], normalised crops
+  Tensor frame_mask;  // bool [B, T], 1 = padded frame
+  Tensor labels;      // int64 [B, P], the tokenizer's labels (set after on_batch)
+  int64_t new_clips = 0;  // clips from the training data (the first rows); the rest were added by extensions
+  int64_t step = 0;       // steps done before this one
+};
+
+class Trainer;
+
+class TrainerExtension {
+ public:
+  virtual ~TrainerExtension() = default;
+  // Short name without dots: prefix of its checkpoint entries ("ext.<name>.") and progress fields.
+  virtual std::string name() const = 0;
+  // Options that must match when a run is resumed (stored in the checkpoint).
+  virtual nlohmann::json config() const { return nlohmann::json::object(); }
+  // Once, when the model, predictor, tokenizer and optimiser exist (fresh start or resume, before load_state).
+  virtual void attach(Trainer& trainer) {}
+  // Before the labels: may edit the batch (e.g. append replayed clips).
+  virtual void on_batch(StepBatch& batch) {}
+  // Inside the forward pass: an extra, already weighted loss term added to the masked-label loss, or an
+  // undefined Var for none.
+  virtual ag::Var extra_loss(const StepBatch& batch, const beats::MlpOutput& out) { return {}; }
+  // After the optimiser step (e.g. codebook updates).
+  virtual void after_step(const StepBatch& batch, const beats::MlpOutput& out) {}
+  // Numbers for the progress line, averaged by the extension over its own steps.
+  virtual std::vector<std::pair<std::string, double>> progress() { return {}; }
+  // Checkpoint state: tensors and metadata entries (names without the "ext.<name>." prefix).
+  virtual void save_state(std::map<std::string, Tensor>& tensors, std::map<std::string, std::string>& meta) const {}
+  virtual void load_state(const std::map<std::string, Tensor>& tensors, const std::map<std::string, std::string>& meta) {}
+};
+
+// ---- the run ----
+
+struct StepRecord {
+  int64_t step = 0;  // 1-based: the number of steps done after it
+  double loss = 0.0, accuracy = 0.0, lr = 0.0, grad_norm = 0.0;
+};
+
+struct PretrainResult {
+  int64_t start_step = 0;   // steps already done when this session started (0 = fresh)
+  int64_t steps_done = 0;   // steps done when it returned
+  int64_t total_steps = 0;
+  bool resumed = false;
+  bool finished = false;    // every step done and the final checkpoint written
+  bool stopped = false;     // stopped early by the stop flag (checkpoint written) or halt_after (not written)
+  std::vector<StepRecord> history;  // this session's steps
+  std::string checkpoint;   // path of checkpoint.safetensors
+};
+
+// File names inside a run folder.
+constexpr const char* kCheckpointFile = "checkpoint.safetensors";
+constexpr const char* kTokenizerFile = "tokenizer.safetensors";
+constexpr const char* kModelFile = "model.safetensors";
+constexpr const char* kRunFile = "run.json";
+constexpr const char* kTrainerFormat = "sonar-trainer-1";
+
+class Trainer {
+ public:
+  // Validates the options (one-line errors naming the option); nothing is read or written yet.
+  explicit Trainer(PretrainOptions opts, std::vector<std::shared_ptr<TrainerExtension>> extensions = {});
+  ~Trainer();
+  Trainer(const Trainer&) = delete;
+  Trainer& operator=(const Trainer&) = delete;
+
+  // Sets up (fresh, resumed or refused) and trains to the end, the stop flag or halt_after.
+  PretrainResult run();
+
+  // For extensions (valid after setup, i.e. from attach() on).
+  const PretrainOptions& options() const { return opts_; }
+  std::shared_ptr<beats::BeatsModel> model() const;
+  std::shared_ptr<beats::MaskedLabelPrediction> objective() const;
+  const LabelTokenizer& tokenizer() const;
+  ag::AdamW& optimizer();
+  const audio::Dataset& data() const;
+  int64_t steps_done() const;
+
+ private:
+  struct State;
+  PretrainOptions opts_;
+  std::vector<std::shared_ptr<TrainerExtension>> extensions_;
+  std::unique_ptr<State> st_;
+};
+
+// Convenience: Trainer(opts, extensions).run().
+PretrainResult pretrain(const PretrainOptions& opts, std::vector<std::shared_ptr<TrainerExtension>> extensions = {});
+
+}  // namespace sonar::method

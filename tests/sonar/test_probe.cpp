@@ -1,0 +1,237 @@
+// Tests of the linear-probe evaluation (sonar/probe.h): accuracy, macro-F1 (with a class that is never true and
+// one that never occurs) and average precision (with tied scores) against values computed by hand; the
+// logistic-regression probe on easily separable synthetic features (single- and multi-label); early stopping;
+// the whole evaluation on a synthetic corpus with train/val/test splits and with numeric folds; errors.
+// Not tested here: the command line (tests/apps/test_cmd_pretrain.cpp).
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <string>
+
+#include "audio/synth_corpus.h"
+#include "nn/beats/checkpoint.h"
+#include "sonar/probe.h"
+#include "sonar/trainer.h"
+#include "tensor/random.h"
+
+namespace fs = std::filesystem;
+using namespace sonar;
+using namespace sonar::method;
+
+namespace {
+
+constexpr double kExact = 1e-12;           // hand-computed metrics: only rounding separates them
+constexpr double kSeparableMinAcc = 0.95;  // well-separated blobs: the probe must classify them almost perfectly
+constexpr double kSeparableMinMap = 0.95;
+
+Tensor blobs(int64_t n_per_class, int64_t K, int64_t C, double spread, uint64_t seed, Tensor* labels) {
+  Generator g(seed);
+  Tensor x = Tensor::empty({n_per_class * K, C});
+  std::vector<int64_t> y;
+  float* p = x.data<float>();
+  for (int64_t k = 0; k < K; ++k)
+    for (int64_t i = 0; i < n_per_class; ++i) {
+      const int64_t r = k * n_per_class + i;
+      for (int64_t c = 0; c < C; ++c) p[r * C + c] = static_cast<float>((c % K == k ? 3.0 : 0.0) + spread * g.next_normal());
+      y.push_back(k);
+    }
+  *labels = from_vector(y, {n_per_class * K});
+  return x;
+}
+
+std::string tmp(const std::string& name) {
+  fs::path p = fs::temp_directory_path() / ("sonar_test_probe_" + std::to_string(::getpid()) + "_" + name);
+  fs::remove_all(p);
+  return p.string();
+}
+
+}  // namespace
+
+TEST(ProbeMetrics, AccuracyAndMacroF1ByHand) {
+  const std::vector<int64_t> truth = {0, 0, 1, 1, 1}, pred = {0, 1, 1, 1, 2};
+  EXPECT_NEAR(accuracy(truth, pred), 3.0 / 5.0, kExact);
+  // Class 0: TP 1, FP 0, FN 1 -> 2/3. Class 1: TP 2, FP 1, FN 1 -> 4/6. Class 2: predicted once, never true -> 0.
+  // Class 3: never true, never predicted -> left out. Mean over 3 classes: (2/3 + 2/3 + 0) / 3 = 4/9.
+  EXPECT_NEAR(macro_f1(truth, pred, 4), 4.0 / 9.0, kExact);
+  EXPECT_NEAR(macro_f1({2, 2, 2}, {2, 2, 2}, 3), 1.0, kExact);
+  EXPECT_NEAR(macro_f1({0, 1}, {1, 0}, 2), 0.0, kExact);
+  EXPECT_TRUE(std::isnan(accuracy({}, {})));
+  EXPECT_THROW(macro_f1({0, 5}, {0, 1}, 3), Error);
+  EXPECT_THROW(accuracy({0, 1}, {0}), Error);
+}
+
+TEST(ProbeMetrics, AveragePrecisionWithTiesByHand) {
+  // Thresholds 0.9, 0.8 (two tied items, one positive), 0.3 (tied, one positive), 0.1; 3 positives.
+  // (1/3) * 1 + (1/3) * (2/3) + (1/3) * (3/5) + 0 = 34/45.
+  const std::vector<double> s = {0.9, 0.8, 0.8, 0.3, 0.3, 0.1};
+  const std::vector<uint8_t> pos = {1, 0, 1, 1, 0, 0};
+  EXPECT_NEAR(average_precision(s, pos), 34.0 / 45.0, kExact);
+  // Order of tied items does not matter.
+  EXPECT_NEAR(average_precision({0.9, 0.8, 0.8, 0.3, 0.3, 0.1}, {1, 1, 0, 0, 1, 0}), 34.0 / 45.0, kExact);
+  // All scores tied: AP = prevalence.
+  EXPECT_NEAR(average_precision({0.5, 0.5, 0.5, 0.5}, {1, 0, 0, 1}), 0.5, kExact);
+  // A perfect ranking.
+  EXPECT_NEAR(average_precision({0.1, 0.7, 0.9}, {0, 1, 1}), 1.0, kExact);
+  EXPECT_TRUE(std::isnan(average_precision({0.1, 0.2}, {0, 0})));
+
+  // mAP: column 0 as above, column 1 perfect, column 2 without positives (left out): (34/45 + 1) / 2.
+  Tensor scores = Tensor::empty({6, 3}), targets = Tensor::empty({6, 3});
+  const double s1[6] = {0.0, 0.0, 0.0, 0.0, 0.9, 0.8};
+  const float t1[6] = {0, 0, 0, 0, 1, 1};
+  for (int i = 0; i < 6; ++i) {
+    scores.data<float>()[i * 3 + 0] = static_cast<float>(s[i]);
+    targets.data<float>()[i * 3 + 0] = pos[i];
+    scores.data<float>()[i * 3 + 1] = static_cast<float>(s1[i]);
+    targets.data<float>()[i * 3 + 1] = t1[i];
+    scores.data<float>()[i * 3 + 2] = 0.5f;
+    targets.data<float>()[i * 3 + 2] = 0.0f;
+  }
+  int64_t used = 0;
+  // float32 scores: 0.8 and 0.3 stay tied after rounding, so the value is the same as in double.
+  EXPECT_NEAR(mean_average_precision(scores, targets, &used), (34.0 / 45.0 + 1.0) / 2.0, kExact);
+  EXPECT_EQ(used, 2);
+  EXPECT_THROW(mean_average_precision(scores, targets.narrow(1, 0, 2)), Error);
+}
+
+TEST(LinearProbe, SeparatesEasySyntheticClasses) {
+  Tensor ytr, yva, yte;
+  const Tensor xtr = blobs(40, 4, 16, 0.7, 1, &ytr), xva = blobs(10, 4, 16, 0.7, 2, &yva),
+               xte = blobs(25, 4, 16, 0.7, 3, &yte);
+  LinearProbeOptions o;
+  LinearProbe p = train_linear_probe(xtr, ytr, xva, yva, 4, false, o);
+  EXPECT_GE(p.best_epoch, 1);
+  EXPECT_LE(p.best_epoch, p.epochs_run);
+  SplitMetrics m = evaluate_probe(p, xte, yte, 4);
+  EXPECT_EQ(m.n, 100);
+  EXPECT_GE(m.accuracy, kSeparableMinAcc);
+  EXPECT_GE(m.macro_f1, kSeparableMinAcc);
+  EXPECT_TRUE(std::isnan(m.mAP));
+  // Deterministic for a seed.
+  LinearProbe q = train_linear_probe(xtr, ytr, xva, yva, 4, false, o);
+  EXPECT_EQ(q.best_epoch, p.best_epoch);
+  EXPECT_EQ(evaluate_probe(q, xte, yte, 4).loss, m.loss);
+
+  // Multi-label: class k is on when feature k is high; items carry one or two classes.
+  auto multi = [](int64_t n, uint64_t seed, Tensor* y) {
+    Generator g(seed);
+    Tensor x = Tensor::empty({n, 8});
+    *y = Tensor::empty({n, 3});
+    for (int64_t i = 0; i < n; ++i) {
+      for (int64_t k = 0; k < 3; ++k) y->data<float>()[i * 3 + k] = g.next_uniform() < 0.4 ? 1.0f : 0.0f;
+      for (int64_t c = 0; c < 8; ++c)
+        x.data<float>()[i * 8 + c] = static_cast<float>((c < 3 ? 3.0 * y->data<float>()[i * 3 + c] : 0.0) +
+                                                        0.5 * g.next_normal());
+    }
+    return x;
+  };
+  Tensor mtr, mva, mte;
+  const Tensor a = multi(150, 4, &mtr), b = multi(40, 5, &mva), c = multi(80, 6, &mte);
+  LinearProbe pm = train_linear_probe(a, mtr, b, mva, 3, true, o);
+  SplitMetrics mm = evaluate_probe(pm, c, mte, 3);
+  EXPECT_GE(mm.mAP, kSeparableMinMap);
+  EXPECT_TRUE(std::isnan(mm.accuracy));
+}
+
+TEST(LinearProbe, EarlyStoppingKeepsTheBestValidationEpoch) {
+  // Pure noise: nothing generalises, so the validation loss turns up early and patience stops the run.
+  Tensor ytr, yva;
+  Tensor xtr = blobs(10, 3, 32, 0.0, 7, &ytr), xva = blobs(10, 3, 32, 0.0, 8, &yva);
+  Generator g(9);
+  for (Tensor* x : {&xtr, &xva})
+    for (int64_t i = 0; i < x->numel(); ++i) x->data<float>()[i] = static_cast<float>(g.next_normal());
+  LinearProbeOptions o;
+  o.epochs = 500;
+  o.patience = 10;
+  LinearProbe p = train_linear_probe(xtr, ytr, xva, yva, 3, false, o);
+  EXPECT_LT(p.epochs_run, o.epochs);
+  EXPECT_EQ(p.epochs_run, p.best_epoch + o.patience);
+  EXPECT_NEAR(evaluate_probe(p, xva, yva, 3).loss, p.best_val_loss, 1e-6 * p.best_val_loss);
+  // Without a validation set every epoch runs.
+  LinearProbeOptions o2 = o;
+  o2.epochs = 7;
+  LinearProbe q = train_linear_probe(xtr, ytr, Tensor(), Tensor(), 3, false, o2);
+  EXPECT_EQ(q.epochs_run, 7);
+  EXPECT_TRUE(std::isnan(q.best_val_loss));
+  EXPECT_THROW(train_linear_probe(xtr, ytr, xva, yva, 2, false, o), Error);  // labels up to 2 with K = 2
+}
+
+TEST(RunProbe, SplitsFoldsAndReport) {
+  const std::string dir = tmp("corpus");
+  audio::SynthCorpusOptions co;
+  co.clips_per_class = 6;
+  co.prior_clips = 12;
+  co.seconds = 1.0;
+  co.seed = 3;
+  audio::build_synth_corpus(dir, co);
+
+  ProbeOptions o;
+  o.preset = "tiny";
+  o.data = dir + "/noise.csv";
+  o.log = [](const std::string&) {};
+  ProbeReport r = run_probe(o);
+  EXPECT_FALSE(r.multi_label);
+  EXPECT_EQ(r.classes.size(), 4u);
+  EXPECT_EQ(r.layer, 2);
+  EXPECT_EQ(r.feature_dim, 64);
+  ASSERT_EQ(r.folds.size(), 1u);
+  EXPECT_EQ(r.folds[0].train + r.folds[0].val + r.folds[0].test, 24);
+  EXPECT_GT(r.folds[0].val, 0);
+  EXPECT_GE(r.test.accuracy, 0.0);
+  EXPECT_LE(r.test.accuracy, 1.0);
+  const nlohmann::json j = r.to_json();
+  EXPECT_EQ(j.at("task"), "single-label");
+  EXPECT_TRUE(j.contains("test_accuracy") && j.contains("test_macro_f1"));
+
+  // The multi-label prior pool, features of block 1.
+  o.data = dir + "/prior.csv";
+  o.features.layer = 1;
+  ProbeReport rp = run_probe(o);
+  EXPECT_TRUE(rp.multi_label);
+  EXPECT_EQ(rp.layer, 1);
+  EXPECT_TRUE(rp.to_json().contains("test_mAP"));
+  EXPECT_FALSE(std::isnan(rp.test.mAP));
+
+  // Numeric folds: the same clips relabelled into folds 1..3; each fold is the test set once.
+  {
+    std::ifstream in(dir + "/noise.csv");
+    std::ofstream out(dir + "/folds.csv");
+    std::string line;
+    std::getline(in, line);
+    out << "path,label,fold\n";
+    int i = 0;
+    while (std::getline(in, line)) {
+      const size_t a = line.find(','), b = line.find(',', a + 1);
+      out << line.substr(0, b) << "," << (i++ % 3) + 1 << "\n";
+    }
+  }
+  o.data = dir + "/folds.csv";
+  o.features.layer = 0;
+  ProbeReport rf = run_probe(o);
+  ASSERT_EQ(rf.folds.size(), 3u);
+  double mean = 0;
+  for (const auto& f : rf.folds) {
+    EXPECT_EQ(f.test, 8);
+    mean += f.test_metrics.accuracy / 3;
+  }
+  EXPECT_NEAR(rf.test.accuracy, mean, kExact);
+
+  // Errors: unusable splits, a missing layer, a tokenizer with no encoder.
+  {
+    std::ofstream out(dir + "/odd.csv");
+    out << "path,label,split\nnoise/hiss/x.wav,hiss,alpha\nnoise/hiss/y.wav,rumble,beta\n";
+  }
+  o.data = dir + "/odd.csv";
+  try {
+    run_probe(o);
+    ADD_FAILURE() << "odd splits accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("cannot tell training from test clips"), std::string::npos) << e.what();
+  }
+  o.data = dir + "/noise.csv";
+  o.features.layer = 3;
+  EXPECT_THROW(run_probe(o), Error);
+  fs::remove_all(dir);
+}

@@ -1,0 +1,393 @@
+// Tests of the continual pre-training loop (sonar/trainer.h) on a tiny synthetic corpus: a run interrupted
+// without saving and resumed gives the same weights, optimiser state and losses as a straight run; the progress
+// line's format; the masked-label loss falls on a tiny model; finished or different runs are refused (and
+// --force starts over); a corrupted checkpoint is reported clearly; extension hooks are called and their state
+// survives a resume; bad options fail before anything is written. Not tested here: the command line
+// (tests/apps/test_cmd_pretrain.cpp) or the pre-training objective itself (tests/nn/test_beats_pretrain.cpp).
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <regex>
+#include <string>
+
+#include "audio/synth_corpus.h"
+#include "autograd/ops.h"
+#include "nn/beats/checkpoint.h"
+#include "sonar/trainer.h"
+#include "tensor/io.h"
+
+namespace fs = std::filesystem;
+using namespace sonar;
+using namespace sonar::method;
+
+namespace {
+
+// A resumed run must reproduce the straight run exactly: same batches, crops, masks, dropout and optimiser
+// state, on the same machine and thread count. Zero means bit-identical.
+constexpr float kResumeTolerance = 0.0f;
+// The masked-label loss of a tiny model over 40 steps: the mean of the last 5 steps at least this far below the
+// mean of the first 5 (relative).
+constexpr double kMinLossDrop = 0.15;
+// Extension test: the extra term is this multiple of the masked-label loss.
+constexpr float kExtraWeight = 0.5f;
+constexpr double kLossRelTol = 1e-6;  // relative: a float32 sum vs. the same sum recomputed in double
+
+fs::path corpus_path() { return fs::temp_directory_path() / ("sonar_test_trainer_corpus_" + std::to_string(::getpid())); }
+
+std::string corpus_dir() {
+  static const std::string dir = [] {
+    audio::SynthCorpusOptions o;
+    o.clips_per_class = 4;  // 16 clips per domain
+    o.prior_clips = 8;
+    o.seconds = 1.5;
+    o.seed = 5;
+    audio::build_synth_corpus(corpus_path().string(), o);
+    return corpus_path().string();
+  }();
+  return dir;
+}
+
+// Removes the shared corpus after the last test.
+class CorpusCleanup : public ::testing::Environment {
+ public:
+  void TearDown() override { fs::remove_all(corpus_path()); }
+};
+const ::testing::Environment* const kCleanup = ::testing::AddGlobalTestEnvironment(new CorpusCleanup);
+
+std::string run_dir(const std::string& name) {
+  fs::path p = fs::temp_directory_path() / ("sonar_test_trainer_" + std::to_string(::getpid()) + "_" + name);
+  fs::remove_all(p);
+  return p.string();
+}
+
+// The tiny preset on 1-second crops of the 16 music clips, batches of 4 (4 batches per epoch).
+PretrainOptions tiny_options(const std::string& out, int64_t steps) {
+  PretrainOptions o;
+  o.data = corpus_dir() + "/music.csv";
+  o.out_dir = out;
+  o.preset = "tiny";
+  o.codes = 32;
+  o.crop_seconds = 1.0;
+  o.max_clip_seconds = 2.0;
+  o.batch_size = 4;
+  o.steps = steps;
+  o.adamw.lr = 2e-3f;
+  o.warmup_steps = 2;
+  o.seed = 11;
+  o.log_every = 2;
+  o.save_every = 3;
+  o.loader_workers = 1;
+  o.log = [](const std::string&) {};
+  return o;
+}
+
+float max_abs_diff(const Tensor& a, const Tensor& b) {
+  EXPECT_EQ(a.shape(), b.shape());
+  EXPECT_EQ(a.dtype(), b.dtype());
+  if (a.shape() != b.shape() || a.dtype() != b.dtype()) return INFINITY;
+  if (a.dtype() != DType::Float32) {
+    const Tensor ac = a.to(DType::Float32), bc = b.to(DType::Float32);
+    return max_abs_diff(ac, bc);
+  }
+  const Tensor ac = a.contiguous(), bc = b.contiguous();
+  const float* x = ac.data<float>();
+  const float* y = bc.data<float>();
+  float m = 0.0f;
+  for (int64_t i = 0; i < a.numel(); ++i) {
+    if (std::isnan(x[i]) != std::isnan(y[i])) return INFINITY;
+    m = std::max(m, std::fabs(x[i] - y[i]));
+  }
+  return m;
+}
+
+// Every tensor of two checkpoint files (model, predictor, optimiser moments) within kResumeTolerance, and the
+// same trainer metadata except the wall-clock time.
+void expect_same_checkpoint(const std::string& a, const std::string& b) {
+  SafeTensorsFile fa = load_safetensors(a), fb = load_safetensors(b);
+  ASSERT_EQ(fa.tensors.size(), fb.tensors.size());
+  for (const auto& [name, t] : fa.tensors) {
+    auto it = fb.tensors.find(name);
+    ASSERT_NE(it, fb.tensors.end()) << name;
+    EXPECT_LE(max_abs_diff(t, it->second), kResumeTolerance) << name;
+  }
+  for (const auto& [k, v] : fa.metadata) {
+    if (k == "trainer.elapsed-seconds") continue;
+    EXPECT_EQ(v, fb.metadata[k]) << k;
+  }
+}
+
+}  // namespace
+
+TEST(Trainer, InterruptedAndResumedRunEqualsStraightRun) {
+  const std::string straight = run_dir("straight"), resumed = run_dir("resumed");
+  PretrainResult a = pretrain(tiny_options(straight, 6));
+  ASSERT_TRUE(a.finished);
+  ASSERT_EQ(a.history.size(), 6u);
+
+  // Killed after step 4: the checkpoint of step 3 survives, step 4 is lost and redone.
+  PretrainOptions ob = tiny_options(resumed, 6);
+  ob.halt_after = 4;
+  PretrainResult b1 = pretrain(ob);
+  EXPECT_FALSE(b1.finished);
+  EXPECT_TRUE(b1.stopped);
+  EXPECT_EQ(b1.steps_done, 4);
+  ob.halt_after = -1;
+  PretrainResult b2 = pretrain(ob);
+  EXPECT_TRUE(b2.resumed);
+  EXPECT_EQ(b2.start_step, 3);
+  ASSERT_TRUE(b2.finished);
+  ASSERT_EQ(b2.history.size(), 3u);
+  for (size_t i = 0; i < 3; ++i) {
+    EXPECT_EQ(b2.history[i].step, a.history[3 + i].step);
+    EXPECT_EQ(b2.history[i].loss, a.history[3 + i].loss) << "step " << b2.history[i].step;
+    EXPECT_EQ(b2.history[i].accuracy, a.history[3 + i].accuracy);
+    EXPECT_EQ(b2.history[i].lr, a.history[3 + i].lr);
+  }
+  // The lost step 4 was redone identically.
+  EXPECT_EQ(b1.history[3].loss, a.history[3].loss);
+  expect_same_checkpoint(straight + "/checkpoint.safetensors", resumed + "/checkpoint.safetensors");
+  expect_same_checkpoint(straight + "/model.safetensors", resumed + "/model.safetensors");
+  // The finished model loads as a plain BEATs model.
+  auto m = beats::load_beats(resumed + "/model.safetensors");
+  EXPECT_EQ(m->cfg.encoder_layers, 2);
+  fs::remove_all(straight);
+  fs::remove_all(resumed);
+}
+
+TEST(Trainer, ProgressLineFormat) {
+  Progress p;
+  p.step = 20;
+  p.total = 300;
+  p.loss = 5.23126;
+  p.accuracy = 0.0412;
+  p.lr = 2e-4;
+  p.clips_per_second = 52.14;
+  p.elapsed_seconds = 12.4;
+  p.eta_seconds = 3723.0;
+  p.data_wait = 0.013;
+  EXPECT_EQ(format_progress(p), "step 20/300 | loss 5.2313 | acc 0.041 | lr 2.00e-04 | 52.1 clips/s | elapsed 0:00:12 "
+                                "| left 1:02:03 | wait 1%");
+  p.extra = {{"distill", 0.5}};
+  EXPECT_EQ(format_progress(p).substr(format_progress(p).size() - 17), " | distill 0.5000");
+  EXPECT_EQ(format_duration(-1.0), "?");
+  EXPECT_EQ(format_duration(59.6), "0:01:00");
+
+  // The lines a run prints: a header, one progress line per log_every steps, the end.
+  std::vector<std::string> lines;
+  PretrainOptions o = tiny_options(run_dir("progress"), 4);
+  o.log = [&](const std::string& l) { lines.push_back(l); };
+  pretrain(o);
+  const std::regex re(
+      R"(step (\d+)/4 \| loss \d+\.\d{4} \| acc [01]\.\d{3} \| lr \d\.\d{2}e[-+]\d{2} \| \d+\.\d clips/s \| )"
+      R"(elapsed \d+:\d\d:\d\d \| left \d+:\d\d:\d\d \| wait \d+%)");
+  std::vector<int> steps;
+  for (const auto& l : lines) {
+    std::smatch m;
+    if (std::regex_match(l, m, re)) steps.push_back(std::stoi(m[1]));
+  }
+  EXPECT_EQ(steps, (std::vector<int>{2, 4}));
+  ASSERT_FALSE(lines.empty());
+  EXPECT_EQ(lines.front().rfind("model: fresh 'tiny'", 0), 0u) << lines.front();
+  EXPECT_EQ(lines.back().rfind("finished: ", 0), 0u) << lines.back();
+  fs::remove_all(o.out_dir);
+}
+
+TEST(Trainer, LossFallsOnATinyModel) {
+  PretrainOptions o = tiny_options(run_dir("falls"), 40);
+  o.batch_size = 8;
+  o.warmup_steps = 4;
+  o.save_every = 100;
+  PretrainResult r = pretrain(o);
+  ASSERT_EQ(r.history.size(), 40u);
+  double first = 0, last = 0, acc_first = 0, acc_last = 0;
+  for (int i = 0; i < 5; ++i) {
+    first += r.history[i].loss / 5;
+    last += r.history[35 + i].loss / 5;
+    acc_first += r.history[i].accuracy / 5;
+    acc_last += r.history[35 + i].accuracy / 5;
+  }
+  EXPECT_LT(last, first * (1.0 - kMinLossDrop)) << "first " << first << " last " << last;
+  EXPECT_GT(acc_last, acc_first);
+  for (const auto& h : r.history) EXPECT_LE(h.lr, o.adamw.lr * (1 + 1e-6));
+  EXPECT_EQ(r.history[0].lr, 0.0);                      // warm-up starts at 0
+  EXPECT_NEAR(r.history[4].lr, o.adamw.lr, 1e-9);       // peak after 4 warm-up steps
+  EXPECT_LT(r.history[39].lr, o.adamw.lr * 0.01);       // cosine down to ~0
+  fs::remove_all(o.out_dir);
+}
+
+TEST(Trainer, RefusesFinishedOrDifferentRunsUnlessForced) {
+  const std::string dir = run_dir("refuse");
+  pretrain(tiny_options(dir, 2));
+  const auto stamp = fs::last_write_time(dir + "/model.safetensors");
+  try {
+    pretrain(tiny_options(dir, 2));
+    FAIL() << "a finished run was overwritten";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("finished run (2 steps)"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("--force"), std::string::npos) << e.what();
+  }
+  EXPECT_EQ(fs::last_write_time(dir + "/model.safetensors"), stamp);
+
+  PretrainOptions f = tiny_options(dir, 2);
+  f.force = true;
+  PretrainResult r = pretrain(f);
+  EXPECT_FALSE(r.resumed);
+  EXPECT_EQ(r.start_step, 0);
+  EXPECT_TRUE(r.finished);
+
+  // An unfinished run started with other options.
+  PretrainOptions h = tiny_options(dir, 6);
+  h.force = true;
+  h.halt_after = 3;
+  pretrain(h);
+  PretrainOptions other = tiny_options(dir, 6);
+  other.batch_size = 2;
+  try {
+    pretrain(other);
+    FAIL() << "a run with other options was resumed";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("batch: 4 there, 2 now"), std::string::npos) << e.what();
+  }
+  fs::remove_all(dir);
+}
+
+TEST(Trainer, CorruptedCheckpointIsAClearError) {
+  const std::string dir = run_dir("corrupt");
+  PretrainOptions o = tiny_options(dir, 6);
+  o.halt_after = 3;
+  pretrain(o);
+  const std::string ckpt = dir + "/checkpoint.safetensors";
+  ASSERT_TRUE(fs::exists(ckpt));
+  // Cut the file in half, as a full disk might have (the trainer itself writes through a rename).
+  const std::string bytes = read_file(ckpt);
+  {
+    std::ofstream f(ckpt, std::ios::binary | std::ios::trunc);
+    f.write(bytes.data(), static_cast<std::streamsize>(bytes.size() / 2));
+  }
+  o.halt_after = -1;
+  try {
+    pretrain(o);
+    FAIL() << "a truncated checkpoint was accepted";
+  } catch (const Error& e) {
+    const std::string msg = e.what();
+    EXPECT_NE(msg.find("cannot resume from " + ckpt), std::string::npos) << msg;
+    EXPECT_NE(msg.find("--force"), std::string::npos) << msg;
+  }
+  // Not a trainer checkpoint: a plain model file under the checkpoint's name.
+  fs::copy_file(corpus_dir() + "/music.csv", ckpt, fs::copy_options::overwrite_existing);
+  try {
+    pretrain(o);
+    FAIL() << "a CSV file was accepted as a checkpoint";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("neither a PyTorch .pt"), std::string::npos) << e.what();
+  }
+  o.force = true;
+  EXPECT_TRUE(pretrain(o).finished);
+  fs::remove_all(dir);
+}
+
+namespace {
+
+// Adds kExtraWeight x the masked-label loss, records what it saw, and keeps a step counter in the checkpoint.
+class CountingExtension : public TrainerExtension {
+ public:
+  std::string name() const override { return "count"; }
+  nlohmann::json config() const override { return {{"weight", kExtraWeight}}; }
+  void attach(Trainer& t) override { attached = t.model() != nullptr && t.optimizer().num_params() > 0; }
+  void on_batch(StepBatch& b) override { ++batches; }
+  ag::Var extra_loss(const StepBatch&, const beats::MlpOutput& out) override {
+    return ag::mul(out.loss, kExtraWeight);
+  }
+  void after_step(const StepBatch&, const beats::MlpOutput& out) override {
+    mlp_losses.push_back(out.loss.value().item_double());
+    ++counter;
+  }
+  std::vector<std::pair<std::string, double>> progress() override { return {{"count", double(counter)}}; }
+  void save_state(std::map<std::string, Tensor>& t, std::map<std::string, std::string>& m) const override {
+    m["counter"] = std::to_string(counter);
+    t["marker"] = from_vector(std::vector<float>{static_cast<float>(counter)}, {1});
+  }
+  void load_state(const std::map<std::string, Tensor>& t, const std::map<std::string, std::string>& m) override {
+    counter = std::stoll(m.at("counter"));
+    loaded_marker = t.at("marker").item<float>();
+  }
+  bool attached = false;
+  int64_t batches = 0, counter = 0;
+  float loaded_marker = -1;
+  std::vector<double> mlp_losses;
+};
+
+}  // namespace
+
+TEST(Trainer, ExtensionHooksAndStateSurviveResume) {
+  const std::string dir = run_dir("ext");
+  auto ext = std::make_shared<CountingExtension>();
+  PretrainOptions o = tiny_options(dir, 5);
+  o.halt_after = 4;  // saved at 3
+  std::vector<std::string> lines;
+  o.log = [&](const std::string& l) { lines.push_back(l); };
+  PretrainResult r = Trainer(o, {ext}).run();
+  EXPECT_TRUE(ext->attached);
+  EXPECT_EQ(ext->batches, 4);
+  ASSERT_EQ(ext->mlp_losses.size(), 4u);
+  for (size_t i = 0; i < 4; ++i)
+    EXPECT_NEAR(r.history[i].loss, (1.0 + kExtraWeight) * ext->mlp_losses[i], kLossRelTol * r.history[i].loss);
+  bool saw_field = false;
+  for (const auto& l : lines) saw_field = saw_field || l.find(" | count 2.0000") != std::string::npos;
+  EXPECT_TRUE(saw_field);
+
+  auto ext2 = std::make_shared<CountingExtension>();
+  o.halt_after = -1;
+  PretrainResult r2 = Trainer(o, {ext2}).run();
+  EXPECT_EQ(r2.start_step, 3);
+  EXPECT_EQ(ext2->loaded_marker, 3.0f);
+  EXPECT_EQ(ext2->counter, 5);  // 3 restored + 2 new steps
+  // A resume without the extension is a run with other options.
+  PretrainOptions o3 = tiny_options(dir, 5);
+  o3.force = true;
+  o3.halt_after = 4;  // checkpoint at step 3
+  Trainer(o3, {std::make_shared<CountingExtension>()}).run();
+  o3.force = false;
+  try {
+    pretrain(o3);
+    FAIL() << "resumed without the extension";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("extensions"), std::string::npos) << e.what();
+  }
+  fs::remove_all(dir);
+}
+
+TEST(Trainer, BadOptionsFailBeforeWritingAnything) {
+  const std::string dir = run_dir("bad");
+  auto expect_error = [&](PretrainOptions o, const std::string& needle) {
+    try {
+      pretrain(o);
+      ADD_FAILURE() << "no error for " << needle;
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+    }
+    EXPECT_FALSE(fs::exists(dir)) << needle;
+  };
+  PretrainOptions o = tiny_options(dir, 3);
+  o.steps = 0;
+  expect_error(o, "--steps must be positive");
+  o = tiny_options(dir, 3);
+  o.preset = "huge";
+  expect_error(o, "unknown model preset 'huge'");
+  o = tiny_options(dir, 3);
+  o.data = corpus_dir() + "/missing.csv";
+  expect_error(o, "missing.csv");
+  o = tiny_options(dir, 3);
+  o.init = corpus_dir() + "/music.csv";
+  expect_error(o, "neither a PyTorch .pt");
+  o = tiny_options(dir, 3);
+  o.crop_seconds = 0.1;
+  o.max_clip_seconds = 1.0;
+  expect_error(o, "shorter than one 16-frame patch");
+  o = tiny_options(dir, 3);
+  o.splits = {"nonexistent"};
+  expect_error(o, "no audio clips in the selected splits");
+}
