@@ -147,6 +147,19 @@ SGD::SGD(std::vector<ParamGroup> groups, const SGDOptions& opt)
               opt.dampening, ")");
 }
 
+// The per-parameter state tensor `name`, created as zeros on first use. A parameter whose shape changed
+// since (a grown output layer whose moments were not padded) is an error, not a write past the buffer.
+static Tensor& state_buffer(std::map<std::string, Tensor>& buf, const char* name, const Tensor& param, size_t index,
+                            const char* opt, bool& created) {
+  auto it = buf.find(name);
+  created = it == buf.end();
+  if (created) return buf.emplace(name, zeros(param.shape())).first->second;
+  SONAR_CHECK(it->second.shape() == param.shape(), opt, ": state '", name, "' of parameter ", index, " has shape ",
+              shape_str(it->second.shape()), " but the parameter now has shape ", shape_str(param.shape()),
+              " (resize the optimiser state when a layer grows)");
+  return it->second;
+}
+
 void SGD::step() {
   for (size_t i = 0; i < flat_.size(); ++i) {
     Slot& s = flat_[i];
@@ -162,10 +175,8 @@ void SGD::step() {
 #pragma omp parallel for simd if (n > kParallelMin)
       for (int64_t k = 0; k < n; ++k) p[k] -= lr * (gp[k] + wd * p[k]);
     } else {
-      auto it = buffers_[i].find("momentum_buffer");
-      const bool first = it == buffers_[i].end();
-      if (first) it = buffers_[i].emplace("momentum_buffer", Tensor::empty(pv.shape())).first;
-      float* b = it->second.data<float>();
+      bool first = false;
+      float* b = state_buffer(buffers_[i], "momentum_buffer", pv, i, "SGD", first).data<float>();
 #pragma omp parallel for simd if (n > kParallelMin)
       for (int64_t k = 0; k < n; ++k) {
         const float d = gp[k] + wd * p[k];
@@ -195,8 +206,9 @@ void AdamW::step() {
     const Tensor g = checked_grad(i);
     Tensor& pv = s.param.value();
     auto& buf = buffers_[i];
-    if (buf.find("exp_avg") == buf.end()) buf["exp_avg"] = zeros(pv.shape());
-    if (buf.find("exp_avg_sq") == buf.end()) buf["exp_avg_sq"] = zeros(pv.shape());
+    bool created = false;
+    float* m = state_buffer(buf, "exp_avg", pv, i, "AdamW", created).data<float>();
+    float* v = state_buffer(buf, "exp_avg_sq", pv, i, "AdamW", created).data<float>();
     const int64_t t = ++steps_[i];
     const double b1 = opt_.beta1, b2 = opt_.beta2;
     const double bc1 = 1.0 - std::pow(b1, static_cast<double>(t));
@@ -208,8 +220,6 @@ void AdamW::step() {
     const float fb1 = opt_.beta1, fb2 = opt_.beta2, eps = opt_.eps;
     const int64_t n = pv.numel();
     float* p = pv.data<float>();
-    float* m = buf["exp_avg"].data<float>();
-    float* v = buf["exp_avg_sq"].data<float>();
     const float* gp = g.data<float>();
 #pragma omp parallel for simd if (n > kParallelMin)
     for (int64_t k = 0; k < n; ++k) {

@@ -334,3 +334,29 @@ TEST(Optim, MlpTrainsToNearZeroLossWithAdamW) {
   EXPECT_LT(final_loss, kFinalLossMax) << "initial " << initial;
   EXPECT_LT(final_loss, kFinalOverInitial * initial);
 }
+
+// A parameter that grows after its moments exist (a label head that gained classes) must be reported,
+// never stepped with buffers of the old size.
+TEST(OptimState, ParameterThatChangedShapeIsAnErrorNamingBothShapes) {
+  Var w(zeros({2, 3}), true);
+  AdamW adam({w}, AdamWOptions{});
+  w.set_grad(ones({2, 3}));
+  adam.step();
+  w.value() = zeros({4, 3});
+  w.set_grad(ones({4, 3}));
+  try {
+    adam.step();
+    FAIL() << "expected an error";
+  } catch (const sonar::Error& e) {
+    std::string m = e.what();
+    EXPECT_NE(m.find("[2, 3]"), std::string::npos) << m;
+    EXPECT_NE(m.find("[4, 3]"), std::string::npos) << m;
+  }
+  Var u(zeros({3}), true);
+  SGD sgd({u}, SGDOptions{0.1f, 0.9f});
+  u.set_grad(ones({3}));
+  sgd.step();
+  u.value() = zeros({5});
+  u.set_grad(ones({5}));
+  EXPECT_THROW(sgd.step(), sonar::Error);
+}
