@@ -53,7 +53,16 @@ T0=$(date +%s)
 say() { printf '[%5ds] %s\n' "$(( $(date +%s) - T0 ))" "$*"; }
 fail() { echo "build-benchmark: error: $*" >&2; exit 1; }
 
-# ---- 1. tools ----------------------------------------------------------------------------------------------
+# ---- 1. disk space, before anything is installed or fetched -----------------------------------------
+need_mb=$([ "$SIZE" = small ] && echo 3500 || echo 6000)
+have_cache_mb=$(du -sm "$CACHE" 2>/dev/null | cut -f1)
+avail_mb=$(df -Pm "$OUT" | awk 'NR==2 {print $4}')
+if [ $(( avail_mb + have_cache_mb )) -lt "$need_mb" ]; then
+  fail "not enough disk space under $OUT: the $SIZE build needs about $need_mb MB (cache $have_cache_mb MB already there), $avail_mb MB free"
+fi
+say "disk: $avail_mb MB free, $SIZE build needs about $need_mb MB in total (cache holds $have_cache_mb MB)"
+
+# ---- 2. tools ----------------------------------------------------------------------------------------------
 declare -A TOOL_PKG=([sox]=sox [soxi]=sox [fluidsynth]=fluidsynth [mma]=mma [espeak-ng]=espeak-ng
                      [fpcalc]=libchromaprint-tools [dpkg-deb]=dpkg [apt-get]=apt [python3]=python3)
 missing=()
@@ -78,15 +87,6 @@ while IFS=, read -r tpkg tver _; do
 done < "$DATA/tools.csv"
 MMA_LIB=/usr/share/mma/lib/stdlib
 [ -d "$MMA_LIB" ] || fail "mma's style library $MMA_LIB is missing (package mma changed?)"
-
-# ---- 2. disk space -----------------------------------------------------------------------------------------
-need_mb=$([ "$SIZE" = small ] && echo 3500 || echo 6000)
-have_cache_mb=$(du -sm "$CACHE" 2>/dev/null | cut -f1)
-avail_mb=$(df -Pm "$OUT" | awk 'NR==2 {print $4}')
-if [ $(( avail_mb + have_cache_mb )) -lt "$need_mb" ]; then
-  fail "not enough disk space under $OUT: the $SIZE build needs about $need_mb MB (cache $have_cache_mb MB already there), $avail_mb MB free"
-fi
-say "disk: $avail_mb MB free, $SIZE build needs about $need_mb MB in total (cache holds $have_cache_mb MB)"
 
 # ---- 3. fetch and unpack the data packages -----------------------------------------------------------------
 mapfile -t PKG_ROWS < <(python3 -c '
