@@ -1,8 +1,7 @@
 // Matrix products: 2-D and batched (leading dims broadcast), optional transposes of either operand.
-// Three backends: oneDNN (cached primitives, or oneDNN's sgemm where its brgemm primitive is slow; the default),
-// OpenBLAS sgemm, and a plain reference kernel
-// (the test oracle). Non-contiguous inputs whose last two dims are a (possibly transposed) dense matrix
-// are passed without copying.
+// Three backends: oneDNN (the default: its jit sgemm for 2-D products, cached matmul primitives for batched
+// ones), OpenBLAS sgemm, and a plain reference kernel (the test oracle). Non-contiguous inputs whose last two dims are
+// a (possibly transposed) dense matrix are passed without copying.
 #pragma once
 #include "tensor/tensor.h"
 
@@ -37,10 +36,14 @@ struct LinearGrads {
 LinearGrads linear_backward(const Tensor& grad_y, const Tensor& x, const Tensor& weight, bool need_bias,
                             MatmulBackend backend = MatmulBackend::Auto);
 
-// Name of the oneDNN implementation matmul(a, b, trans_a, trans_b) would run: a cached matmul primitive
-// ("brg:avx512_core", "gemm:jit"), oneDNN's sgemm for 2-D products with a row-major right operand
-// ("sgemm:jit (dnnl_sgemm)"), or "openblas ..." when the layout has no fast oneDNN kernel and the OpenBLAS loop
-// is used. For tests and benchmarks.
+// Name of the oneDNN implementation matmul(a, b, trans_a, trans_b) would run: oneDNN's sgemm for 2-D products
+// ("sgemm:jit (dnnl_sgemm)"), a cached matmul primitive for batched ones ("brg:avx512_core", "gemm:jit"), or
+// "openblas ..." when the layout has no fast oneDNN kernel and the OpenBLAS loop is used. For tests/benchmarks.
+// How many operands the fast backends have copied to a dense layout so far in this process (those whose
+// last two dims were not a dense, possibly transposed, matrix). Tests use it to check that transposes and
+// strided views are passed without copies.
+int64_t matmul_operand_copies();
+
 std::string matmul_onednn_impl(const Tensor& a, const Tensor& b, bool trans_a = false, bool trans_b = false);
 
 }  // namespace sonar

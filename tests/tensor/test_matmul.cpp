@@ -151,21 +151,40 @@ TEST(Matmul, StridedOperandsWithoutCopy) {
   check_all(e, uniform({13, 5}, 50), false, false, "expanded rows");
 }
 
-TEST(Matmul, TransposedOperandsUseFastOneDnnKernels) {
-  // The backward products dA = dC @ B^T and dB = A^T @ dC must not fall back to copies or slow kernels.
+TEST(Matmul, TransposedOperandsUseFastOneDnnKernelsWithoutCopies) {
+  // The backward products dA = dC @ B^T and dB = A^T @ dC, 2-D and batched (attention), must not copy their
+  // operands nor fall back to slow kernels; neither may transposed or column-sliced views.
   Tensor a = uniform({64, 48}, 60), b = uniform({48, 32}, 61), dc = uniform({64, 32}, 62);
-  for (auto [x, y, ta, tb] :
-       {std::tuple{a, b, false, false}, std::tuple{dc, b, false, true}, std::tuple{a, dc, true, false}}) {
+  Tensor qa = uniform({3, 64, 48}, 63), qb = uniform({3, 48, 32}, 64), qdc = uniform({3, 64, 32}, 65);
+  Tensor wide = uniform({48, 40}, 66);
+  const std::tuple<Tensor, Tensor, bool, bool> calls[] = {
+      {a, b, false, false},      {dc, b, false, true},
+      {a, dc, true, false},      {qa, qb, false, false},
+      {qdc, qb, false, true},    {qa, qdc, true, false},
+      {a.t(), dc, false, false}, {a, wide.narrow(1, 5, 32), false, false}};
+  for (const auto& [x, y, ta, tb] : calls) {
     const std::string impl = matmul_onednn_impl(x, y, ta, tb);
     EXPECT_EQ(impl.rfind("ref", 0), std::string::npos) << impl;
     EXPECT_EQ(impl.rfind("openblas", 0), std::string::npos) << impl;
+    for (MatmulBackend be : kFast) {
+      const int64_t before = matmul_operand_copies();
+      matmul(x, y, ta, tb, be);
+      EXPECT_EQ(matmul_operand_copies(), before)
+          << shape_str(x.shape()) << " x " << shape_str(y.shape()) << " " << name(be);
+    }
   }
+  // A stepped (non-dense) view is copied, and counted.
+  const int64_t before = matmul_operand_copies();
+  matmul(uniform({7, 26}, 67).slice(1, 0, 26, 2), uniform({13, 5}, 68), false, false, MatmulBackend::OneDNN);
+  EXPECT_EQ(matmul_operand_copies(), before + 1);
 }
 
-TEST(Matmul, RowMajorRightOperandUsesOneDnnSgemmAndBatchesUsePrimitives) {
-  // 2-D with a row-major b: oneDNN's sgemm (brgemm repacks such a b per row block); batched: the primitive.
+TEST(Matmul, TwoDimUsesOneDnnSgemmAndBatchesUsePrimitives) {
   EXPECT_EQ(matmul_onednn_impl(uniform({8, 6}, 1), uniform({6, 5}, 2)), "sgemm:jit (dnnl_sgemm)");
   EXPECT_EQ(matmul_onednn_impl(uniform({6, 8}, 1), uniform({6, 5}, 2), true, false), "sgemm:jit (dnnl_sgemm)");
+  EXPECT_EQ(matmul_onednn_impl(uniform({8, 6}, 1), uniform({5, 6}, 2), false, true), "sgemm:jit (dnnl_sgemm)");
+  // A batch sharing b folds into one 2-D product.
+  EXPECT_EQ(matmul_onednn_impl(uniform({3, 8, 6}, 1), uniform({5, 6}, 2), false, true), "sgemm:jit (dnnl_sgemm)");
   EXPECT_EQ(matmul_onednn_impl(uniform({3, 8, 6}, 1), uniform({3, 6, 5}, 2)).rfind("brg", 0), 0u);
   // Accumulating and bias paths of the sgemm route (bias through linear with a row-major weight view).
   Tensor a = uniform({9, 6}, 3), b = uniform({6, 5}, 4);
@@ -195,8 +214,8 @@ TEST(Matmul, EmptyDims) {
 }
 
 TEST(Matmul, PrimitivesAreCachedAndThreadCountIsPartOfTheKey) {
-  // b transposed (a Linear weight): the cached brgemm primitive path.
-  Tensor a = uniform({17, 19}, 70), b = uniform({23, 19}, 71);
+  // A batched product: the cached brgemm primitive path.
+  Tensor a = uniform({2, 17, 19}, 70), b = uniform({2, 23, 19}, 71);
   ASSERT_EQ(matmul_onednn_impl(a, b, false, true).rfind("brg", 0), 0u) << matmul_onednn_impl(a, b, false, true);
   matmul(a, b, false, true, MatmulBackend::OneDNN);
   const size_t n = dnnl_ctx::cache_size();
