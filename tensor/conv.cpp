@@ -228,8 +228,8 @@ Dims onednn_w_dims(const Geom& g) {
 
 dnnl_ctx::Key geom_key(const char* what, const Geom& g, ConvLayout layout, bool bias) {
   dnnl_ctx::Key key(what);
-  key << dnnl_ctx::max_threads() << static_cast<int64_t>(g.sd) << g.N << g.C << g.O << g.G << g.in << g.k << g.stride
-      << g.pad << (layout == ConvLayout::Plain ? "plain" : "blocked") << (bias ? "bias" : "nobias");
+  key << "f32" << dnnl_ctx::max_threads() << static_cast<int64_t>(g.sd) << g.N << g.C << g.O << g.G << g.in << g.k
+      << g.stride << g.pad << (layout == ConvLayout::Plain ? "plain" : "blocked") << (bias ? "bias" : "nobias");
   return key;
 }
 

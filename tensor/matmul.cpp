@@ -304,7 +304,7 @@ std::shared_ptr<MatmulPrim> onednn_prim(const Problem& p) {
   cs.push_back(p.ldc);
   cs.push_back(1);
   dnnl_ctx::Key key("matmul");
-  key << dnnl_ctx::max_threads() << ad << as << bd << bs << cd << cs << (p.bias ? "bias" : "nobias")
+  key << "f32" << dnnl_ctx::max_threads() << ad << as << bd << bs << cd << cs << (p.bias ? "bias" : "nobias")
       << (p.accumulate ? "acc" : "set");
   return dnnl_ctx::cached<MatmulPrim>(key, [&] {
     auto r = std::make_shared<MatmulPrim>();
