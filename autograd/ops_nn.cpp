@@ -76,8 +76,9 @@ Var conv1d(const Var& x, const Var& weight, const Var& bias, const Conv1dParams&
   Tensor xv = x.value(), wv = weight.value();
   const bool has_bias = bias.defined();
   Tensor y = sonar::conv1d(xv, wv, has_bias ? bias.value() : Tensor(), p);
-  return make_result(y, {x, weight, bias}, [xv, wv, has_bias, p](const Tensor& g) {
-    ConvGrads r = conv1d_backward(g, xv, wv, has_bias, p);
+  const bool need_dx = needs_grad(x);  // the patch embedding's fbank input needs none: skip that product
+  return make_result(y, {x, weight, bias}, [xv, wv, has_bias, p, need_dx](const Tensor& g) {
+    ConvGrads r = conv1d_backward(g, xv, wv, has_bias, p, need_dx);
     return Grads{r.dx, r.dweight, r.dbias};
   }, "conv1d");
 }
@@ -86,8 +87,9 @@ Var conv2d(const Var& x, const Var& weight, const Var& bias, const Conv2dParams&
   Tensor xv = x.value(), wv = weight.value();
   const bool has_bias = bias.defined();
   Tensor y = sonar::conv2d(xv, wv, has_bias ? bias.value() : Tensor(), p);
-  return make_result(y, {x, weight, bias}, [xv, wv, has_bias, p](const Tensor& g) {
-    ConvGrads r = conv2d_backward(g, xv, wv, has_bias, p);
+  const bool need_dx = needs_grad(x);  // the patch embedding's fbank input needs none: skip that product
+  return make_result(y, {x, weight, bias}, [xv, wv, has_bias, p, need_dx](const Tensor& g) {
+    ConvGrads r = conv2d_backward(g, xv, wv, has_bias, p, need_dx);
     return Grads{r.dx, r.dweight, r.dbias};
   }, "conv2d");
 }
