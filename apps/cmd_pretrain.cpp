@@ -2,6 +2,8 @@
 // prediction (DCPT, the baseline of the SONAR method), with progress lines, atomic checkpoints and exact resume.
 // Thin: parses flags and calls sonar/trainer.h. Ctrl-C (SIGINT) or SIGTERM finishes the current step, saves a
 // checkpoint and exits with status 130; the same command then resumes. Not the method's extensions.
+#include <unistd.h>
+
 #include <algorithm>
 #include <atomic>
 #include <csignal>
@@ -17,7 +19,17 @@ namespace {
 
 std::atomic<bool> g_stop{false};
 
-extern "C" void on_stop_signal(int) { g_stop.store(true); }
+// First signal: finish the step, save, exit 130. A second one ends the process at once (default action).
+extern "C" void on_stop_signal(int sig) {
+  if (g_stop.exchange(true)) {
+    std::signal(sig, SIG_DFL);
+    std::raise(sig);
+    return;
+  }
+  static const char msg[] = "\nsonar pretrain: stopping after this step and saving a checkpoint (again to quit at once)\n";
+  ssize_t ignored = ::write(2, msg, sizeof msg - 1);
+  (void)ignored;
+}
 
 std::string usage() {
   const sonar::method::PretrainOptions d;
