@@ -268,15 +268,12 @@ class BatchStream {
   int64_t batch() const { return batch_; }
 
   TrainBatch next() {
-    int64_t empty_segments = 0;
     for (;;) {
       std::optional<audio::Batch> b = cur_.loader->next();
       if (!b) {
         // A whole epoch without a single loadable clip would loop for ever.
-        if (cur_.first == 0 && !cur_.yielded) {
-          SONAR_CHECK(++empty_segments < 2, "no loadable audio in ", ds_.origin, ": all ", ds_.size(),
-                      " clips were skipped");
-        }
+        SONAR_CHECK(cur_.first != 0 || cur_.yielded, "no loadable audio in ", ds_.origin, ": all ", ds_.size(),
+                    " clips of an epoch were skipped");
         epoch_ = cur_.epoch + 1;
         batch_ = 0;
         cur_ = next_.loader ? std::move(next_) : open(epoch_, 0);
@@ -700,6 +697,9 @@ PretrainResult Trainer::run() {
   sto.cache_dir = p.cache_dir;
   sto.min_seconds = ((s.model->cfg.input_patch_size - 1) * 160 + 400) / 16000.0;
   BatchStream stream(s.data, sto, s.epoch, s.batch);
+  // The first batch is loaded before anything is written, so data that cannot be read at all fails cleanly.
+  std::optional<TrainBatch> first_batch;
+  if (s.step < p.steps) first_batch = stream.next();
 
   // ---- from here on the run folder is written ----
   fs::create_directories(s.out);
@@ -776,7 +776,8 @@ PretrainResult Trainer::run() {
   }
   while (s.step < p.steps) {
     const Clock::time_point tw = Clock::now();
-    TrainBatch tb = stream.next();
+    TrainBatch tb = first_batch ? std::move(*first_batch) : stream.next();
+    first_batch.reset();
     interval_wait += seconds_since(tw);
 
     StepBatch sb;

@@ -390,4 +390,13 @@ TEST(Trainer, BadOptionsFailBeforeWritingAnything) {
   o = tiny_options(dir, 3);
   o.splits = {"nonexistent"};
   expect_error(o, "no audio clips in the selected splits");
+  // Files that exist but are not audio: every clip of the epoch is skipped, which is an error, not a hang.
+  const fs::path junk = fs::path(run_dir("junk"));
+  fs::create_directories(junk);
+  for (const char* f : {"a.wav", "b.wav"}) std::ofstream(junk / f) << "not audio";
+  std::ofstream(junk / "list.txt") << "a.wav\nb.wav\n";
+  o = tiny_options(dir, 3);
+  o.data = (junk / "list.txt").string();
+  expect_error(o, "clips of an epoch were skipped");
+  fs::remove_all(junk);
 }
