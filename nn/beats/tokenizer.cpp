@@ -1,6 +1,8 @@
 // BEATs tokenizer: backbone + quantize_layer + NormEMA quantizer (see nn/beats/tokenizer.h).
 #include "nn/beats/tokenizer.h"
 
+#include <utility>
+
 namespace sonar::beats {
 
 BeatsTokenizer::BeatsTokenizer(const BeatsConfig& c, Generator* gen) : BeatsBackbone(c, "Tokenizers") {
@@ -22,30 +24,29 @@ BeatsTokenizer::BeatsTokenizer(const BeatsConfig& c, Generator* gen) : BeatsBack
 
 std::shared_ptr<nn::Module> BeatsTokenizer::create_like() const { return std::make_shared<BeatsTokenizer>(cfg); }
 
-TokenizerOutput BeatsTokenizer::tokenize_fbank(const ag::Var& fbank, const Tensor& frame_mask,
-                                               const FeatureOptions& opts) {
+namespace {
+// The quantizer half shared by tokenize_fbank and extract_labels: quantize_layer, the codebook, labels [B, P].
+TokenizerOutput quantize_features(BeatsTokenizer& tok, Features features) {
   TokenizerOutput out;
-  out.features = forward_fbank(fbank, frame_mask, opts);
+  out.features = std::move(features);
   const int64_t B = out.features.x.size(0), P = out.features.x.size(1);
-  QuantizerOutput q = quantize->forward(quantize_layer->forward(out.features.x));
+  QuantizerOutput q = tok.quantize->forward(tok.quantize_layer->forward(out.features.x));
   out.quantize_input = q.z;
   out.z_q = q.z_q;
   out.loss = q.loss;
   out.labels = q.indices.reshape({B, P});
   return out;
 }
+}  // namespace
+
+TokenizerOutput BeatsTokenizer::tokenize_fbank(const ag::Var& fbank, const Tensor& frame_mask,
+                                               const FeatureOptions& opts) {
+  return quantize_features(*this, forward_fbank(fbank, frame_mask, opts));
+}
 
 TokenizerOutput BeatsTokenizer::extract_labels(const Tensor& wave, const Tensor& padding_mask,
                                                const FeatureOptions& opts) {
-  TokenizerOutput out;
-  out.features = extract_features(wave, padding_mask, opts);
-  const int64_t B = out.features.x.size(0), P = out.features.x.size(1);
-  QuantizerOutput q = quantize->forward(quantize_layer->forward(out.features.x));
-  out.quantize_input = q.z;
-  out.z_q = q.z_q;
-  out.loss = q.loss;
-  out.labels = q.indices.reshape({B, P});
-  return out;
+  return quantize_features(*this, extract_features(wave, padding_mask, opts));
 }
 
 }  // namespace sonar::beats
