@@ -12,22 +12,16 @@
 
 #include <omp.h>
 
+#include "tensor/split3.h"
+
 namespace sonar {
 
 namespace {
 
 constexpr int64_t kParallelMin = 1 << 14;  // elements below which a kernel stays single-threaded
 
-struct Split3 {
-  int64_t outer = 1, n = 1, inner = 1;
-};
-Split3 split3(const Shape& s, int64_t d) {
-  Split3 r;
-  for (int64_t i = 0; i < d; ++i) r.outer *= s[i];
-  r.n = s[d];
-  for (size_t i = d + 1; i < s.size(); ++i) r.inner *= s[i];
-  return r;
-}
+using detail::Split3;
+using detail::split3;
 
 void check_index_dtype(const Tensor& index, const char* op) {
   SONAR_CHECK(index.defined(), op, ": index tensor is undefined");

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "tensor/reduce.h"
+#include "tensor/split3.h"
 
 namespace sonar {
 
@@ -40,17 +41,8 @@ inline float exp_simd(float x) {
   return x < -87.33654f ? 0.0f : p * std::bit_cast<float>(e);
 }
 
-// A tensor seen as [outer, n, inner] around `dim`.
-struct Split3 {
-  int64_t outer = 1, n = 1, inner = 1;
-};
-Split3 split3(const Shape& s, int64_t d) {
-  Split3 r;
-  for (int64_t i = 0; i < d; ++i) r.outer *= s[i];
-  r.n = s[d];
-  for (size_t i = d + 1; i < s.size(); ++i) r.inner *= s[i];
-  return r;
-}
+using detail::Split3;
+using detail::split3;
 
 constexpr int64_t kParallelMin = 1 << 14;  // elements below which a kernel stays single-threaded
 constexpr int64_t kInnerBlock = 256;       // inner-dim block width for non-last-dim kernels
