@@ -14,6 +14,11 @@ namespace sonar::app {
 struct WaveInput {
   Tensor wave;
   Tensor padding_mask;  // undefined without --padding-mask
+
+  // Rows [first, first + n) of the mask, or an undefined tensor when there is no mask.
+  Tensor mask_rows(int64_t first, int64_t n) const {
+    return padding_mask.defined() ? padding_mask.narrow(0, first, n) : Tensor();
+  }
 };
 
 // IN is an audio file (decoded, mixed to mono, resampled to 16 kHz: one clip) or a float32 .npy of 16 kHz

@@ -53,7 +53,7 @@ int run_classify(int argc, char** argv) {
   std::vector<Tensor> probs;
   const int64_t clips = in.wave.size(0);
   app::for_each_chunk(clips, app::kClipsPerChunk, [&](int64_t first, int64_t n) {
-    Tensor mask = in.padding_mask.defined() ? in.padding_mask.narrow(0, first, n) : Tensor();
+    Tensor mask = in.mask_rows(first, n);
     probs.push_back(model->classify(in.wave.narrow(0, first, n), mask, opts).probs.value());
   });
   Tensor result = cat(probs, 0).contiguous();

@@ -62,7 +62,7 @@ int run_features(int argc, char** argv) {
   std::vector<Tensor> feats, masks;
   const int64_t clips = in.wave.size(0);
   app::for_each_chunk(clips, app::kClipsPerChunk, [&](int64_t first, int64_t n) {
-    Tensor mask = in.padding_mask.defined() ? in.padding_mask.narrow(0, first, n) : Tensor();
+    Tensor mask = in.mask_rows(first, n);
     beats::Features f = model->extract_features(in.wave.narrow(0, first, n), mask, opts);
     feats.push_back(layer == 0 ? f.layer_results[0].value() : f.x.value());
     if (mask.defined()) masks.push_back(f.padding_mask.to(DType::UInt8));

@@ -51,7 +51,7 @@ int run_tokenize(int argc, char** argv) {
     auto tok = beats::build_tokenizer(c);
     tok->eval();
     app::for_each_chunk(clips, app::kClipsPerChunk, [&](int64_t first, int64_t n) {
-      Tensor mask = in.padding_mask.defined() ? in.padding_mask.narrow(0, first, n) : Tensor();
+      Tensor mask = in.mask_rows(first, n);
       labels.push_back(tok->extract_labels(in.wave.narrow(0, first, n), mask, opts).labels);
     });
   } else {
