@@ -30,7 +30,7 @@ WaveInput read_wave_input(const std::string& input, const std::string& mask_path
 // OUT.npy -> OUT.mask.npy (the patch-level mask written next to features).
 std::string mask_path_for(const std::string& output);
 
-// Checks that `path` ends in ".npy" (naming the flag in the error).
+// Checks that `path` ends in ".npy" (naming the flag in the error). Also used by `sonar fbank`.
 void require_npy_name(const std::string& path, const char* flag);
 
 // Runs `f(first_clip, count)` over consecutive chunks of at most `chunk` clips.

@@ -3,6 +3,7 @@
 #include <cstdio>
 #include <string>
 
+#include "apps/beats_common.h"
 #include "apps/command.h"
 #include "audio/decode.h"
 #include "audio/fbank.h"
@@ -42,8 +43,7 @@ int run_fbank(int argc, char** argv) {
   SONAR_CHECK(args.positional().empty(), "unexpected argument '", args.positional().front(), "' (see --help)");
   const std::string in = args.require("input");
   const std::string out = args.require("output");
-  SONAR_CHECK(out.size() > 4 && out.substr(out.size() - 4) == ".npy", "--output must name a .npy file, got '", out,
-              "'");
+  app::require_npy_name(out, "output");
   const bool normalize = args.has("normalize") || args.has("mean") || args.has("std");
   const double mean = args.get_double("mean", audio::kBeatsFbankMean);
   const double std_dev = args.get_double("std", audio::kBeatsFbankStd);
