@@ -16,12 +16,15 @@
 #include "audio/fbank.h"
 #include "tensor/io.h"
 #include "../audio/audio_test_util.h"
+#include "tests/test_util.h"
 
 using namespace sonar;
 using sonar::audio::test_util::make_sine;
 using sonar::audio::test_util::TempDir;
 
 namespace {
+
+using testutil::max_abs_diff;
 
 constexpr double kTorchaudioTol = 1e-3;  // as in test_fbank.cpp
 constexpr double kExactTol = 0.0;        // the command must produce exactly the library's numbers
@@ -59,14 +62,6 @@ int count_lines(const std::string& s) {
   int n = 0;
   for (char c : s) n += c == '\n';
   return n;
-}
-
-double max_abs_diff(const Tensor& a, const Tensor& b) {
-  EXPECT_EQ(a.shape(), b.shape());
-  const auto x = a.to_vector<float>(), y = b.to_vector<float>();
-  double m = 0;
-  for (size_t i = 0; i < std::min(x.size(), y.size()); ++i) m = std::max(m, std::abs(double(x[i]) - y[i]));
-  return m;
 }
 
 // A bad input: exit code non-zero, one line on stderr naming `mention`, and no output file.

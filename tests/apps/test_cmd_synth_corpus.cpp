@@ -11,33 +11,16 @@
 #include <sstream>
 #include <string>
 
+#include "tests/test_util.h"
+
 namespace fs = std::filesystem;
 
 namespace {
 
-struct Run {
-  int code = -1;
-  std::string out;  // stdout and stderr together
-};
+using sonar::testutil::Run;
+using sonar::testutil::run_sonar;
 
-Run run_sonar(const std::string& args) {
-  std::string cmd = std::string(SONAR_BINARY_DIR) + "/sonar " + args + " 2>&1";
-  Run r;
-  FILE* p = popen(cmd.c_str(), "r");
-  if (!p) return r;
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof buf, p)) > 0) r.out.append(buf, n);
-  int status = pclose(p);
-  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return r;
-}
-
-std::string tmp_dir(const std::string& name) {
-  fs::path p = fs::temp_directory_path() / ("sonar_test_cmd_synth_" + std::to_string(::getpid()) + "_" + name);
-  fs::remove_all(p);
-  return p.string();
-}
+std::string tmp_dir(const std::string& name) { return sonar::testutil::fresh_tmp_path("sonar_test_cmd_synth_", name); }
 
 int64_t count_lines(const fs::path& p) {
   std::ifstream f(p);

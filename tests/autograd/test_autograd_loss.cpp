@@ -9,11 +9,15 @@
 #include "autograd/loss.h"
 #include "autograd/ops.h"
 #include "tensor/ops.h"
+#include "tests/test_util.h"
 
 using namespace sonar;
 using namespace sonar::ag;
 
 namespace {
+
+using testutil::expect_error;
+
 constexpr double kLossTol = 1e-5;  // float32 loss vs double reference, relative to O(1) values
 constexpr double kGradTol = 1e-6;  // closed-form gradients of O(1/N)
 constexpr float kSmoothing = 0.1f;
@@ -51,14 +55,6 @@ double reference_ce(const std::vector<float>& z, const std::vector<int64_t>& tgt
   return total / kept;
 }
 
-void expect_error(const std::function<void()>& f, const std::vector<std::string>& parts) {
-  try {
-    f();
-    ADD_FAILURE() << "expected sonar::Error";
-  } catch (const Error& e) {
-    for (const auto& p : parts) EXPECT_NE(std::string(e.what()).find(p), std::string::npos) << e.what();
-  }
-}
 }  // namespace
 
 TEST(AutogradLoss, CrossEntropyPlain) {

@@ -10,26 +10,21 @@
 #include "autograd/optim.h"
 #include "autograd/schedule.h"
 #include "tensor/ops.h"
+#include "tests/test_util.h"
 
 using namespace sonar;
 using namespace sonar::ag;
 
 namespace {
+
+using testutil::expect_error;
+
 constexpr double kStepTol = 1e-6;  // float32 updates vs the double formula on O(1) parameters
 constexpr double kLrTol = 1e-12;   // schedules are computed in double
 
 Tensor vec(std::vector<float> v) {
   const int64_t n = static_cast<int64_t>(v.size());
   return from_vector(v, {n});
-}
-
-void expect_error(const std::function<void()>& f, const std::vector<std::string>& parts) {
-  try {
-    f();
-    ADD_FAILURE() << "expected sonar::Error";
-  } catch (const Error& e) {
-    for (const auto& p : parts) EXPECT_NE(std::string(e.what()).find(p), std::string::npos) << e.what();
-  }
 }
 
 // Reference AdamW (PyTorch semantics) on one parameter vector, in double.

@@ -9,9 +9,12 @@
 
 #include "nn/beats/checkpoint.h"
 #include "tensor/ops.h"
+#include "tests/test_util.h"
 
 namespace sonar::beats {
 namespace {
+
+using testutil::error_of;
 
 const std::string kDir = std::string(SONAR_FIXTURES_DIR) + "/beats_tiny/";
 
@@ -27,15 +30,6 @@ class TempDir {
  private:
   std::string path_;
 };
-
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
 
 void expect_same_state(const nn::Module& a, const nn::Module& b) {
   auto sa = a.state_dict(), sb = b.state_dict();

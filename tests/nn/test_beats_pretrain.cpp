@@ -22,11 +22,14 @@
 #include "tensor/elementwise.h"
 #include "tensor/index.h"
 #include "tensor/reduce.h"
+#include "tests/test_util.h"
 
 using namespace sonar;
 using namespace sonar::beats;
 
 namespace {
+
+using testutil::max_abs_diff;
 
 constexpr double kLossTol = 2e-5;          // relative: hand-computed (double) vs. fused float32 loss
 constexpr double kEncodeTol = 1e-5;        // gather-then-project vs. project-then-gather, absolute
@@ -81,14 +84,6 @@ Tensor frame_mask_from(const std::vector<int64_t>& real_frames, int64_t T) {
   Tensor m = zeros({B, T}, DType::Bool);
   for (int64_t b = 0; b < B; ++b)
     for (int64_t t = real_frames[b]; t < T; ++t) m.bytes()[b * T + t] = 1;
-  return m;
-}
-
-double max_abs_diff(const Tensor& a, const Tensor& b) {
-  EXPECT_EQ(a.shape(), b.shape());
-  auto va = a.to_vector<float>(), vb = b.to_vector<float>();
-  double m = 0;
-  for (size_t i = 0; i < va.size(); ++i) m = std::max(m, std::abs(static_cast<double>(va[i]) - vb[i]));
   return m;
 }
 

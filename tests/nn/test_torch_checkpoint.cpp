@@ -16,9 +16,12 @@
 
 #include "nn/torch_checkpoint.h"
 #include "tensor/io.h"
+#include "tests/test_util.h"
 
 using namespace sonar;
 namespace fs = std::filesystem;
+using testutil::expect_error;
+using testutil::TempDir;
 
 static const std::string kBeats = std::string(SONAR_FIXTURES_DIR) + "/beats_tiny/";
 static const std::string kTorchIo = std::string(SONAR_FIXTURES_DIR) + "/torch_io/";
@@ -27,17 +30,6 @@ static const std::string kTorchIo = std::string(SONAR_FIXTURES_DIR) + "/torch_io
 // so they agree to rounding of ~1e-16 per term; 1e-9 relative leaves a wide margin and still catches
 // any wrong element.
 constexpr double kSumRelTol = 1e-9;
-
-template <class F>
-static void expect_error(F&& f, const std::vector<std::string>& parts) {
-  try {
-    f();
-    ADD_FAILURE() << "expected sonar::Error mentioning '" << parts.front() << "'";
-  } catch (const Error& e) {
-    const std::string msg = e.what();
-    for (const auto& p : parts) EXPECT_NE(msg.find(p), std::string::npos) << "message: " << msg << "\nmissing: " << p;
-  }
-}
 
 static double sum(const Tensor& t) {
   double s = 0;
@@ -54,21 +46,6 @@ static void expect_close(double got, double want, const std::string& what) {
   EXPECT_LE(std::fabs(got - want), kSumRelTol * std::max(1.0, std::fabs(want))) << what << ": got " << got
                                                                                  << " want " << want;
 }
-
-class TempDir {
- public:
-  TempDir() {
-    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-    path_ = fs::temp_directory_path() / ("sonar_test_pt_" + std::to_string(::getpid()) + "_" + info->name());
-    fs::remove_all(path_);
-    fs::create_directories(path_);
-  }
-  ~TempDir() { fs::remove_all(path_); }
-  std::string file(const std::string& name) const { return (path_ / name).string(); }
-
- private:
-  fs::path path_;
-};
 
 // ------------------------------------------------------------------------------------------------------
 // The BEATs fixtures

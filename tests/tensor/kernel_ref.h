@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "tensor/tensor.h"
+#include "tests/test_util.h"
 
 namespace sonar::testref {
 
@@ -142,15 +143,6 @@ inline std::vector<double> numeric_grad(const std::function<double(const std::ve
 inline std::vector<double> to_double(const std::vector<float>& v) { return {v.begin(), v.end()}; }
 
 // Expects `fn` to throw sonar::Error whose message contains every one of `parts`.
-template <class F>
-void expect_error_mentions(F&& fn, const std::vector<std::string>& parts) {
-  try {
-    fn();
-    ADD_FAILURE() << "expected sonar::Error mentioning " << (parts.empty() ? "" : parts[0]);
-  } catch (const Error& e) {
-    const std::string msg = e.what();
-    for (const std::string& p : parts) EXPECT_NE(msg.find(p), std::string::npos) << "message: " << msg << "\nmissing: " << p;
-  }
-}
+using testutil::expect_error;
 
 }  // namespace sonar::testref

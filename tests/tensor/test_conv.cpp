@@ -10,10 +10,17 @@
 #include <string>
 
 #include "tensor/conv.h"
+#include "tests/test_util.h"
 
 using namespace sonar;
 
 namespace {
+
+using testutil::error_of;
+using testutil::expect_close_finite;
+
+// Deterministic uniform [-1, 1) values (this file's LCG stream).
+Tensor uniform(const Shape& shape, uint64_t seed) { return testutil::lcg_uniform(shape, seed, 777); }
 
 // float32 kernels against the double-accumulating reference; error grows with the terms per output.
 constexpr double kAbsTolPerTerm = 2e-6;  // inputs in [-1, 1]
@@ -22,43 +29,7 @@ constexpr double kRelTol = 1e-5;
 constexpr double kFdStep = 1e-2;
 constexpr double kFdTol = 2e-3;
 
-Tensor uniform(const Shape& shape, uint64_t seed) {
-  std::vector<float> v(static_cast<size_t>(shape_numel(shape)));
-  uint64_t s = seed * 0x9E3779B97F4A7C15ull + 777;
-  for (float& x : v) {
-    s = s * 6364136223846793005ull + 1442695040888963407ull;
-    x = static_cast<float>(static_cast<double>(s >> 11) / 9007199254740992.0 * 2.0 - 1.0);
-  }
-  return from_vector(v, shape);
-}
-
-void expect_close(const Tensor& got, const Tensor& want, double atol, double rtol, const std::string& what) {
-  ASSERT_TRUE(got.defined()) << what;
-  ASSERT_EQ(got.shape(), want.shape()) << what;
-  const std::vector<float> g = got.to_vector<float>(), w = want.to_vector<float>();
-  int bad = 0;
-  double max_err = 0;
-  for (size_t i = 0; i < g.size(); ++i) {
-    const double err = std::fabs(static_cast<double>(g[i]) - w[i]);
-    max_err = std::max(max_err, err);
-    if (!(err <= atol + rtol * std::fabs(w[i]))) {
-      if (bad < 5) ADD_FAILURE() << what << ": element " << i << " got " << g[i] << " want " << w[i];
-      ++bad;
-    }
-  }
-  EXPECT_EQ(bad, 0) << what << ": " << bad << " of " << g.size() << " mismatches, max abs err " << max_err;
-}
-
 double tol(int64_t terms) { return kAbsTolPerTerm * static_cast<double>(std::max<int64_t>(terms, 1)); }
-
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
 
 // sum(y * r) for a fixed random r: a scalar loss whose gradient w.r.t. y is r.
 double loss(const Tensor& y, const Tensor& r) {
@@ -179,21 +150,21 @@ TEST_P(ConvOneDnn, Conv2dForwardAndBackwardMatchReference) {
     Tensor x = uniform(c.x, 10), w = uniform(c.w, 11), b = uniform({c.w[0]}, 12);
     const int64_t terms = c.w[1] * c.w[2] * c.w[3];
     Tensor ref = conv2d_reference(x, w, b, c.p);
-    expect_close(conv2d(x, w, b, c.p), ref, tol(terms), kRelTol, std::string(c.name) + " fwd");
-    expect_close(conv2d(x, w, Tensor(), c.p), conv2d_reference(x, w, Tensor(), c.p), tol(terms), kRelTol,
-                 std::string(c.name) + " fwd no bias");
+    expect_close_finite(conv2d(x, w, b, c.p), ref, tol(terms), kRelTol, std::string(c.name) + " fwd");
+    expect_close_finite(conv2d(x, w, Tensor(), c.p), conv2d_reference(x, w, Tensor(), c.p), tol(terms), kRelTol,
+                        std::string(c.name) + " fwd no bias");
     Tensor gy = uniform(ref.shape(), 13);
     ConvGrads want = conv2d_backward_reference(gy, x, w, true, c.p);
     ConvGrads got = conv2d_backward(gy, x, w, true, c.p);
     const int64_t o_terms = (c.w[0] / c.p.groups) * c.w[2] * c.w[3];
     const int64_t w_terms = ref.size(0) * ref.size(2) * ref.size(3);
-    expect_close(got.dx, want.dx, tol(o_terms), kRelTol, std::string(c.name) + " dx");
-    expect_close(got.dweight, want.dweight, tol(w_terms), kRelTol, std::string(c.name) + " dw");
-    expect_close(got.dbias, want.dbias, tol(w_terms), kRelTol, std::string(c.name) + " db");
+    expect_close_finite(got.dx, want.dx, tol(o_terms), kRelTol, std::string(c.name) + " dx");
+    expect_close_finite(got.dweight, want.dweight, tol(w_terms), kRelTol, std::string(c.name) + " dw");
+    expect_close_finite(got.dbias, want.dbias, tol(w_terms), kRelTol, std::string(c.name) + " db");
     EXPECT_FALSE(conv2d_backward(gy, x, w, false, c.p).dbias.defined());
     ConvGrads no_dx = conv2d_backward(gy, x, w, true, c.p, /*need_dx=*/false);
     EXPECT_FALSE(no_dx.dx.defined());
-    expect_close(no_dx.dweight, want.dweight, tol(w_terms), kRelTol, std::string(c.name) + " dw without dx");
+    expect_close_finite(no_dx.dweight, want.dweight, tol(w_terms), kRelTol, std::string(c.name) + " dw without dx");
   }
 }
 
@@ -217,21 +188,21 @@ TEST_P(ConvOneDnn, Conv1dForwardAndBackwardMatchReference) {
       Tensor x = uniform(c.x, 20), w = uniform(c.w, 21), b = uniform({c.w[0]}, 22);
       const int64_t terms = c.w[1] * c.w[2];
       Tensor ref = conv1d_reference(x, w, b, c.p);
-      expect_close(conv1d(x, w, b, c.p), ref, tol(terms), kRelTol, c.name + tag + " fwd");
-      expect_close(conv1d(x, w, Tensor(), c.p), conv1d_reference(x, w, Tensor(), c.p), tol(terms), kRelTol,
-                   c.name + tag + " fwd no bias");
+      expect_close_finite(conv1d(x, w, b, c.p), ref, tol(terms), kRelTol, c.name + tag + " fwd");
+      expect_close_finite(conv1d(x, w, Tensor(), c.p), conv1d_reference(x, w, Tensor(), c.p), tol(terms), kRelTol,
+                          c.name + tag + " fwd no bias");
       Tensor gy = uniform(ref.shape(), 23);
       ConvGrads want = conv1d_backward_reference(gy, x, w, true, c.p);
       ConvGrads got = conv1d_backward(gy, x, w, true, c.p);
       const int64_t o_terms = (c.w[0] / c.p.groups) * c.w[2];
       const int64_t w_terms = ref.size(0) * ref.size(2);
-      expect_close(got.dx, want.dx, tol(o_terms), kRelTol, c.name + tag + " dx");
-      expect_close(got.dweight, want.dweight, tol(w_terms), kRelTol, c.name + tag + " dw");
-      expect_close(got.dbias, want.dbias, tol(w_terms), kRelTol, c.name + tag + " db");
+      expect_close_finite(got.dx, want.dx, tol(o_terms), kRelTol, c.name + tag + " dx");
+      expect_close_finite(got.dweight, want.dweight, tol(w_terms), kRelTol, c.name + tag + " dw");
+      expect_close_finite(got.dbias, want.dbias, tol(w_terms), kRelTol, c.name + tag + " db");
       ConvGrads no_dx = conv1d_backward(gy, x, w, false, c.p, /*need_dx=*/false);
       EXPECT_FALSE(no_dx.dx.defined());
       EXPECT_FALSE(no_dx.dbias.defined());
-      expect_close(no_dx.dweight, want.dweight, tol(w_terms), kRelTol, c.name + tag + " dw without dx");
+      expect_close_finite(no_dx.dweight, want.dweight, tol(w_terms), kRelTol, c.name + tag + " dw without dx");
     }
 }
 
@@ -242,13 +213,13 @@ TEST_P(ConvOneDnn, NonContiguousInputs) {
   const Conv1dParams p = p1(1, 1, 2);
   for (Conv1dPath path : {Conv1dPath::Primitive, Conv1dPath::Im2col}) {
     set_conv1d_path(path);
-    expect_close(conv1d(x, w, Tensor(), p), conv1d_reference(x.contiguous(), w.contiguous(), Tensor(), p), tol(12),
-                 kRelTol, "permuted x");
+    expect_close_finite(conv1d(x, w, Tensor(), p), conv1d_reference(x.contiguous(), w.contiguous(), Tensor(), p),
+                        tol(12), kRelTol, "permuted x");
     Tensor gy = uniform({2, 8, 11}, 32);
     ConvGrads got = conv1d_backward(gy, x, w, false, p);
     ConvGrads want = conv1d_backward_reference(gy, x.contiguous(), w.contiguous(), false, p);
-    expect_close(got.dx, want.dx, tol(12), kRelTol, "permuted x: dx");
-    expect_close(got.dweight, want.dweight, tol(22), kRelTol, "permuted x: dw");
+    expect_close_finite(got.dx, want.dx, tol(12), kRelTol, "permuted x: dx");
+    expect_close_finite(got.dweight, want.dweight, tol(22), kRelTol, "permuted x: dw");
   }
 }
 

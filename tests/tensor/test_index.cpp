@@ -80,11 +80,11 @@ TEST(IndexSelect, OtherDtypesAndLargeParallel) {
 
 TEST(IndexSelect, Errors) {
   Tensor a = rand_tensor({5, 3}, 1);
-  expect_error_mentions([&] { index_select(a, 0, idx({1, 7})); }, {"index_select", "index 7", "dim 0", "size 5"});
-  expect_error_mentions([&] { index_select(a, 1, idx({-1})); }, {"index -1", "dim 1", "size 3"});
-  expect_error_mentions([&] { index_select(a, 0, from_vector(std::vector<float>{1.f}, {1})); }, {"index_select", "float32"});
-  expect_error_mentions([&] { index_select(a, 2, idx({0})); }, {"index_select", "dim 2"});
-  expect_error_mentions([&] { index_select(a, 0, idx({0, 1}, {1, 2})); }, {"1-d", "[1, 2]"});
+  expect_error([&] { index_select(a, 0, idx({1, 7})); }, {"index_select", "index 7", "dim 0", "size 5"});
+  expect_error([&] { index_select(a, 1, idx({-1})); }, {"index -1", "dim 1", "size 3"});
+  expect_error([&] { index_select(a, 0, from_vector(std::vector<float>{1.f}, {1})); }, {"index_select", "float32"});
+  expect_error([&] { index_select(a, 2, idx({0})); }, {"index_select", "dim 2"});
+  expect_error([&] { index_select(a, 0, idx({0, 1}, {1, 2})); }, {"1-d", "[1, 2]"});
 }
 
 TEST(IndexAdd, IsTheAdjointOfIndexSelectWithDuplicates) {
@@ -126,8 +126,8 @@ TEST(IndexAdd, LargeParallelMatchesReference) {
 }
 
 TEST(IndexAdd, Errors) {
-  expect_error_mentions([&] { index_add({3, 2}, 0, idx({3}), rand_tensor({1, 2}, 1)); }, {"index_add", "index 3", "size 3"});
-  expect_error_mentions([&] { index_add({3, 2}, 0, idx({0}), rand_tensor({2, 2}, 1)); }, {"index_add", "[2, 2]", "[1, 2]"});
+  expect_error([&] { index_add({3, 2}, 0, idx({3}), rand_tensor({1, 2}, 1)); }, {"index_add", "index 3", "size 3"});
+  expect_error([&] { index_add({3, 2}, 0, idx({0}), rand_tensor({2, 2}, 1)); }, {"index_add", "[2, 2]", "[1, 2]"});
 }
 
 // ---- gather / scatter_add ----
@@ -185,13 +185,12 @@ TEST(ScatterAdd, TorchSemanticsAndAdjointOfGather) {
 
 TEST(GatherScatter, Errors) {
   Tensor a = rand_tensor({3, 4}, 1);
-  expect_error_mentions([&] { gather(a, 1, idx({0, 4}, {1, 2})); }, {"gather", "index 4", "dim 1", "size 4"});
-  expect_error_mentions([&] { gather(a, 1, idx({0, 1})); }, {"gather", "dims"});
-  expect_error_mentions([&] { gather(a, 0, idx({0, 0, 0, 0, 0}, {1, 5})); }, {"gather", "larger"});
-  expect_error_mentions([&] { gather(a, 0, from_bytes({0}, {1, 1})); }, {"gather", "uint8"});
-  expect_error_mentions([&] { scatter_add(a, 0, idx({5}, {1, 1}), a); }, {"scatter_add", "index 5", "dim 0", "size 3"});
-  expect_error_mentions([&] { scatter_add(a, 0, from_vector(std::vector<float>{0}, {1, 1}), a); },
-                        {"scatter_add", "float32"});
+  expect_error([&] { gather(a, 1, idx({0, 4}, {1, 2})); }, {"gather", "index 4", "dim 1", "size 4"});
+  expect_error([&] { gather(a, 1, idx({0, 1})); }, {"gather", "dims"});
+  expect_error([&] { gather(a, 0, idx({0, 0, 0, 0, 0}, {1, 5})); }, {"gather", "larger"});
+  expect_error([&] { gather(a, 0, from_bytes({0}, {1, 1})); }, {"gather", "uint8"});
+  expect_error([&] { scatter_add(a, 0, idx({5}, {1, 1}), a); }, {"scatter_add", "index 5", "dim 0", "size 3"});
+  expect_error([&] { scatter_add(a, 0, from_vector(std::vector<float>{0}, {1, 1}), a); }, {"scatter_add", "float32"});
 }
 
 // ---- embedding / one_hot ----
@@ -206,9 +205,9 @@ TEST(Embedding, ShapesValuesAndErrors) {
     for (int64_t c = 0; c < 3; ++c) EXPECT_EQ(e.at({i / 3, i % 3, c}), w.at({iv[i], c}));
   EXPECT_EQ(embedding(transposed_copy(w), ix).to_vector<float>(), e.to_vector<float>());
   EXPECT_EQ(embedding(w, idx({2})).shape(), (Shape{1, 3}));
-  expect_error_mentions([&] { embedding(w, idx({1, 9})); }, {"embedding", "index 9", "dim 0", "size 5"});
-  expect_error_mentions([&] { embedding(w, from_vector(std::vector<float>{1.f}, {1})); }, {"embedding", "float32"});
-  expect_error_mentions([&] { embedding(rand_tensor({5}, 1), idx({1})); }, {"embedding", "[N, D]", "[5]"});
+  expect_error([&] { embedding(w, idx({1, 9})); }, {"embedding", "index 9", "dim 0", "size 5"});
+  expect_error([&] { embedding(w, from_vector(std::vector<float>{1.f}, {1})); }, {"embedding", "float32"});
+  expect_error([&] { embedding(rand_tensor({5}, 1), idx({1})); }, {"embedding", "[N, D]", "[5]"});
 }
 
 TEST(OneHot, ValuesInferenceAndErrors) {
@@ -217,9 +216,9 @@ TEST(OneHot, ValuesInferenceAndErrors) {
   EXPECT_EQ(o.shape(), (Shape{2, 2, 4}));
   EXPECT_EQ(o.to_vector<float>(), (std::vector<float>{0, 0, 1, 0, 1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1, 0}));
   EXPECT_EQ(one_hot(idx({1, 3}), -1).shape(), (Shape{2, 4}));
-  expect_error_mentions([&] { one_hot(idx({1, 4}), 4); }, {"one_hot", "index 4", "4 classes"});
-  expect_error_mentions([&] { one_hot(idx({-1}), 4); }, {"one_hot", "index -1"});
-  expect_error_mentions([&] { one_hot(from_vector(std::vector<float>{1.f}, {1}), 4); }, {"one_hot", "float32"});
+  expect_error([&] { one_hot(idx({1, 4}), 4); }, {"one_hot", "index 4", "4 classes"});
+  expect_error([&] { one_hot(idx({-1}), 4); }, {"one_hot", "index -1"});
+  expect_error([&] { one_hot(from_vector(std::vector<float>{1.f}, {1}), 4); }, {"one_hot", "float32"});
 }
 
 // ---- cat / stack / split / chunk ----
@@ -255,10 +254,10 @@ TEST(Cat, EveryDimNonContiguousAndDtypes) {
 
 TEST(Cat, Errors) {
   Tensor a = rand_tensor({2, 3}, 1);
-  expect_error_mentions([&] { cat({a, rand_tensor({3, 3}, 2)}, 1); }, {"cat", "tensor 1", "[3, 3]", "[2, 3]"});
-  expect_error_mentions([&] { cat({a, idx({1, 2, 3}, {1, 3})}, 0); }, {"cat", "int64", "float32"});
-  expect_error_mentions([&] { cat({}, 0); }, {"cat", "at least one"});
-  expect_error_mentions([&] { cat({a}, 2); }, {"cat", "dim 2"});
+  expect_error([&] { cat({a, rand_tensor({3, 3}, 2)}, 1); }, {"cat", "tensor 1", "[3, 3]", "[2, 3]"});
+  expect_error([&] { cat({a, idx({1, 2, 3}, {1, 3})}, 0); }, {"cat", "int64", "float32"});
+  expect_error([&] { cat({}, 0); }, {"cat", "at least one"});
+  expect_error([&] { cat({a}, 2); }, {"cat", "dim 2"});
 }
 
 TEST(Stack, NewDimAnywhere) {
@@ -272,7 +271,7 @@ TEST(Stack, NewDimAnywhere) {
     EXPECT_EQ(s.select(dd, 0).contiguous().to_vector<float>(), a.to_vector<float>());
     EXPECT_EQ(s.select(dd, 1).contiguous().to_vector<float>(), b.to_vector<float>());
   }
-  expect_error_mentions([&] { stack({a, rand_tensor({3, 2}, 1)}, 0); }, {"stack", "[3, 2]", "[2, 3]"});
+  expect_error([&] { stack({a, rand_tensor({3, 2}, 1)}, 0); }, {"stack", "[3, 2]", "[2, 3]"});
 }
 
 TEST(SplitChunk, ViewsAndSizes) {
@@ -286,7 +285,7 @@ TEST(SplitChunk, ViewsAndSizes) {
   EXPECT_EQ(cat(p, 0).to_vector<float>(), a.to_vector<float>());
   std::vector<Tensor> q = split(a, {1, 3}, -1);
   EXPECT_EQ(q[1].at({6, 2}), a.at({6, 3}));
-  expect_error_mentions([&] { split(a, {2, 2}, 0); }, {"split", "sum to 4", "size 7"});
+  expect_error([&] { split(a, {2, 2}, 0); }, {"split", "sum to 4", "size 7"});
   // chunk: ceil(7/3) = 3 -> sizes 3, 3, 1; ceil(7/4) = 2 -> 2, 2, 2, 1; more chunks than rows -> 7 rows.
   auto sizes = [](const std::vector<Tensor>& v) {
     std::vector<int64_t> s;
@@ -297,7 +296,7 @@ TEST(SplitChunk, ViewsAndSizes) {
   EXPECT_EQ(sizes(chunk(a, 4, 0)), (std::vector<int64_t>{2, 2, 2, 1}));
   EXPECT_EQ(sizes(chunk(a, 10, 0)), std::vector<int64_t>(7, 1));
   EXPECT_EQ(chunk(a, 2, 1)[1].at({3, 0}), a.at({3, 2}));
-  expect_error_mentions([&] { chunk(a, 0, 0); }, {"chunk", "positive"});
+  expect_error([&] { chunk(a, 0, 0); }, {"chunk", "positive"});
 }
 
 // ---- l2_normalize ----
@@ -406,8 +405,8 @@ TEST(TopK, TiesNaNAndErrors) {
     std::sort(row.begin(), row.end(), std::greater<float>());
     for (int j = 0; j < 5; ++j) EXPECT_EQ(bt.values.at({r, j}), row[j]);
   }
-  expect_error_mentions([&] { topk(a, 7); }, {"topk", "k = 7", "size 6"});
-  expect_error_mentions([&] { topk(idx({1, 2}), 1); }, {"topk", "int64"});
+  expect_error([&] { topk(a, 7); }, {"topk", "k = 7", "size 6"});
+  expect_error([&] { topk(idx({1, 2}), 1); }, {"topk", "int64"});
 }
 
 }  // namespace

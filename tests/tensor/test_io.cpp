@@ -9,45 +9,14 @@
 #include <nlohmann/json.hpp>
 
 #include "tensor/io.h"
+#include "tests/test_util.h"
 
 using namespace sonar;
 namespace fs = std::filesystem;
+using testutil::expect_error;
+using testutil::TempDir;
 
 static const std::string kFix = std::string(SONAR_FIXTURES_DIR) + "/beats_tiny/";
-
-// A fresh empty folder per test, removed at the end.
-class TempDir {
- public:
-  TempDir() {
-    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-    path_ = fs::temp_directory_path() /
-            ("sonar_test_io_" + std::to_string(::getpid()) + "_" + info->test_suite_name() + "_" + info->name());
-    fs::remove_all(path_);
-    fs::create_directories(path_);
-  }
-  ~TempDir() { fs::remove_all(path_); }
-  std::string file(const std::string& name) const { return (path_ / name).string(); }
-  std::vector<std::string> entries() const {
-    std::vector<std::string> out;
-    for (const auto& e : fs::directory_iterator(path_)) out.push_back(e.path().filename().string());
-    return out;
-  }
-
- private:
-  fs::path path_;
-};
-
-// Runs `f`, expects a sonar::Error whose message contains every string in `parts`.
-template <class F>
-static void expect_error(F&& f, const std::vector<std::string>& parts) {
-  try {
-    f();
-    ADD_FAILURE() << "expected sonar::Error mentioning '" << parts.front() << "'";
-  } catch (const Error& e) {
-    const std::string msg = e.what();
-    for (const auto& p : parts) EXPECT_NE(msg.find(p), std::string::npos) << "message: " << msg << "\nmissing: " << p;
-  }
-}
 
 // A .npy file made by hand: magic, version, header length of 2 or 4 bytes, header dict, raw data.
 static std::string make_npy(int major, const std::string& dict, const std::string& data) {

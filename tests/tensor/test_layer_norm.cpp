@@ -165,14 +165,14 @@ TEST(LayerNormBackward, LargeRowsParallelMatchesClosedForm) {
 
 TEST(LayerNorm, Errors) {
   Tensor x = rand_tensor({2, 4}, 1);
-  expect_error_mentions([&] { layer_norm_forward(x, rand_tensor({3}, 1), Tensor(), kEps); },
-                        {"layer_norm_forward", "weight", "[4]", "[3]"});
-  expect_error_mentions([&] { layer_norm_forward(x, Tensor(), rand_tensor({2, 4}, 1), kEps); }, {"bias", "[2, 4]"});
-  expect_error_mentions([&] { layer_norm_forward(from_vector(std::vector<int64_t>{1, 2}, {2}), Tensor(), Tensor(), kEps); },
-                        {"int64"});
+  expect_error([&] { layer_norm_forward(x, rand_tensor({3}, 1), Tensor(), kEps); },
+               {"layer_norm_forward", "weight", "[4]", "[3]"});
+  expect_error([&] { layer_norm_forward(x, Tensor(), rand_tensor({2, 4}, 1), kEps); }, {"bias", "[2, 4]"});
+  expect_error([&] { layer_norm_forward(from_vector(std::vector<int64_t>{1, 2}, {2}), Tensor(), Tensor(), kEps); },
+               {"int64"});
   LayerNormForward f = layer_norm_forward(x, Tensor(), Tensor(), kEps);
-  expect_error_mentions([&] { layer_norm_backward(rand_tensor({4, 2}, 1), x, Tensor(), f, false); },
-                        {"layer_norm_backward", "[4, 2]", "[2, 4]"});
+  expect_error([&] { layer_norm_backward(rand_tensor({4, 2}, 1), x, Tensor(), f, false); },
+               {"layer_norm_backward", "[4, 2]", "[2, 4]"});
 }
 
 }  // namespace

@@ -13,42 +13,21 @@
 
 #include "tensor/dnnl_context.h"
 #include "tensor/matmul.h"
+#include "tests/test_util.h"
 
 using namespace sonar;
 
 namespace {
 
+using testutil::error_of;
+using testutil::expect_close_finite;
+
+// Deterministic uniform [-1, 1) values (this file's LCG stream).
+Tensor uniform(const Shape& shape, uint64_t seed) { return testutil::lcg_uniform(shape, seed, 12345); }
+
 // float32 products against the double-accumulating reference: error grows with the inner dim K.
 constexpr double kAbsTolPerK = 2e-6;  // per accumulated term, inputs in [-1, 1]
 constexpr double kRelTol = 1e-5;
-
-// Deterministic uniform [-1, 1) values (no dependency on tensor/random.h).
-Tensor uniform(const Shape& shape, uint64_t seed) {
-  std::vector<float> v(static_cast<size_t>(shape_numel(shape)));
-  uint64_t s = seed * 0x9E3779B97F4A7C15ull + 12345;
-  for (float& x : v) {
-    s = s * 6364136223846793005ull + 1442695040888963407ull;
-    x = static_cast<float>(static_cast<double>(s >> 11) / 9007199254740992.0 * 2.0 - 1.0);
-  }
-  return from_vector(v, shape);
-}
-
-// Max-abs comparison; prints the first mismatches.
-void expect_close(const Tensor& got, const Tensor& want, double atol, double rtol, const std::string& what) {
-  ASSERT_EQ(got.shape(), want.shape()) << what;
-  const std::vector<float> g = got.to_vector<float>(), w = want.to_vector<float>();
-  int bad = 0;
-  double max_err = 0;
-  for (size_t i = 0; i < g.size(); ++i) {
-    const double err = std::fabs(static_cast<double>(g[i]) - w[i]);
-    max_err = std::max(max_err, err);
-    if (!(err <= atol + rtol * std::fabs(w[i]))) {
-      if (bad < 5) ADD_FAILURE() << what << ": element " << i << " got " << g[i] << " want " << w[i];
-      ++bad;
-    }
-  }
-  EXPECT_EQ(bad, 0) << what << ": " << bad << " of " << g.size() << " mismatches, max abs err " << max_err;
-}
 
 double tol_for(int64_t K) { return kAbsTolPerK * static_cast<double>(std::max<int64_t>(K, 1)); }
 
@@ -61,17 +40,8 @@ void check_all(const Tensor& a, const Tensor& b, bool ta, bool tb, const std::st
   const int64_t K = ta ? a.size(-2) : a.size(-1);
   for (MatmulBackend be : kFast) {
     Tensor c = matmul(a, b, ta, tb, be);
-    expect_close(c, ref, tol_for(K), kRelTol, what + " [" + name(be) + "]");
+    expect_close_finite(c, ref, tol_for(K), kRelTol, what + " [" + name(be) + "]");
   }
-}
-
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
 }
 
 }  // namespace
@@ -115,7 +85,7 @@ TEST(Matmul, Transposes) {
   // A transposed view is the same as the transpose flag.
   Tensor r1 = matmul(a.t(), b.t());
   Tensor r2 = matmul(a, b, true, true);
-  expect_close(r1, r2, 0, 0, "view vs flag");
+  expect_close_finite(r1, r2, 0, 0, "view vs flag");
 }
 
 TEST(Matmul, BatchedAndBroadcastBatch) {
@@ -194,14 +164,15 @@ TEST(Matmul, TwoDimUsesOneDnnSgemmAndBatchesUsePrimitives) {
   matmul_into(out, a, b, false, false, true, MatmulBackend::OneDNN);
   std::vector<float> w = want.to_vector<float>();
   for (float& v : w) v += 0.5f;
-  expect_close(out, from_vector(w, {9, 5}), tol_for(6), kRelTol, "sgemm accumulate");
+  expect_close_finite(out, from_vector(w, {9, 5}), tol_for(6), kRelTol, "sgemm accumulate");
   Tensor wt = uniform({6, 5}, 5).t();  // [5, 6] weight whose transpose is row-major
   Tensor bias = uniform({5}, 6);
   Tensor ref = matmul(a, wt, false, true, MatmulBackend::Reference);
   std::vector<float> r = ref.to_vector<float>();
   const std::vector<float> bv = bias.to_vector<float>();
   for (size_t i = 0; i < r.size(); ++i) r[i] += bv[i % 5];
-  expect_close(linear(a, wt, bias, MatmulBackend::OneDNN), from_vector(r, {9, 5}), tol_for(6), kRelTol, "sgemm bias");
+  expect_close_finite(linear(a, wt, bias, MatmulBackend::OneDNN), from_vector(r, {9, 5}), tol_for(6), kRelTol,
+                      "sgemm bias");
 }
 
 TEST(Matmul, EmptyDims) {
@@ -228,7 +199,7 @@ TEST(Matmul, PrimitivesAreCachedAndThreadCountIsPartOfTheKey) {
   if (threads > 1) {
     EXPECT_EQ(dnnl_ctx::cache_size(), n + 1);
   }
-  expect_close(c2, c1, tol_for(19), kRelTol, "1 thread vs many");
+  expect_close_finite(c2, c1, tol_for(19), kRelTol, "1 thread vs many");
 }
 
 TEST(Matmul, DefaultBackendSwitch) {
@@ -237,7 +208,7 @@ TEST(Matmul, DefaultBackendSwitch) {
   Tensor want = matmul(a, b, false, false, MatmulBackend::Reference);
   for (MatmulBackend be : {MatmulBackend::OpenBLAS, MatmulBackend::Reference, MatmulBackend::OneDNN}) {
     set_default_matmul_backend(be);
-    expect_close(matmul(a, b), want, tol_for(6), kRelTol, "default backend");
+    expect_close_finite(matmul(a, b), want, tol_for(6), kRelTol, "default backend");
   }
   set_default_matmul_backend(MatmulBackend::OneDNN);
 }
@@ -253,15 +224,17 @@ TEST(Linear, MatchesReferenceWithAndWithoutBias) {
     for (size_t i = 0; i < rv.size(); ++i) rv[i] = static_cast<float>(static_cast<double>(rv[i]) + bv[i % 5]);
     Tensor ref_b = from_vector(rv, ref.shape());
     for (MatmulBackend be : {MatmulBackend::OneDNN, MatmulBackend::OpenBLAS, MatmulBackend::Reference}) {
-      expect_close(linear(x, w, bias, be), ref_b, tol_for(13), kRelTol, std::string("linear+bias ") + shape_str(xs));
-      expect_close(linear(x, w, Tensor(), be), ref, tol_for(13), kRelTol, std::string("linear ") + shape_str(xs));
+      expect_close_finite(linear(x, w, bias, be), ref_b, tol_for(13), kRelTol,
+                          std::string("linear+bias ") + shape_str(xs));
+      expect_close_finite(linear(x, w, Tensor(), be), ref, tol_for(13), kRelTol,
+                          std::string("linear ") + shape_str(xs));
     }
   }
   // A 1-D input gives a 1-D output; a permuted (non-contiguous) 3-D input is accepted.
   EXPECT_EQ(linear(uniform({13}, 93), w, bias).shape(), (Shape{5}));
   Tensor xp = uniform({3, 2, 13}, 94).permute({1, 0, 2});
-  expect_close(linear(xp, w, bias), linear(xp.contiguous(), w, bias, MatmulBackend::Reference), tol_for(13), kRelTol,
-               "permuted x");
+  expect_close_finite(linear(xp, w, bias), linear(xp.contiguous(), w, bias, MatmulBackend::Reference), tol_for(13),
+                      kRelTol, "permuted x");
 }
 
 TEST(Linear, BackwardMatchesExplicitLoops) {
@@ -327,28 +300,28 @@ TEST(MatmulInto, WritesAndAccumulatesThroughStrides) {
     buf.fill_(2.0);
     Tensor out = buf.narrow(2, 3, 5);
     matmul_into(out, a, b, false, true, false, be);
-    expect_close(out, want, tol_for(13), kRelTol, std::string("into block [") + name(be) + "]");
+    expect_close_finite(out, want, tol_for(13), kRelTol, std::string("into block [") + name(be) + "]");
     EXPECT_EQ(buf.at({1, 4, 0}), 2.0);
     EXPECT_EQ(buf.at({2, 6, 8}), 2.0);
     // Accumulate: out = want + want.
     matmul_into(out, a, b, false, true, true, be);
     Tensor twice = from_vector(want.to_vector<float>(), want.shape());
     for (float* p = twice.data<float>(); p != twice.data<float>() + twice.numel(); ++p) *p *= 2;
-    expect_close(out, twice, 2 * tol_for(13), kRelTol, std::string("accumulate [") + name(be) + "]");
+    expect_close_finite(out, twice, 2 * tol_for(13), kRelTol, std::string("accumulate [") + name(be) + "]");
     // Column-major out (non-dense rows): computed through a temporary.
     Tensor cm = Tensor::empty({3, 5, 7}).transpose(1, 2);
     cm.fill_(1.0);
     matmul_into(cm, a, b, false, true, true, be);
     Tensor plus1 = from_vector(want.to_vector<float>(), want.shape());
     for (float* p = plus1.data<float>(); p != plus1.data<float>() + plus1.numel(); ++p) *p += 1;
-    expect_close(cm, plus1, tol_for(13), kRelTol, std::string("column-major out [") + name(be) + "]");
+    expect_close_finite(cm, plus1, tol_for(13), kRelTol, std::string("column-major out [") + name(be) + "]");
   }
   // 2-D b shared by the batch, written into a slice of a bigger output (the fold of batch into rows).
   Tensor x = uniform({4, 6, 13}, 112), w = uniform({5, 13}, 113);
   Tensor big = Tensor::empty({4, 6, 8});
   matmul_into(big.narrow(2, 0, 5), x, w, false, true);
-  expect_close(big.narrow(2, 0, 5), matmul(x, w, false, true, MatmulBackend::Reference), tol_for(13), kRelTol,
-               "shared b into slice");
+  expect_close_finite(big.narrow(2, 0, 5), matmul(x, w, false, true, MatmulBackend::Reference), tol_for(13), kRelTol,
+                      "shared b into slice");
 }
 
 TEST(MatmulInto, RejectsWrongShapeAndOverlappingOut) {

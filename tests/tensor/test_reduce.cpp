@@ -297,14 +297,14 @@ TEST(AnyAll, BoolAndUint8EveryDimSet) {
 
 TEST(Reduce, Errors) {
   Tensor x = rand_tensor({2, 3}, 9);
-  expect_error_mentions([&] { sum(x, {2}); }, {"sum", "dim 2"});
-  expect_error_mentions([&] { mean(x, {1, -1}); }, {"mean", "repeated"});
-  expect_error_mentions([&] { max(x, -3); }, {"max", "dim -3"});
-  expect_error_mentions([&] { max(Tensor::empty({2, 0}), 1); }, {"max", "size 0"});
-  expect_error_mentions([&] { max_all(Tensor::empty({0})); }, {"max_all", "empty"});
-  expect_error_mentions([&] { any(x); }, {"any", "float32"});
-  expect_error_mentions([&] { argmax(from_vector(std::vector<int64_t>{1}, {1}), 0); }, {"argmax", "int64"});
-  expect_error_mentions([&] { sum(Tensor()); }, {"sum", "undefined"});
+  expect_error([&] { sum(x, {2}); }, {"sum", "dim 2"});
+  expect_error([&] { mean(x, {1, -1}); }, {"mean", "repeated"});
+  expect_error([&] { max(x, -3); }, {"max", "dim -3"});
+  expect_error([&] { max(Tensor::empty({2, 0}), 1); }, {"max", "size 0"});
+  expect_error([&] { max_all(Tensor::empty({0})); }, {"max_all", "empty"});
+  expect_error([&] { any(x); }, {"any", "float32"});
+  expect_error([&] { argmax(from_vector(std::vector<int64_t>{1}, {1}), 0); }, {"argmax", "int64"});
+  expect_error([&] { sum(Tensor()); }, {"sum", "undefined"});
 }
 
 }  // namespace

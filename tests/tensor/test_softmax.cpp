@@ -178,10 +178,10 @@ TEST(SoftmaxBackward, LargeMatchesClosedForm) {
 
 TEST(Softmax, Errors) {
   Tensor xi = from_vector(std::vector<int64_t>{1, 2, 3}, {3});
-  expect_error_mentions([&] { softmax(xi, 0); }, {"softmax", "int64"});
+  expect_error([&] { softmax(xi, 0); }, {"softmax", "int64"});
   Tensor x = rand_tensor({2, 3}, 1);
-  expect_error_mentions([&] { log_softmax(x, 2); }, {"log_softmax", "dim 2"});
-  expect_error_mentions([&] { softmax_backward(rand_tensor({3, 2}, 1), x, 1); }, {"softmax_backward", "[3, 2]", "[2, 3]"});
+  expect_error([&] { log_softmax(x, 2); }, {"log_softmax", "dim 2"});
+  expect_error([&] { softmax_backward(rand_tensor({3, 2}, 1), x, 1); }, {"softmax_backward", "[3, 2]", "[2, 3]"});
 }
 
 TEST(Softmax, EmptyAndScalar) {

@@ -1,0 +1,139 @@
+// Helpers shared by test programs of several layers: error-message checks, seeded uniform tensors, a strict
+// float closeness check, max-abs difference, a per-test temporary folder, and running the built `sonar`
+// program. Header-only and test-only (the build turns only tests/*/test_*.cpp into programs); not a test
+// itself. Kernel-reference helpers for the tensor tests live in tests/tensor/kernel_ref.h, audio signal
+// makers in tests/audio/audio_test_util.h.
+#pragma once
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <filesystem>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "tensor/tensor.h"
+
+namespace sonar::testutil {
+
+// Expects `fn` to throw sonar::Error whose message contains every one of `parts`.
+template <class F>
+void expect_error(F&& fn, const std::vector<std::string>& parts) {
+  try {
+    fn();
+    ADD_FAILURE() << "expected sonar::Error mentioning '" << (parts.empty() ? "" : parts[0]) << "'";
+  } catch (const Error& e) {
+    const std::string msg = e.what();
+    for (const std::string& p : parts)
+      EXPECT_NE(msg.find(p), std::string::npos) << "message: " << msg << "\nmissing: " << p;
+  }
+}
+
+// The message of the sonar::Error `f` throws, or "" when it throws none.
+inline std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+// Deterministic uniform [-1, 1) float32 values from a 64-bit LCG (no dependency on tensor/random.h); `salt`
+// separates the streams of different test files.
+inline Tensor lcg_uniform(const Shape& shape, uint64_t seed, uint64_t salt) {
+  std::vector<float> v(static_cast<size_t>(shape_numel(shape)));
+  uint64_t s = seed * 0x9E3779B97F4A7C15ull + salt;
+  for (float& x : v) {
+    s = s * 6364136223846793005ull + 1442695040888963407ull;
+    x = static_cast<float>(static_cast<double>(s >> 11) / 9007199254740992.0 * 2.0 - 1.0);
+  }
+  return from_vector(v, shape);
+}
+
+// Float32 tensors elementwise: |got - want| <= atol + rtol * |want|. Strict: any NaN or inf fails (unlike
+// testref::expect_close, which lets NaN match NaN). Prints the first mismatches and the max abs error.
+inline void expect_close_finite(const Tensor& got, const Tensor& want, double atol, double rtol,
+                                const std::string& what) {
+  ASSERT_TRUE(got.defined()) << what;
+  ASSERT_EQ(got.shape(), want.shape()) << what;
+  const std::vector<float> g = got.to_vector<float>(), w = want.to_vector<float>();
+  int bad = 0;
+  double max_err = 0;
+  for (size_t i = 0; i < g.size(); ++i) {
+    const double err = std::fabs(static_cast<double>(g[i]) - w[i]);
+    max_err = std::max(max_err, err);
+    if (!(err <= atol + rtol * std::fabs(w[i]))) {
+      if (bad < 5) ADD_FAILURE() << what << ": element " << i << " got " << g[i] << " want " << w[i];
+      ++bad;
+    }
+  }
+  EXPECT_EQ(bad, 0) << what << ": " << bad << " of " << g.size() << " mismatches, max abs err " << max_err;
+}
+
+// Largest |a - b| over the elements (as float32); the shapes must match (a mismatch is a test failure).
+inline double max_abs_diff(const Tensor& a, const Tensor& b) {
+  EXPECT_EQ(a.shape(), b.shape());
+  const auto x = a.to_vector<float>(), y = b.to_vector<float>();
+  double m = 0;
+  for (size_t i = 0; i < std::min(x.size(), y.size()); ++i)
+    m = std::max(m, std::abs(static_cast<double>(x[i]) - y[i]));
+  return m;
+}
+
+// A fresh empty folder named after the running test (and the process), removed at the end.
+class TempDir {
+ public:
+  TempDir() {
+    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
+    path_ = std::filesystem::temp_directory_path() / ("sonar_test_" + std::to_string(::getpid()) + "_" +
+                                                      info->test_suite_name() + "_" + info->name());
+    std::filesystem::remove_all(path_);
+    std::filesystem::create_directories(path_);
+  }
+  ~TempDir() { std::filesystem::remove_all(path_); }
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+  std::string file(const std::string& name) const { return (path_ / name).string(); }
+  std::vector<std::string> entries() const {
+    std::vector<std::string> out;
+    for (const auto& e : std::filesystem::directory_iterator(path_)) out.push_back(e.path().filename().string());
+    return out;
+  }
+
+ private:
+  std::filesystem::path path_;
+};
+
+// The built `sonar` program run with `args`: its exit code and its stdout and stderr together.
+struct Run {
+  int code = -1;
+  std::string out;  // stdout and stderr together
+};
+
+inline Run run_sonar(const std::string& args) {
+  std::string cmd = std::string(SONAR_BINARY_DIR) + "/sonar " + args + " 2>&1";
+  Run r;
+  FILE* p = popen(cmd.c_str(), "r");
+  if (!p) return r;
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof buf, p)) > 0) r.out.append(buf, n);
+  int status = pclose(p);
+  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return r;
+}
+
+// A path under the temporary folder, `prefix` + pid + `name`, emptied (not created).
+inline std::string fresh_tmp_path(const std::string& prefix, const std::string& name) {
+  std::filesystem::path p = std::filesystem::temp_directory_path() / (prefix + std::to_string(::getpid()) + "_" + name);
+  std::filesystem::remove_all(p);
+  return p.string();
+}
+
+}  // namespace sonar::testutil
