@@ -233,38 +233,27 @@ dnnl_ctx::Key geom_key(const char* what, const Geom& g, ConvLayout layout, bool 
   return key;
 }
 
-// A reorder from `from` to `to`, or none when the layouts already agree.
+// A reorder between the user's layout and a primitive's, or none when they already agree. For an input,
+// init(user_md, prim_md) and in() gives the data in the primitive's layout; for an output,
+// init(prim_md, user_md), buffer() gives memory for the primitive to write and copy_out() moves it to the user.
 struct Reorder {
   bool needed = false;
   dnnl::reorder prim;
-  memory::desc to;
-  void init(const memory::desc& from, const memory::desc& to_md) {
-    to = to_md;
-    needed = from != to_md;
+  memory::desc src, dst;
+  void init(const memory::desc& from, const memory::desc& to) {
+    src = from;
+    dst = to;
+    needed = from != to;
     if (needed)
-      prim = dnnl::reorder(dnnl::reorder::primitive_desc(dnnl_ctx::engine(), from, dnnl_ctx::engine(), to_md));
+      prim = dnnl::reorder(dnnl::reorder::primitive_desc(dnnl_ctx::engine(), from, dnnl_ctx::engine(), to));
   }
-  // Memory in layout `to`: `user` itself, or a reordered copy.
   memory in(const memory& user, dnnl::stream& s) const {
     if (!needed) return user;
-    memory m(to, dnnl_ctx::engine());
+    memory m(dst, dnnl_ctx::engine());
     prim.execute(s, const_cast<memory&>(user), m);
     return m;
   }
-};
-
-// Memory in the primitive's layout for an output; copy_out moves it to the user's buffer.
-struct OutReorder {
-  bool needed = false;
-  dnnl::reorder prim;
-  memory::desc from;
-  void init(const memory::desc& prim_md, const memory::desc& user_md) {
-    from = prim_md;
-    needed = prim_md != user_md;
-    if (needed)
-      prim = dnnl::reorder(dnnl::reorder::primitive_desc(dnnl_ctx::engine(), prim_md, dnnl_ctx::engine(), user_md));
-  }
-  memory buffer(const memory& user) const { return needed ? memory(from, dnnl_ctx::engine()) : user; }
+  memory buffer(const memory& user) const { return needed ? memory(src, dnnl_ctx::engine()) : user; }
   void copy_out(memory& buf, memory& user, dnnl::stream& s) const {
     if (needed) prim.execute(s, buf, user);
   }
@@ -275,18 +264,18 @@ struct ConvFwd {
   dnnl::convolution_forward::primitive_desc pd;
   dnnl::convolution_forward prim;
   Reorder x_in, w_in;
-  OutReorder y_out;
+  Reorder y_out;
 };
 
 struct ConvBwd {
   dnnl::convolution_backward_data::primitive_desc data_pd;
   dnnl::convolution_backward_data data_prim;
   Reorder data_gy_in, data_w_in;
-  OutReorder data_dx_out;
+  Reorder data_dx_out;
   dnnl::convolution_backward_weights::primitive_desc wpd;
   dnnl::convolution_backward_weights w_prim;
   Reorder w_x_in, w_gy_in;
-  OutReorder w_dw_out;
+  Reorder w_dw_out;
   memory::desc db_md;
 };
 
