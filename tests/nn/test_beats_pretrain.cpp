@@ -124,7 +124,9 @@ TEST(BeatsPretrainMask, RatioPaddingAndDeterminism) {
       EXPECT_EQ(filler, j >= a.num_visible[i]);
       if (filler) continue;
       const int64_t p = vi[i * a.visible + j];
-      if (j > 0) EXPECT_LT(vi[i * a.visible + j - 1], p);
+      if (j > 0) {
+        EXPECT_LT(vi[i * a.visible + j - 1], p);
+      }
       EXPECT_FALSE(pad.bytes()[i * P + p]) << "padded patch " << p << " visible in clip " << i;
       vis.insert(p);
       EXPECT_EQ(a.visible_flat.data<int64_t>()[i * a.visible + j], i * P + p);
