@@ -31,7 +31,7 @@ Args::Args(int argc, char** argv, const std::set<std::string>& options, const st
       }
       if (switches.count(key)) {
         SONAR_CHECK(!inline_value, "--", key, " takes no value");
-        values_[key] = "1";
+        values_.insert_or_assign(key, std::string(1, '1'));  // (a literal here trips GCC 12's -Wrestrict false positive)
       } else if (options.count(key)) {
         if (!inline_value) {
           SONAR_CHECK(i + 1 < argc, "--", key, " needs a value");
