@@ -605,9 +605,16 @@ Tensor bias_grad_reference(const Tensor& grad_y) {
   return db;
 }
 
+// The geometry of a call, from each public signature's parameter struct (bias undefined for backward calls).
+static Geom geom_of(const Tensor& x, const Tensor& weight, const Tensor& bias, const Conv2dParams& p) {
+  return make_geom("conv2d", 2, x, weight, bias, {p.stride[0], p.stride[1]}, {p.padding[0], p.padding[1]}, p.groups);
+}
+static Geom geom_of(const Tensor& x, const Tensor& weight, const Tensor& bias, const Conv1dParams& p) {
+  return make_geom("conv1d", 1, x, weight, bias, {p.stride}, {p.padding}, p.groups);
+}
+
 Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, const Conv2dParams& p) {
-  const Geom g =
-      make_geom("conv2d", 2, x, weight, bias, {p.stride[0], p.stride[1]}, {p.padding[0], p.padding[1]}, p.groups);
+  const Geom g = geom_of(x, weight, bias, p);
   return forward_any(g, x, weight, bias);
 }
 
@@ -618,33 +625,29 @@ ConvGrads conv2d_backward(const Tensor& grad_y, const Tensor& x, const Tensor& w
 
 ConvGrads conv2d_backward(const Tensor& grad_y, const Tensor& x, const Tensor& weight, bool has_bias,
                           const Conv2dParams& p, bool need_dx) {
-  const Geom g =
-      make_geom("conv2d", 2, x, weight, Tensor(), {p.stride[0], p.stride[1]}, {p.padding[0], p.padding[1]}, p.groups);
+  const Geom g = geom_of(x, weight, Tensor(), p);
   return backward_any(g, grad_y, x, weight, has_bias, need_dx);
 }
 
 Tensor conv2d_reference(const Tensor& x, const Tensor& weight, const Tensor& bias, const Conv2dParams& p) {
-  const Geom g =
-      make_geom("conv2d", 2, x, weight, bias, {p.stride[0], p.stride[1]}, {p.padding[0], p.padding[1]}, p.groups);
+  const Geom g = geom_of(x, weight, bias, p);
   return reference_forward(g, x, weight, bias);
 }
 
 ConvGrads conv2d_backward_reference(const Tensor& grad_y, const Tensor& x, const Tensor& weight, bool has_bias,
                                     const Conv2dParams& p) {
-  const Geom g =
-      make_geom("conv2d", 2, x, weight, Tensor(), {p.stride[0], p.stride[1]}, {p.padding[0], p.padding[1]}, p.groups);
+  const Geom g = geom_of(x, weight, Tensor(), p);
   check_grad_y(g, grad_y);
   return reference_backward(g, grad_y, x, weight, has_bias);
 }
 
 std::string conv2d_impl(const Tensor& x, const Tensor& weight, bool has_bias, const Conv2dParams& p) {
-  const Geom g =
-      make_geom("conv2d", 2, x, weight, Tensor(), {p.stride[0], p.stride[1]}, {p.padding[0], p.padding[1]}, p.groups);
+  const Geom g = geom_of(x, weight, Tensor(), p);
   return empty_problem(g) ? "none (empty)" : impl_info(g, has_bias);
 }
 
 Tensor conv1d(const Tensor& x, const Tensor& weight, const Tensor& bias, const Conv1dParams& p) {
-  const Geom g = make_geom("conv1d", 1, x, weight, bias, {p.stride}, {p.padding}, p.groups);
+  const Geom g = geom_of(x, weight, bias, p);
   return forward_any(g, x, weight, bias);
 }
 
@@ -655,24 +658,24 @@ ConvGrads conv1d_backward(const Tensor& grad_y, const Tensor& x, const Tensor& w
 
 ConvGrads conv1d_backward(const Tensor& grad_y, const Tensor& x, const Tensor& weight, bool has_bias,
                           const Conv1dParams& p, bool need_dx) {
-  const Geom g = make_geom("conv1d", 1, x, weight, Tensor(), {p.stride}, {p.padding}, p.groups);
+  const Geom g = geom_of(x, weight, Tensor(), p);
   return backward_any(g, grad_y, x, weight, has_bias, need_dx);
 }
 
 Tensor conv1d_reference(const Tensor& x, const Tensor& weight, const Tensor& bias, const Conv1dParams& p) {
-  const Geom g = make_geom("conv1d", 1, x, weight, bias, {p.stride}, {p.padding}, p.groups);
+  const Geom g = geom_of(x, weight, bias, p);
   return reference_forward(g, x, weight, bias);
 }
 
 ConvGrads conv1d_backward_reference(const Tensor& grad_y, const Tensor& x, const Tensor& weight, bool has_bias,
                                     const Conv1dParams& p) {
-  const Geom g = make_geom("conv1d", 1, x, weight, Tensor(), {p.stride}, {p.padding}, p.groups);
+  const Geom g = geom_of(x, weight, Tensor(), p);
   check_grad_y(g, grad_y);
   return reference_backward(g, grad_y, x, weight, has_bias);
 }
 
 std::string conv1d_impl(const Tensor& x, const Tensor& weight, bool has_bias, const Conv1dParams& p) {
-  const Geom g = make_geom("conv1d", 1, x, weight, Tensor(), {p.stride}, {p.padding}, p.groups);
+  const Geom g = geom_of(x, weight, Tensor(), p);
   return empty_problem(g) ? "none (empty)" : impl_info(g, has_bias);
 }
 
