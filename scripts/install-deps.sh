@@ -2,8 +2,11 @@
 # Installs the Debian 12 packages the build, the tests and the benchmarks need, and nothing else.
 # Safe to run repeatedly: it only calls apt-get when something is missing.
 set -euo pipefail
-pkgs=(build-essential cmake pkg-config libopenblas-dev libdnnl-dev libfftw3-dev libsndfile1-dev libsoxr-dev
-      libzip-dev nlohmann-json3-dev libgtest-dev libgmock-dev libbenchmark-dev)
+# ocl-icd-opencl-dev: Debian's libdnnl-dev only *recommends* it, but oneDNN's CMake package
+# (dnnl-config.cmake) calls find_package(OpenCL) and stops configure without it; we install with
+# --no-install-recommends, so it is named here.
+pkgs=(build-essential cmake pkg-config libopenblas-dev libdnnl-dev ocl-icd-opencl-dev libfftw3-dev
+      libsndfile1-dev libsoxr-dev libzip-dev nlohmann-json3-dev libgtest-dev libgmock-dev libbenchmark-dev)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
