@@ -14,6 +14,7 @@
 #include "autograd/ops.h"
 #include "autograd/schedule.h"
 #include "nn/beats/checkpoint.h"
+#include "tensor/index.h"
 #include "tensor/io.h"
 #include "tensor/random.h"
 
@@ -158,6 +159,28 @@ Tensor LabelTokenizer::labels(const Tensor& fbank, const Tensor& frame_mask) con
   return beats->tokenize_fbank(ag::Var(fbank), frame_mask, fo).labels;
 }
 
+Tensor LabelTokenizer::features(const Tensor& fbank, const Tensor& frame_mask) const {
+  ag::NoGradGuard no_grad;
+  if (random) return random->project(fbank);
+  SONAR_CHECK(beats != nullptr, "LabelTokenizer: empty");
+  beats::FeatureOptions fo;
+  fo.padding = beats::PaddingMode::Exact;
+  beats::Features f = beats->forward_fbank(ag::Var(fbank), frame_mask, fo);
+  return l2_normalize(beats->quantize_layer->forward(f.x).value(), -1);
+}
+
+Tensor LabelTokenizer::labels_of(const Tensor& feats) const {
+  SONAR_CHECK(feats.dim() == 3, "LabelTokenizer: features must be [B, P, D], got ", shape_str(feats.shape()));
+  const int64_t B = feats.size(0), P = feats.size(1), D = feats.size(2);
+  return beats::nearest_codes(feats.contiguous().reshape({B * P, D}), codebook()).reshape({B, P});
+}
+
+const Tensor& LabelTokenizer::codebook() const {
+  if (random) return random->codebook.value();
+  SONAR_CHECK(beats != nullptr, "LabelTokenizer: empty");
+  return beats->quantize->codebook();
+}
+
 int64_t LabelTokenizer::num_codes() const {
   if (random) return random->num_codes;
   SONAR_CHECK(beats != nullptr, "LabelTokenizer: empty");
@@ -220,6 +243,38 @@ std::string format_progress(const Progress& p) {
 }
 
 // ---- the data stream ----
+
+CropBatch crop_windows(const audio::Batch& b, double crop_seconds, const std::vector<uint64_t>& seeds) {
+  const int64_t m = b.size(), F = b.fbank.size(2), Tfull = b.fbank.size(1);
+  SONAR_CHECK(static_cast<int64_t>(seeds.size()) == m, "crop_windows: ", seeds.size(), " seeds for ", m, " clips");
+  audio::FbankOptions fo;
+  const int64_t shift = fo.window_shift();
+  const int64_t want = static_cast<int64_t>(std::llround(crop_seconds * 16000.0));
+  const int64_t Tc = audio::fbank_num_frames(want, fo);
+  CropBatch out;
+  out.fbank = Tensor::empty({m, Tc, F});
+  out.frame_mask = Tensor::empty({m, Tc}, DType::Bool);
+  const Tensor src_c = b.fbank.contiguous();
+  const float* src = src_c.data<float>();
+  float* dst = out.fbank.data<float>();
+  uint8_t* fm = out.frame_mask.bytes();
+  for (int64_t i = 0; i < m; ++i) {
+    const int64_t n = b.lengths[i];
+    const int64_t real = std::min(audio::fbank_num_frames(n, fo), Tfull);
+    int64_t start = 0, len = std::min(real, Tc);
+    if (n > want) {
+      Generator g(seeds[i]);
+      start = g.next_int(0, (n - want) / shift + 1);
+      len = Tc;
+      SONAR_CHECK(start + len <= real, "crop of ", b.paths[i], ": frames [", start, ", ", start + len,
+                  ") outside its ", real, " frames");
+    }
+    std::copy(src + (i * Tfull + start) * F, src + (i * Tfull + start + len) * F, dst + i * Tc * F);
+    std::fill(dst + (i * Tc + len) * F, dst + (i + 1) * Tc * F, 0.0f);
+    for (int64_t t = 0; t < Tc; ++t) fm[i * Tc + t] = t >= len ? 1 : 0;
+  }
+  return out;
+}
 
 namespace {
 
@@ -323,35 +378,17 @@ class BatchStream {
     return s;
   }
 
-  // The crop window of each clip: a frame-aligned random window of crop_seconds when the clip is longer,
-  // else the whole clip padded. Seeded by (seed, epoch, position in the epoch).
+  // The crop window of each clip, seeded by (seed, epoch, position in the epoch): see crop_windows.
   TrainBatch crop(const audio::Batch& b, int64_t epoch, int64_t first) const {
-    const int64_t m = b.size(), F = b.fbank.size(2), Tfull = b.fbank.size(1), Tc = crop_frames_;
-    audio::FbankOptions fo;
-    TrainBatch out;
-    out.clips = m;
-    out.fbank = Tensor::empty({m, Tc, F});
-    out.frame_mask = Tensor::empty({m, Tc}, DType::Bool);
-    const float* src = b.fbank.contiguous().data<float>();
-    float* dst = out.fbank.data<float>();
-    uint8_t* fm = out.frame_mask.bytes();
     const uint64_t crop_base = random_bits(random_bits(o_.seed, kCropStream), static_cast<uint64_t>(epoch));
-    for (int64_t i = 0; i < m; ++i) {
-      const int64_t n = b.lengths[i];
-      const int64_t position = first * eff_batch_ + b.indices[i];  // position in the epoch's order
-      const int64_t real = std::min(audio::fbank_num_frames(n, fo), Tfull);
-      int64_t start = 0, len = std::min(real, Tc);
-      if (n > want_) {
-        Generator g(random_bits(crop_base, static_cast<uint64_t>(position)));
-        start = g.next_int(0, (n - want_) / shift_ + 1);
-        len = Tc;
-        SONAR_CHECK(start + len <= real, "crop of ", b.paths[i], ": frames [", start, ", ", start + len,
-                    ") outside its ", real, " frames");
-      }
-      std::copy(src + (i * Tfull + start) * F, src + (i * Tfull + start + len) * F, dst + i * Tc * F);
-      std::fill(dst + (i * Tc + len) * F, dst + (i + 1) * Tc * F, 0.0f);
-      for (int64_t t = 0; t < Tc; ++t) fm[i * Tc + t] = t >= len ? 1 : 0;
-    }
+    std::vector<uint64_t> seeds(b.size());
+    for (int64_t i = 0; i < b.size(); ++i)
+      seeds[i] = random_bits(crop_base, static_cast<uint64_t>(first * eff_batch_ + b.indices[i]));
+    CropBatch c = crop_windows(b, o_.crop_seconds, seeds);
+    TrainBatch out;
+    out.fbank = std::move(c.fbank);
+    out.frame_mask = std::move(c.frame_mask);
+    out.clips = b.size();
     return out;
   }
 
@@ -385,6 +422,7 @@ struct Trainer::State {
   Clock::time_point session_start = Clock::now();
   std::string out, ckpt_path;
   std::function<void(const std::string&)> log;
+  std::shared_ptr<beats::BeatsModel> start_model;  // frozen, loaded on first use
 };
 
 Trainer::Trainer(PretrainOptions o, std::vector<std::shared_ptr<TrainerExtension>> ext)
@@ -438,6 +476,17 @@ const audio::Dataset& Trainer::data() const {
   return st_->data;
 }
 int64_t Trainer::steps_done() const { return st_ ? st_->step : 0; }
+bool Trainer::resuming() const { return st_ && st_->resumed; }
+
+void Trainer::log(const std::string& line) const {
+  if (st_ && st_->log) {
+    st_->log(line);
+  } else if (opts_.log) {
+    opts_.log(line);
+  } else {
+    default_log(line);
+  }
+}
 
 namespace {
 
@@ -498,6 +547,54 @@ json meta_json(const beats::CheckpointData& c, const std::string& key) {
 }
 
 std::string json_value_str(const json& j) { return j.is_null() ? "(none)" : j.dump(); }
+
+}  // namespace
+
+std::shared_ptr<beats::BeatsModel> Trainer::start_model() {
+  SONAR_CHECK(st_ != nullptr, "Trainer: not set up yet");
+  if (!st_->start_model) {
+    beats::CheckpointData ignored;
+    st_->start_model = initial_model(opts_, &ignored, [](const std::string&) {});
+    st_->start_model->eval();
+    st_->start_model->set_requires_grad(false);
+  }
+  return st_->start_model;
+}
+
+namespace {
+
+// metrics.jsonl: keeps the lines of steps <= `step` (a resumed run rewrites what came after its checkpoint),
+// atomically; a missing file stays missing.
+void trim_metrics(const std::string& path, int64_t step) {
+  if (!fs::exists(path)) return;
+  std::string text = read_file(path), kept;
+  size_t pos = 0;
+  while (pos < text.size()) {
+    size_t end = text.find('\n', pos);
+    if (end == std::string::npos) break;  // a half-written last line is dropped
+    const std::string line = text.substr(pos, end - pos);
+    pos = end + 1;
+    try {
+      const json j = json::parse(line);
+      if (j.contains("step") && j.at("step").get<int64_t>() <= step) kept += line + "\n";
+    } catch (const json::exception&) {
+      // an unreadable line is dropped
+    }
+  }
+  write_file_atomic(path, kept);
+}
+
+void append_line(const std::string& path, const std::string& line) {
+  std::FILE* f = std::fopen(path.c_str(), "ab");
+  SONAR_CHECK(f != nullptr, path, ": cannot open for appending");
+  const std::string l = line + "\n";
+  const bool ok = std::fwrite(l.data(), 1, l.size(), f) == l.size();
+  const bool closed = std::fclose(f) == 0;
+  SONAR_CHECK(ok && closed, path, ": write failed (disk full?)");
+}
+
+// A JSON number, or null for NaN/Inf (JSON has no such numbers).
+json number_or_null(double v) { return std::isfinite(v) ? json(v) : json(); }
 
 }  // namespace
 
@@ -574,11 +671,30 @@ PretrainResult Trainer::run() {
     const int64_t done = std::stoll(meta_at(c, "trainer.step"));
     SONAR_CHECK(!finished, s.out, " holds a finished run (", done, " steps); add --force to overwrite it, or choose "
                 "another --out");
+    auto refuse = [&](const std::string& what, const json& there, const json& now) {
+      SONAR_FAIL(s.out, " holds a run started with other options (", what, ": ", json_value_str(there), " there, ",
+                 json_value_str(now), " now); rerun with the same options to resume it, or add --force to start over");
+    };
     for (const auto& [k, v] : cfg.items()) {
       const json sv = stored.contains(k) ? stored.at(k) : json();
-      SONAR_CHECK(sv == v, s.out, " holds a run started with other options (", k, ": ", json_value_str(sv),
-                  " there, ", json_value_str(v), " now); rerun with the same options to resume it, or add --force "
-                  "to start over");
+      if (sv == v) continue;
+      if (k == "extensions" && sv.is_object() && v.is_object()) {
+        // Name the extension's own option (its flag), not the whole block.
+        for (const auto& [en, ev] : v.items()) {
+          const json es = sv.contains(en) ? sv.at(en) : json();
+          if (es == ev) continue;
+          if (!es.is_object() || !ev.is_object()) refuse(en, es.is_null() ? json("off") : es, ev);
+          for (const auto& [fk, fv] : ev.items()) {
+            const json fs_ = es.contains(fk) ? es.at(fk) : json();
+            if (fs_ != fv) refuse(fk, fs_, fv);
+          }
+          for (const auto& [fk, fs_] : es.items())
+            if (!ev.contains(fk)) refuse(fk, fs_, json());
+        }
+        for (const auto& [en, es] : sv.items())
+          if (!v.contains(en)) refuse(en, es, json("off"));
+      }
+      refuse(k, sv, v);
     }
     resume = std::move(c);
   }
@@ -621,13 +737,19 @@ PretrainResult Trainer::run() {
     Generator pgen(random_bits(p.seed, kPredictorStream));
     s.objective = std::make_shared<beats::MaskedLabelPrediction>(s.model, mo, &pgen);
   }
+  s.resumed = resume.has_value();
+  for (const auto& e : extensions_) e->prepare(*this);
   if (resume) {
     s.objective->predictor->load_state_dict(with_prefix_removed(resume->training_tensors, kPredictorPrefix), true);
   } else if (!p.init.empty() && p.reuse_predictor) {
     auto pred = with_prefix_removed(init_ckpt.training_tensors, kPredictorPrefix);
     auto fp = init_ckpt.metadata.find("trainer.tokenizer-fingerprint");
     if (!pred.empty() && fp != init_ckpt.metadata.end() && fp->second == s.tokenizer.fingerprint()) {
-      s.objective->predictor->load_state_dict(pred, true);
+      // The main predictor only: an auxiliary head of the earlier run is not this run's (extensions set theirs).
+      for (auto it = pred.begin(); it != pred.end();)
+        it = it->first.rfind("aux_head.", 0) == 0 ? pred.erase(it) : std::next(it);
+      const bool has_aux = s.objective->predictor->aux_head != nullptr;
+      s.objective->predictor->load_state_dict(pred, !has_aux);
       s.log("label predictor: from " + p.init + " (same tokenizer)");
     } else {
       s.log("label predictor: fresh (" + p.init +
@@ -683,7 +805,6 @@ PretrainResult Trainer::run() {
       SONAR_FAIL("cannot resume from ", s.ckpt_path, ": ", e.what(), " (add --force to start over)");
     }
     SONAR_CHECK(s.step >= 0 && s.step <= p.steps, s.ckpt_path, ": step ", s.step, " outside [0, ", p.steps, "]");
-    s.resumed = true;
   }
 
   // The data stream (validates the position against the epoch size).
@@ -703,10 +824,14 @@ PretrainResult Trainer::run() {
 
   // ---- from here on the run folder is written ----
   fs::create_directories(s.out);
-  if (!resume) {
+  const std::string metrics_path = (fs::path(s.out) / kMetricsFile).string();
+  if (resume) {
+    trim_metrics(metrics_path, s.step);
+  } else {
     if (p.force) {
       for (const char* f : {kCheckpointFile, kModelFile, kTokenizerFile, kRunFile}) fs::remove(fs::path(s.out) / f);
     }
+    fs::remove(metrics_path);
     s.tokenizer.save((fs::path(s.out) / kTokenizerFile).string());
     json run = json::object();
     run["format"] = kTrainerFormat;
@@ -766,9 +891,10 @@ PretrainResult Trainer::run() {
   result.resumed = s.resumed;
   s.session_start = Clock::now();
   Clock::time_point interval_start = s.session_start;
-  double interval_wait = 0.0, interval_loss = 0.0, interval_acc = 0.0;
+  double interval_wait = 0.0, interval_loss = 0.0, interval_acc = 0.0, interval_mlp = 0.0, interval_gn = 0.0;
   int64_t interval_steps = 0, interval_clips = 0, session_steps = 0;
   if (s.step >= p.steps) {  // every step was done but the final save did not complete
+    for (const auto& e : extensions_) e->finish(s.out);
     save(true);
     result.steps_done = s.step;
     result.finished = true;
@@ -786,7 +912,15 @@ PretrainResult Trainer::run() {
     sb.new_clips = tb.clips;
     sb.step = s.step;
     for (const auto& e : extensions_) e->on_batch(sb);
-    sb.labels = s.tokenizer.labels(sb.fbank, sb.frame_mask);
+    sb.token_features = s.tokenizer.features(sb.fbank, sb.frame_mask);
+    sb.start_labels = s.tokenizer.labels_of(sb.token_features);
+    sb.labels = sb.start_labels;
+    if (sb.frame_mask.defined()) {
+      const int64_t ps = s.model->cfg.input_patch_size;
+      sb.patch_padding = s.model->patch_mask_from_frames(sb.frame_mask, sb.fbank.size(1) / ps, sb.fbank.size(2) / ps,
+                                                         p.mlp.padding);
+    }
+    for (const auto& e : extensions_) e->relabel(sb);
 
     s.train_step->optimizer().set_lr(static_cast<float>(s.schedule->lr_at(s.step)));
     beats::MlpOutput out;
@@ -818,6 +952,8 @@ PretrainResult Trainer::run() {
     result.history.push_back(rec);
     interval_loss += st.loss;
     interval_acc += out.masked_accuracy;
+    interval_mlp += out.loss.value().item<double>();
+    interval_gn += st.grad_norm;
     interval_clips += sb.fbank.size(0);
     ++interval_steps;
 
@@ -837,12 +973,26 @@ PretrainResult Trainer::run() {
       for (const auto& e : extensions_)
         for (auto& kv : e->progress()) pr.extra.push_back(kv);
       s.log(format_progress(pr));
+      json mline = json::object();
+      const double n = static_cast<double>(interval_steps);
+      mline["step"] = s.step;
+      mline["loss"] = number_or_null(pr.loss);
+      mline["mlp_loss"] = number_or_null(interval_mlp / n);
+      mline["masked_accuracy"] = number_or_null(pr.accuracy);
+      mline["lr"] = number_or_null(pr.lr);
+      mline["grad_norm"] = number_or_null(interval_gn / n);
+      mline["clips_per_second"] = number_or_null(pr.clips_per_second);
+      mline["elapsed_seconds"] = number_or_null(pr.elapsed_seconds);
+      mline["steps_averaged"] = interval_steps;
+      for (const auto& [k, v] : pr.extra) mline[k] = number_or_null(v);
+      append_line(metrics_path, mline.dump());
       interval_start = Clock::now();
-      interval_wait = interval_loss = interval_acc = 0.0;
+      interval_wait = interval_loss = interval_acc = interval_mlp = interval_gn = 0.0;
       interval_steps = interval_clips = 0;
     }
 
     if (s.step == p.steps) {
+      for (const auto& e : extensions_) e->finish(s.out);
       save(true);
       result.finished = true;
       s.log("finished: " + s.ckpt_path + " and " + (fs::path(s.out) / kModelFile).string() + " after " +

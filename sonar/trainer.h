@@ -1,9 +1,9 @@
 // Continual self-supervised pre-training of a BEATs model by masked label prediction: the training loop that
 // `sonar pretrain` runs. With no extension this is DCPT (direct continual pre-training), the baseline the SONAR
 // method is compared with: new, unlabelled audio only; the tokenizer's labels as targets; AdamW with warm-up and
-// cosine decay; gradient clipping. The SONAR parts (replay of prior data, self-distillation, online codebook
-// updates) plug in later as TrainerExtension objects (extra clips, extra loss terms, after-step hooks, their own
-// checkpoint state); none is implemented here.
+// cosine decay; gradient clipping. The SONAR parts (sonar/replay.h, sonar/distill.h, sonar/codebook.h; assembled by
+// sonar/method.h) plug in as TrainerExtension objects (extra clips, relabelled targets, extra loss terms,
+// after-step hooks, their own checkpoint state); none of their details lives here.
 //
 // A run lives in one output folder:
 //   run.json                 the options and the data it was started with (for people; resumes check the
@@ -13,6 +13,9 @@
 //                            `sonar probe`), and under "train." the label predictor, AdamW's moments, plus
 //                            metadata with the step, schedule, RNG states, data-order position and options
 //   model.safetensors        the final model alone, written when the last step is done
+//   metrics.jsonl            one JSON object per logged step: every loss term, masked accuracy, learning
+//                            rate, gradient norm, and each extension's numbers (codebook health, replay share);
+//                            appended as the run goes, cut back to the checkpoint's step on resume
 // Checkpoints are written atomically (temporary file + rename) every save_every steps and at the end, so a run
 // killed mid-way loses at most the steps since the last one. Started again with the same options and folder,
 // the run resumes from the checkpoint and takes exactly the steps it would have taken without the interruption
@@ -72,6 +75,12 @@ class LabelTokenizer {
 
   // fbank [B, T, F] normalised, frame_mask bool [B, T] or undefined -> labels int64 [B, P].
   Tensor labels(const Tensor& fbank, const Tensor& frame_mask) const;
+  // The L2-normalised vectors the codebook is searched with, float32 [B, P, D] (no gradients, eval mode).
+  Tensor features(const Tensor& fbank, const Tensor& frame_mask) const;
+  // Labels of features() vectors: the nearest code of the tokenizer's codebook, int64 [B, P].
+  Tensor labels_of(const Tensor& features) const;
+  // The codebook [K, D] (L2-normalised rows).
+  const Tensor& codebook() const;
   int64_t num_codes() const;
   int64_t patch_size() const;
   std::string kind() const;  // "tokenizer" or "random_projection_tokenizer"
@@ -151,13 +160,32 @@ std::string format_progress(const Progress& p);
 // H:MM:SS (negative or non-finite: "?").
 std::string format_duration(double seconds);
 
+// ---- crops (the trainer's data stream and replay share them) ----
+
+struct CropBatch {
+  Tensor fbank;       // float32 [B, Tc, F]
+  Tensor frame_mask;  // bool [B, Tc], 1 = padded frame
+};
+// Frame-aligned windows of crop_seconds from each clip of a loaded batch (audio::CropMode::Full): clip i's
+// window starts at a frame drawn from Generator(seeds[i]) when the clip is longer than the window (so the
+// window's fbank equals the fbank of the cropped audio), else it is the whole clip, zero-padded.
+CropBatch crop_windows(const audio::Batch& b, double crop_seconds, const std::vector<uint64_t>& seeds);
+
 // ---- extensions (the SONAR method's hooks) ----
 
-// What one step works on. Extensions may append clips before the labels are computed (replay).
+// What one step works on. Order within a step: on_batch (extensions may append clips: replay), then the trainer
+// computes start_labels (and token_features) with the run's tokenizer and sets labels = start_labels, then
+// relabel (extensions may replace labels: the online codebook), then the forward pass with extra_loss, the
+// optimiser step, after_step.
 struct StepBatch {
-  Tensor fbank;       // float32 [B, T, F], normalised crops
-  Tensor frame_mask;  // bool [B, T], 1 = padded frame
-  Tensor labels;      // int64 [B, P], the tokenizer's labels (set after on_batch)
+  Tensor fbank;         // float32 [B, T, F], normalised crops
+  Tensor frame_mask;    // bool [B, T], 1 = padded frame
+  Tensor labels;        // int64 [B, P], the targets of the main prediction head
+  Tensor start_labels;  // int64 [B, P], the run's (start) tokenizer's labels of every patch
+  // float32 [B, P, D]: the L2-normalised vectors the start tokenizer searches its codebook with (the
+  // quantizer input of a trained tokenizer, the normalised projection of the random projection).
+  Tensor token_features;
+  Tensor patch_padding;     // bool [B, P], 1 = padded patch (exact padding), undefined when no frame is padded
   int64_t new_clips = 0;  // clips from the training data (the first rows); the rest were added by extensions
   int64_t step = 0;       // steps done before this one
 };
@@ -171,17 +199,28 @@ class TrainerExtension {
   virtual std::string name() const = 0;
   // Options that must match when a run is resumed (stored in the checkpoint).
   virtual nlohmann::json config() const { return nlohmann::json::object(); }
+  // Once, after the model, the objective (label predictor) and the tokenizer exist, before the predictor's
+  // checkpoint state is loaded and before the optimiser is built: may add modules to the objective (their
+  // parameters are then trained, saved with the predictor and restored on resume: the predictor's auxiliary
+  // head) or switch on what it needs (objective()->layer_results).
+  virtual void prepare(Trainer& trainer) {}
   // Once, when the model, predictor, tokenizer and optimiser exist (fresh start or resume, before load_state).
   virtual void attach(Trainer& trainer) {}
   // Before the labels: may edit the batch (e.g. append replayed clips).
   virtual void on_batch(StepBatch& batch) {}
+  // After the start tokenizer's labels: may replace batch.labels (e.g. labels of an adapting codebook).
+  virtual void relabel(StepBatch& batch) {}
   // Inside the forward pass: an extra, already weighted loss term added to the masked-label loss, or an
   // undefined Var for none.
   virtual ag::Var extra_loss(const StepBatch& batch, const beats::MlpOutput& out) { return {}; }
   // After the optimiser step (e.g. codebook updates).
   virtual void after_step(const StepBatch& batch, const beats::MlpOutput& out) {}
-  // Numbers for the progress line, averaged by the extension over its own steps.
+  // Numbers for the progress line and metrics.jsonl, averaged by the extension over the steps since the last
+  // call (called once per logged step).
   virtual std::vector<std::pair<std::string, double>> progress() { return {}; }
+  // Once, when the last step is done, before the final checkpoint: may write files into the run folder
+  // (atomically), e.g. the adapted tokenizer.
+  virtual void finish(const std::string& out_dir) {}
   // Checkpoint state: tensors and metadata entries (names without the "ext.<name>." prefix).
   virtual void save_state(std::map<std::string, Tensor>& tensors, std::map<std::string, std::string>& meta) const {}
   virtual void load_state(const std::map<std::string, Tensor>& tensors, const std::map<std::string, std::string>& meta) {}
@@ -210,6 +249,7 @@ constexpr const char* kCheckpointFile = "checkpoint.safetensors";
 constexpr const char* kTokenizerFile = "tokenizer.safetensors";
 constexpr const char* kModelFile = "model.safetensors";
 constexpr const char* kRunFile = "run.json";
+constexpr const char* kMetricsFile = "metrics.jsonl";
 constexpr const char* kTrainerFormat = "sonar-trainer-1";
 
 class Trainer {
@@ -223,14 +263,22 @@ class Trainer {
   // Sets up (fresh, resumed or refused) and trains to the end, the stop flag or halt_after.
   PretrainResult run();
 
-  // For extensions (valid after setup, i.e. from attach() on).
+  // For extensions (valid from prepare() on; the optimiser from attach() on).
   const PretrainOptions& options() const { return opts_; }
+  bool resuming() const;  // the run continues from a checkpoint (known from prepare() on)
   std::shared_ptr<beats::BeatsModel> model() const;
   std::shared_ptr<beats::MaskedLabelPrediction> objective() const;
   const LabelTokenizer& tokenizer() const;
   ag::AdamW& optimizer();
   const audio::Dataset& data() const;
   int64_t steps_done() const;
+  // The model the run started from, frozen (eval mode, no gradients), loaded once on first use: --init's
+  // checkpoint, or the fresh preset model drawn from the seed. On resume it is the same start model again,
+  // not the checkpoint's.
+  std::shared_ptr<beats::BeatsModel> start_model();
+  // Progress lines (what PretrainOptions::log or stdout gets).
+  void log(const std::string& line) const;
+  std::string out_dir() const { return opts_.out_dir; }
 
  private:
   struct State;

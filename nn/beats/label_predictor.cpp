@@ -174,7 +174,20 @@ LabelPredictor::LabelPredictor(const BeatsConfig& encoder_cfg, const LabelPredic
 }
 
 std::shared_ptr<nn::Module> LabelPredictor::create_like() const {
-  return std::make_shared<LabelPredictor>(cfg, opts);
+  auto p = std::make_shared<LabelPredictor>(cfg, opts);
+  if (aux_head) p->add_aux_head(aux_head->out_features());
+  return p;
+}
+
+void LabelPredictor::add_aux_head(int64_t num_classes) {
+  SONAR_CHECK(aux_head == nullptr, "LabelPredictor: there is an auxiliary head already");
+  SONAR_CHECK(num_classes > 0, "LabelPredictor: auxiliary head needs at least one class, got ", num_classes);
+  aux_head = register_module("aux_head", std::make_shared<GrowableLinear>(cfg.encoder_embed_dim, num_classes));
+}
+
+ag::Var LabelPredictor::aux_logits(const ag::Var& rows) {
+  SONAR_CHECK(aux_head != nullptr, "LabelPredictor: no auxiliary head (add_aux_head)");
+  return aux_head->forward(rows);
 }
 
 ag::Var LabelPredictor::assemble(const ag::Var& visible, const PatchMasking& m) const {

@@ -86,11 +86,18 @@ class LabelPredictor : public nn::Module {
   // Grows the output layer by n classes (see GrowableLinear::add_rows).
   void add_classes(int64_t n, const Tensor& rows = Tensor(), Generator* gen = nullptr) { head->add_rows(n, rows, gen); }
 
+  // A second output layer over the same hidden states (child "aux_head", num_classes outputs, zeros until set),
+  // e.g. SONAR's tokenizer-level self-distillation: the main head follows an adapting tokenizer while this one
+  // keeps predicting the frozen start tokenizer's labels. Throws when there is one already.
+  void add_aux_head(int64_t num_classes);
+  ag::Var aux_logits(const ag::Var& rows);  // throws when there is no auxiliary head
+
   const BeatsConfig cfg;  // the predictor's own configuration (encoder_layers = opts.layers)
   const LabelPredictorOptions opts;
   ag::Var mask_emb;  // [C], the learnt mask token
   std::shared_ptr<TransformerEncoder> encoder;
   std::shared_ptr<GrowableLinear> head;
+  std::shared_ptr<GrowableLinear> aux_head;  // null unless add_aux_head was called
 
  protected:
   std::shared_ptr<nn::Module> create_like() const override;

@@ -20,6 +20,7 @@ MaskedLabelPrediction::MaskedLabelPrediction(std::shared_ptr<BeatsBackbone> m, c
   SONAR_CHECK(m != nullptr, "MaskedLabelPrediction: no model");
   model = register_module("model", std::move(m));
   predictor = register_module("predictor", std::make_shared<LabelPredictor>(model->cfg, o.predictor, gen));
+  layer_results = o.layer_results;
 }
 
 std::shared_ptr<nn::Module> MaskedLabelPrediction::create_like() const {
@@ -28,24 +29,51 @@ std::shared_ptr<nn::Module> MaskedLabelPrediction::create_like() const {
   return std::make_shared<MaskedLabelPrediction>(m, opts);
 }
 
-VisibleEncoding MaskedLabelPrediction::encode_visible(const ag::Var& fbank, const Tensor& frame_mask, Generator& gen) {
+VisibleEncoding encode_with_masking(BeatsBackbone& model, const ag::Var& fbank, const Tensor& patch_padding,
+                                    const PatchMasking& m, bool layer_results) {
   VisibleEncoding ve;
-  ag::Var patches = model->embed_patches(fbank, &ve.time_patches, &ve.freq_patches);  // [B, P, E]
+  ag::Var patches = model.embed_patches(fbank, &ve.time_patches, &ve.freq_patches);  // [B, P, E]
   const int64_t B = patches.size(0), P = patches.size(1), E = patches.size(2);
+  SONAR_CHECK(m.batch == B && m.patches == P, "encode_with_masking: the masking is for ", m.batch, " clips of ",
+              m.patches, " patches, the input has ", B, " of ", P);
+  ve.patch_padding = patch_padding;
+  ve.masking = m;
+  // Gather the visible patch embeddings (E wide, before the projection: the cheapest place), in order.
+  ag::Var vis = ag::reshape(ag::index_select(ag::reshape(patches, {B * P, E}), 0, m.visible_flat), {B, m.visible, E});
+  vis = model.project(vis);  // [B, V, C]
+  bool fillers = false;
+  for (int64_t b = 0; b < B; ++b) fillers = fillers || m.num_visible[b] < m.visible;
+  EncoderOptions eo;
+  eo.layer_results = layer_results;
+  EncoderOutput eout = model.encoder->forward(vis, fillers ? m.visible_padding : Tensor(), eo);
+  ve.encoded = eout.x;
+  ve.layer_results = std::move(eout.layer_results);
+  return ve;
+}
+
+VisibleEncoding MaskedLabelPrediction::encode_visible(const ag::Var& fbank, const Tensor& frame_mask, Generator& gen) {
+  int64_t time_patches = 0, freq_patches = 0;
+  // Patch geometry and padding first (cheap: no embedding), then the masking, then the visible half.
+  const int64_t p = model->cfg.input_patch_size;
+  SONAR_CHECK(fbank.dim() == 3, "MaskedLabelPrediction: fbank must be [B, T, F], got ", shape_str(fbank.shape()));
+  SONAR_CHECK(fbank.size(1) >= p && fbank.size(2) >= p, "BEATs: the input has ", fbank.size(1), " frames x ",
+              fbank.size(2), " mel bins; a patch needs ", p, " x ", p, " (a clip needs at least ", (p - 1) * 160 + 400,
+              " samples at 16 kHz)");
+  time_patches = fbank.size(1) / p;
+  freq_patches = fbank.size(2) / p;
+  const int64_t B = fbank.size(0), P = time_patches * freq_patches;
+  Tensor patch_padding;
   if (frame_mask.defined()) {
     SONAR_CHECK(frame_mask.dim() == 2 && frame_mask.size(0) == B && frame_mask.size(1) == fbank.size(1),
                 "MaskedLabelPrediction: frame mask must be [B, T] = ", shape_str({B, fbank.size(1)}), ", got ",
                 shape_str(frame_mask.shape()));
-    ve.patch_padding = model->patch_mask_from_frames(frame_mask, ve.time_patches, ve.freq_patches, opts.padding);
+    patch_padding = model->patch_mask_from_frames(frame_mask, time_patches, freq_patches, opts.padding);
   }
-  ve.masking = make_patch_masking(B, P, ve.patch_padding, opts.masking, gen);
-  const PatchMasking& m = ve.masking;
-  // Gather the visible patch embeddings (E wide, before the projection: the cheapest place), in order.
-  ag::Var vis = ag::reshape(ag::index_select(ag::reshape(patches, {B * P, E}), 0, m.visible_flat), {B, m.visible, E});
-  vis = model->project(vis);  // [B, V, C]
-  bool fillers = false;
-  for (int64_t b = 0; b < B; ++b) fillers = fillers || m.num_visible[b] < m.visible;
-  ve.encoded = model->encoder->forward(vis, fillers ? m.visible_padding : Tensor()).x;
+  PatchMasking m = make_patch_masking(B, P, patch_padding, opts.masking, gen);
+  VisibleEncoding ve = encode_with_masking(*model, fbank, patch_padding, m, layer_results);
+  SONAR_CHECK(ve.time_patches == time_patches && ve.freq_patches == freq_patches,
+              "MaskedLabelPrediction: patch grid ", ve.time_patches, " x ", ve.freq_patches, " differs from ",
+              time_patches, " x ", freq_patches);
   return ve;
 }
 

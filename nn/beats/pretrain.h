@@ -45,6 +45,9 @@ struct MlpOptions {
   // are padding) is the default for training; Official reproduces BEATs' quirky downsampling.
   PaddingMode padding = PaddingMode::Exact;
   LabelPredictorOptions predictor;  // 3 blocks, 1024 classes
+  // Keep the encoder's per-block outputs over the visible patches (VisibleEncoding::layer_results), for
+  // objectives that read intermediate layers (SONAR's model-level self-distillation).
+  bool layer_results = false;
 };
 
 // The encoder's side of the objective: which patches were visible and what the encoder made of them.
@@ -53,7 +56,17 @@ struct VisibleEncoding {
   ag::Var encoded;      // [B, V, C] encoder output over the visible patches
   Tensor patch_padding;  // bool [B, P] (1 = padded), undefined without a frame mask
   int64_t time_patches = 0, freq_patches = 0;
+  // With MlpOptions::layer_results: [0] = the input of the first block, [i] = the output of block i, each
+  // [B, V, C] over the visible patches (the last equals `encoded`).
+  std::vector<ag::Var> layer_results;
 };
+
+// The visible half of the objective for a given masking: gather the visible patch embeddings, project, encode.
+// Used by encode_visible after drawing the masking, and by a teacher that must see exactly the student's
+// visible patches. fbank [B, T, F]; patch_padding bool [B, P] or undefined; masking from make_patch_masking.
+// Returns encoded [B, V, C] (and the per-block outputs when layer_results is set).
+VisibleEncoding encode_with_masking(BeatsBackbone& model, const ag::Var& fbank, const Tensor& patch_padding,
+                                    const PatchMasking& masking, bool layer_results);
 
 struct MlpOutput {
   ag::Var loss;                  // scalar: smoothed cross-entropy averaged over the N masked patches
@@ -81,6 +94,8 @@ class MaskedLabelPrediction : public nn::Module {
   const MlpOptions opts;
   std::shared_ptr<BeatsBackbone> model;
   std::shared_ptr<LabelPredictor> predictor;
+  // Keep the encoder's per-block outputs (VisibleEncoding::layer_results); starts as opts.layer_results.
+  bool layer_results = false;
 
  protected:
   std::shared_ptr<nn::Module> create_like() const override;
