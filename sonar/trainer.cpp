@@ -683,7 +683,7 @@ PretrainResult Trainer::run() {
         for (const auto& [en, ev] : v.items()) {
           const json es = sv.contains(en) ? sv.at(en) : json();
           if (es == ev) continue;
-          if (!es.is_object() || !ev.is_object()) refuse(en, es.is_null() ? json("off") : es, ev);
+          if (!es.is_object() || !ev.is_object()) refuse("extension " + en, es.is_null() ? json("off") : es, ev);
           for (const auto& [fk, fv] : ev.items()) {
             const json fs_ = es.contains(fk) ? es.at(fk) : json();
             if (fs_ != fv) refuse(fk, fs_, fv);
@@ -692,7 +692,7 @@ PretrainResult Trainer::run() {
             if (!ev.contains(fk)) refuse(fk, fs_, json());
         }
         for (const auto& [en, es] : sv.items())
-          if (!v.contains(en)) refuse(en, es, json("off"));
+          if (!v.contains(en)) refuse("extension " + en, es, json("off"));
       }
       refuse(k, sv, v);
     }
