@@ -88,7 +88,12 @@ std::string usage() {
        "  --threads N          compute threads (default: OpenMP's; OMP_NUM_THREADS)\n"
        "  --workers N          background loading threads (default " << d.loader_workers << ")\n"
        "  --cache DIR          fbank cache folder (reused across epochs and runs)\n"
-       "  --force              start over even when RUN_DIR holds a finished run or one with other options\n\n"
+       "  --force              start over even when RUN_DIR holds a finished run or one with other options\n"
+       "  --stop-after N       stop after N steps of this session with a checkpoint (exit 130), e.g. to train in\n"
+       "                       slices on a machine with a time limit; the same command resumes\n\n"
+       "Data-parallel: mpirun -np N sonar pretrain ... splits every batch of --batch clips across N processes\n"
+       "(--batch a multiple of N): the same clips, crops and masks as one process, gradients summed with\n"
+       "MPI_Allreduce; process 0 writes the run folder. A run resumes with the same N. See docs/distributed.md.\n\n"
        << sonar::method::sonar_flags_help() << "\n"
        "Every run folder also gets metrics.jsonl: one JSON object per progress line (loss terms, masked accuracy,\n"
        "learning rate, gradient norm, codebook health, replay share).\n\n"
@@ -117,7 +122,7 @@ int run(int argc, char** argv) {
   std::set<std::string> options = {"data", "splits", "out", "init", "preset", "tokenizer", "codes", "steps", "batch",
                                    "crop-seconds", "max-clip-seconds", "lr", "warmup", "final-lr", "weight-decay",
                                    "beta2", "clip-grad", "mask-ratio", "seed", "log-every", "save-every", "threads",
-                                   "workers", "cache"};
+                                   "workers", "cache", "stop-after"};
   for (const auto& f : sonar::method::sonar_flag_names()) options.insert(f);
   sonar::app::Args args(argc, argv, options, {"force", "fresh-predictor"});
   if (args.help()) {
@@ -161,6 +166,8 @@ int run(int argc, char** argv) {
   o.loader_workers = static_cast<int>(args.get_int("workers", o.loader_workers));
   o.cache_dir = args.get("cache");
   o.force = args.has("force");
+  o.stop_after = args.get_int("stop-after", -1);
+  SONAR_CHECK(!args.has("stop-after") || o.stop_after > 0, "--stop-after must be positive, got ", o.stop_after);
 
   std::map<std::string, std::string> sonar_flags;
   for (const auto& f : sonar::method::sonar_flag_names())

@@ -18,6 +18,10 @@ BatchStream::BatchStream(const audio::Dataset& ds, const StreamOptions& o, int64
   SONAR_CHECK(n > 0, "no audio clips to train on");
   eff_batch_ = std::min<int64_t>(o_.batch_size, n);
   per_epoch_ = n / eff_batch_;
+  SONAR_CHECK(o_.ranks >= 1 && o_.rank >= 0 && o_.rank < o_.ranks, "data stream: rank ", o_.rank, " of ", o_.ranks);
+  SONAR_CHECK(eff_batch_ % o_.ranks == 0, "a batch of ", eff_batch_, " clips cannot be split evenly across ",
+              o_.ranks, " processes; choose --batch as a multiple of the process count");
+  local_batch_ = eff_batch_ / o_.ranks;
   SONAR_CHECK(batch_ >= 0 && batch_ < per_epoch_ && epoch_ >= 0, "data position (epoch ", epoch_, ", batch ",
               batch_, ") is outside an epoch of ", per_epoch_, " batches");
   audio::FbankOptions fo;
@@ -57,9 +61,15 @@ BatchStream::Segment BatchStream::open(int64_t epoch, int64_t first) {
   const int64_t n = ds_.size();
   std::vector<int64_t> order = audio::shuffled_indices(n, random_bits(random_bits(o_.seed, kOrderStream),
                                                                       static_cast<uint64_t>(epoch)));
-  std::vector<int64_t> items(order.begin() + first * eff_batch_, order.begin() + per_epoch_ * eff_batch_);
+  // This rank's slice of every batch from `first` on (all of it with one process).
+  std::vector<int64_t> items;
+  items.reserve((per_epoch_ - first) * local_batch_);
+  for (int64_t k = first; k < per_epoch_; ++k) {
+    const auto begin = order.begin() + k * eff_batch_ + o_.rank * local_batch_;
+    items.insert(items.end(), begin, begin + local_batch_);
+  }
   audio::LoaderOptions lo;
-  lo.batch_size = eff_batch_;
+  lo.batch_size = local_batch_;
   lo.clip_seconds = o_.max_clip_seconds;
   lo.crop = audio::CropMode::Full;
   lo.shuffle = false;
@@ -79,8 +89,12 @@ BatchStream::Segment BatchStream::open(int64_t epoch, int64_t first) {
 TrainBatch BatchStream::crop(const audio::Batch& b, int64_t epoch, int64_t first) const {
   const uint64_t crop_base = random_bits(random_bits(o_.seed, kCropStream), static_cast<uint64_t>(epoch));
   std::vector<uint64_t> seeds(b.size());
-  for (int64_t i = 0; i < b.size(); ++i)
-    seeds[i] = random_bits(crop_base, static_cast<uint64_t>(first * eff_batch_ + b.indices[i]));
+  for (int64_t i = 0; i < b.size(); ++i) {
+    // Global position in the epoch's order of the clip at index j of this rank's item list.
+    const int64_t j = b.indices[i];
+    const int64_t position = (first + j / local_batch_) * eff_batch_ + o_.rank * local_batch_ + j % local_batch_;
+    seeds[i] = random_bits(crop_base, static_cast<uint64_t>(position));
+  }
   CropBatch c = crop_windows(b, o_.crop_seconds, seeds);
   TrainBatch out;
   out.fbank = std::move(c.fbank);

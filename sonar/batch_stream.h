@@ -33,6 +33,10 @@ struct StreamOptions {
   int prefetch = 4;
   std::string cache_dir;
   double min_seconds = 0.175;
+  // Data parallelism: this process loads only its slice [rank * B / ranks, (rank + 1) * B / ranks) of every
+  // global batch of B clips (B must be a multiple of ranks); crops are those of the clips' global positions,
+  // so the slices of all ranks together are exactly the batch a single process would load.
+  int rank = 0, ranks = 1;
 };
 
 // Endless batches: epoch e is a seeded permutation of the clips cut into batches; the position (epoch, batch)
@@ -43,7 +47,8 @@ class BatchStream {
   BatchStream(const audio::Dataset& ds, const StreamOptions& o, int64_t epoch, int64_t batch);
 
   int64_t batches_per_epoch() const { return per_epoch_; }
-  int64_t batch_size() const { return eff_batch_; }
+  int64_t batch_size() const { return eff_batch_; }        // global clips per batch
+  int64_t local_batch_size() const { return local_batch_; }  // this rank's share
   int64_t crop_frames() const { return crop_frames_; }
   // Position of the next batch.
   int64_t epoch() const { return epoch_; }
@@ -66,7 +71,7 @@ class BatchStream {
   const audio::Dataset& ds_;
   StreamOptions o_;
   int64_t epoch_, batch_;
-  int64_t eff_batch_ = 1, per_epoch_ = 1;
+  int64_t eff_batch_ = 1, per_epoch_ = 1, local_batch_ = 1;
   int64_t shift_ = 160, want_ = 0, crop_frames_ = 0;
   Segment cur_, next_;
 };
