@@ -14,6 +14,7 @@
 #include "autograd/ops.h"
 #include "autograd/schedule.h"
 #include "nn/beats/checkpoint.h"
+#include "sonar/batch_stream.h"
 #include "tensor/index.h"
 #include "tensor/io.h"
 #include "tensor/random.h"
@@ -31,8 +32,6 @@ constexpr uint64_t kPredictorStream = 0x50524544ULL;  // "PRED": label predictor
 constexpr uint64_t kTokenizerStream = 0x544f4b4eULL;  // "TOKN": random-projection tokenizer
 constexpr uint64_t kMaskStream = 0x4d41534bULL;       // "MASK": patch masking
 constexpr uint64_t kDropoutStream = 0x44524f50ULL;    // "DROP": dropout and layer drop
-constexpr uint64_t kOrderStream = 0x4f524452ULL;      // "ORDR": epoch permutations
-constexpr uint64_t kCropStream = 0x43524f50ULL;       // "CROP": crop windows
 
 constexpr const char* kPredictorPrefix = "predictor.";
 constexpr const char* kOptimizerPrefix = "optimizer.";
@@ -275,132 +274,6 @@ CropBatch crop_windows(const audio::Batch& b, double crop_seconds, const std::ve
   }
   return out;
 }
-
-namespace {
-
-struct TrainBatch {
-  Tensor fbank;       // [B, Tc, F]
-  Tensor frame_mask;  // bool [B, Tc]
-  int64_t clips = 0;
-};
-
-struct StreamOptions {
-  int64_t batch_size = 8;
-  double crop_seconds = 10.0;
-  double max_clip_seconds = 60.0;
-  uint64_t seed = 0;
-  int workers = 1;
-  int prefetch = 4;
-  std::string cache_dir;
-  double min_seconds = 0.175;
-};
-
-// Endless batches: epoch e is a seeded permutation of the clips cut into batches; the position (epoch, batch)
-// of the next batch is what a checkpoint stores. One DataLoader per epoch segment (shuffle off, whole clips up
-// to max_clip_seconds), the next one started before the current one runs dry so the workers keep prefetching.
-class BatchStream {
- public:
-  BatchStream(const audio::Dataset& ds, const StreamOptions& o, int64_t epoch, int64_t batch)
-      : ds_(ds), o_(o), epoch_(epoch), batch_(batch) {
-    const int64_t n = ds_.size();
-    SONAR_CHECK(n > 0, "no audio clips to train on");
-    eff_batch_ = std::min<int64_t>(o_.batch_size, n);
-    per_epoch_ = n / eff_batch_;
-    SONAR_CHECK(batch_ >= 0 && batch_ < per_epoch_ && epoch_ >= 0, "data position (epoch ", epoch_, ", batch ",
-                batch_, ") is outside an epoch of ", per_epoch_, " batches");
-    audio::FbankOptions fo;
-    shift_ = fo.window_shift();
-    want_ = static_cast<int64_t>(std::llround(o_.crop_seconds * 16000.0));
-    crop_frames_ = audio::fbank_num_frames(want_, fo);
-    cur_ = open(epoch_, batch_);
-  }
-
-  int64_t batches_per_epoch() const { return per_epoch_; }
-  int64_t batch_size() const { return eff_batch_; }
-  int64_t crop_frames() const { return crop_frames_; }
-  // Position of the next batch.
-  int64_t epoch() const { return epoch_; }
-  int64_t batch() const { return batch_; }
-
-  TrainBatch next() {
-    for (;;) {
-      std::optional<audio::Batch> b = cur_.loader->next();
-      if (!b) {
-        // A whole epoch without a single loadable clip would loop for ever.
-        SONAR_CHECK(cur_.first != 0 || cur_.yielded, "no loadable audio in ", ds_.origin, ": all ", ds_.size(),
-                    " clips of an epoch were skipped");
-        epoch_ = cur_.epoch + 1;
-        batch_ = 0;
-        cur_ = next_.loader ? std::move(next_) : open(epoch_, 0);
-        next_ = Segment();
-        continue;
-      }
-      cur_.yielded = true;
-      const int64_t k = cur_.first + b->index;  // batch index within the epoch
-      epoch_ = cur_.epoch;
-      batch_ = k + 1;
-      if (batch_ >= per_epoch_) {
-        epoch_ = cur_.epoch + 1;
-        batch_ = 0;
-      }
-      if (!next_.loader && per_epoch_ - (k + 1) <= o_.prefetch) next_ = open(cur_.epoch + 1, 0);
-      return crop(*b, cur_.epoch, cur_.first);
-    }
-  }
-
- private:
-  struct Segment {
-    std::unique_ptr<audio::DataLoader> loader;
-    int64_t epoch = 0, first = 0;
-    bool yielded = false;
-  };
-
-  Segment open(int64_t epoch, int64_t first) {
-    const int64_t n = ds_.size();
-    std::vector<int64_t> order = audio::shuffled_indices(n, random_bits(random_bits(o_.seed, kOrderStream),
-                                                                        static_cast<uint64_t>(epoch)));
-    std::vector<int64_t> items(order.begin() + first * eff_batch_, order.begin() + per_epoch_ * eff_batch_);
-    audio::LoaderOptions lo;
-    lo.batch_size = eff_batch_;
-    lo.clip_seconds = o_.max_clip_seconds;
-    lo.crop = audio::CropMode::Full;
-    lo.shuffle = false;
-    lo.drop_last = false;
-    lo.num_workers = o_.workers;
-    lo.prefetch_batches = o_.prefetch;
-    lo.keep_waveforms = false;
-    lo.cache_dir = o_.cache_dir;
-    lo.min_seconds = o_.min_seconds;
-    Segment s;
-    s.epoch = epoch;
-    s.first = first;
-    s.loader = std::make_unique<audio::DataLoader>(ds_.subset(items), lo);
-    return s;
-  }
-
-  // The crop window of each clip, seeded by (seed, epoch, position in the epoch): see crop_windows.
-  TrainBatch crop(const audio::Batch& b, int64_t epoch, int64_t first) const {
-    const uint64_t crop_base = random_bits(random_bits(o_.seed, kCropStream), static_cast<uint64_t>(epoch));
-    std::vector<uint64_t> seeds(b.size());
-    for (int64_t i = 0; i < b.size(); ++i)
-      seeds[i] = random_bits(crop_base, static_cast<uint64_t>(first * eff_batch_ + b.indices[i]));
-    CropBatch c = crop_windows(b, o_.crop_seconds, seeds);
-    TrainBatch out;
-    out.fbank = std::move(c.fbank);
-    out.frame_mask = std::move(c.frame_mask);
-    out.clips = b.size();
-    return out;
-  }
-
-  const audio::Dataset& ds_;
-  StreamOptions o_;
-  int64_t epoch_, batch_;
-  int64_t eff_batch_ = 1, per_epoch_ = 1;
-  int64_t shift_ = 160, want_ = 0, crop_frames_ = 0;
-  Segment cur_, next_;
-};
-
-}  // namespace
 
 // ---- the trainer ----
 
