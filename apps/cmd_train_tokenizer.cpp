@@ -22,6 +22,7 @@ namespace {
 std::atomic<bool> g_stop{false};
 
 // First signal: finish the step, save, exit 130. A second one ends the process at once (default action).
+// (A C-linkage name is global despite the anonymous namespace: it must differ from cmd_pretrain.cpp's.)
 extern "C" void on_tokenizer_stop_signal(int sig) {
   if (g_stop.exchange(true)) {
     std::signal(sig, SIG_DFL);
