@@ -49,7 +49,15 @@ constexpr int64_t kMinCodesUsed = 4;
 constexpr double kUnitNormTol = 1e-5;  // |‖code‖ - 1| of every code after EMA updates (renormalised each step)
 constexpr double kPerplexityTol = 1e-12;
 
-fs::path scratch() { return fs::temp_directory_path() / ("sonar_test_toktrainer_" + std::to_string(::getpid())); }
+// This program's scratch folder (created on first use; removed at the end).
+fs::path scratch() {
+  static const fs::path dir = [] {
+    fs::path p = fs::temp_directory_path() / ("sonar_test_toktrainer_" + std::to_string(::getpid()));
+    fs::create_directories(p);
+    return p;
+  }();
+  return dir;
+}
 
 std::string corpus_dir() {
   static const std::string dir = [] {
@@ -70,7 +78,6 @@ std::string teacher_path() {
     Generator gen(77);
     beats::BeatsModel m(preset_config("tiny"), &gen);
     const std::string p = (scratch() / "teacher.safetensors").string();
-    fs::create_directories(scratch());
     beats::save_beats(p, m);
     return p;
   }();
