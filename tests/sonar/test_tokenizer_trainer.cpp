@@ -4,7 +4,7 @@
 // loss falls, the codebook is k-means-initialised on the first batch and used, metrics.jsonl has one line per
 // logged step, and the finished tokenizer loads as a label tokenizer and serves as `pretrain`'s targets; the stop
 // flag saves and a resume continues; finished or different runs are refused naming the option; bad input fails
-// before anything is written. Not tested here: the command line (tests/apps/test_cmd_train_tokenizer.cpp) or the
+// before anything is written; official .pt checkpoints serve as teacher and --init. Not tested here: the command line (tests/apps/test_cmd_train_tokenizer.cpp) or the
 // distillation loss itself (tests/nn/test_beats_pretrain.cpp).
 #include <gtest/gtest.h>
 #include <unistd.h>
@@ -48,6 +48,9 @@ constexpr double kMinFirstBatchUsage = 0.75;
 constexpr int64_t kMinCodesUsed = 4;
 constexpr double kUnitNormTol = 1e-5;  // |‖code‖ - 1| of every code after EMA updates (renormalised each step)
 constexpr double kPerplexityTol = 1e-12;
+// --init's codebook after 3 steps: the smallest cosine between a code and its start (EMA decay 0.99 moves a
+// code by a few percent per step at most; measured 0.9997).
+constexpr double kKeptCodeMinCosine = 0.9;
 
 // This program's scratch folder (created on first use; removed at the end).
 fs::path scratch() {
@@ -492,4 +495,34 @@ TEST(TokenizerTrainer, BadInputFailsBeforeWritingAnything) {
   EXPECT_TRUE(r.finished);
   EXPECT_EQ(beats::load_tokenizer(r.tokenizer)->quantize->num_codes(), kCodes);
   fs::remove_all(dir);
+}
+
+TEST(TokenizerTrainer, OfficialCheckpointsAsTeacherAndInit) {
+  // The official .pt formats (tiny fixtures written by the official code): a fine-tuned BEATs as the teacher (its
+  // encoder's last layer; the classifier head is not used) and a tokenizer whose codebook is kept.
+  const std::string fixtures = std::string(SONAR_FIXTURES_DIR) + "/beats_tiny";
+  const auto start = beats::load_tokenizer(fixtures + "/tokenizer.pt");
+  TokenizerTrainOptions o = tiny_options(run_dir("official"), 3);
+  o.teacher = fixtures + "/beats_finetuned.pt";
+  o.init = fixtures + "/tokenizer.pt";
+  o.codes = 0;
+  TokenizerTrainResult r = train_tokenizer(o);
+  ASSERT_TRUE(r.finished);
+  for (const auto& h : r.history) EXPECT_TRUE(std::isfinite(h.loss));
+  const auto tok = beats::load_tokenizer(r.tokenizer);
+  EXPECT_EQ(tok->quantize->num_codes(), start->quantize->num_codes());
+  EXPECT_EQ(tok->cfg.encoder_embed_dim, start->cfg.encoder_embed_dim);
+  // The codebook was kept (no k-means) and moved by EMA from there: it changed, yet every code stays close to
+  // where it started (3 EMA steps of decay 0.99), which a re-initialisation would not give.
+  EXPECT_GT(max_abs_diff(tok->quantize->codebook(), start->quantize->codebook()), 0.0f);
+  const Tensor a = tok->quantize->codebook().contiguous(), b = start->quantize->codebook().contiguous();
+  const int64_t K = a.size(0), D = a.size(1);
+  double min_cos = 1.0;
+  for (int64_t k = 0; k < K; ++k) {
+    double dot = 0;
+    for (int64_t d = 0; d < D; ++d) dot += double(a.data<float>()[k * D + d]) * b.data<float>()[k * D + d];
+    min_cos = std::min(min_cos, dot);  // both rows unit-norm
+  }
+  EXPECT_GT(min_cos, kKeptCodeMinCosine) << min_cos;
+  fs::remove_all(o.out_dir);
 }
