@@ -31,9 +31,6 @@ namespace {
 constexpr uint64_t kDrawStream = 0x44524157ULL;       // "DRAW": stratum, member and crop of each slot
 constexpr uint64_t kNewSampleStream = 0x4e455753ULL;  // "NEWS": the sample of new-domain clips embedded
 constexpr uint64_t kKmeansStream = 0x4b4d4e53ULL;     // "KMNS": k-means++ initialisation
-// Replayed clips are loaded in segments of this many steps (one DataLoader each; the next one is opened while
-// the current one still has prefetch_batches steps to give).
-constexpr int64_t kSegmentSteps = 256;
 // Left-out clips named in the start line (the rest are counted).
 constexpr size_t kListedSkips = 8;
 // Examples per stratum in replay_plan.csv.
@@ -135,6 +132,7 @@ void validate(const ReplayOptions& o) {
   SONAR_CHECK(std::isfinite(o.temperature) && o.temperature > 0, "--replay-temperature must be positive, got ",
               o.temperature);
   SONAR_CHECK(o.layer >= 0, "--replay-layer must be a block number >= 1 (or 0 for the last), got ", o.layer);
+  SONAR_CHECK(o.segment_steps >= 1, "replay: segment_steps must be >= 1, got ", o.segment_steps);
   SONAR_CHECK(o.max_new_clips >= 0, "the number of new-domain clips embedded must be >= 0 (0 = all), got ",
               o.max_new_clips);
   if (o.strata != "labels" && o.strata != "auto") {
@@ -440,7 +438,7 @@ struct ReplayExtension::Impl {
     Segment sg;
     sg.first = first;
     sg.next = first;
-    sg.steps = std::min(kSegmentSteps, total_steps - first);
+    sg.steps = std::min(o.segment_steps, total_steps - first);
     audio::Dataset ds;
     ds.origin = prior.origin + " (replayed)";
     for (int64_t t = first; t < first + sg.steps; ++t)
@@ -523,11 +521,11 @@ struct ReplayExtension::Impl {
     hc.add(o.mode);
     hc.add_value(draw_seed);
     hc.add_value(nominal_replay);
+    for (const auto& it : prior.items) hc.add(absolute_path(it.path) + "\n");  // whatever the working folder
     for (const auto& s : strata) {
       hc.add(s.name);
       hc.add_value(s.share);
       hc.add(s.members.data(), s.members.size() * sizeof(int64_t));
-      for (int64_t m : s.members) hc.add(prior.items[m].path + "\n");
     }
     fingerprint = hc.h.hex();
   }
@@ -559,6 +557,11 @@ void ReplayExtension::attach(Trainer& trainer) {
   Impl& m = *impl_;
   const ReplayOptions& o = m.o;
   m.trainer = &trainer;
+  m.cur = Impl::Segment();
+  m.ahead = Impl::Segment();
+  m.stats = ReplayStats();
+  m.interval_clips = m.interval_replayed = 0;
+  m.plan_written = false;
   const PretrainOptions& p = trainer.options();
   m.crop_seconds = p.crop_seconds;
   m.max_clip_seconds = p.max_clip_seconds;
@@ -760,8 +763,9 @@ void ReplayExtension::attach(Trainer& trainer) {
   std::string top;
   for (size_t i = 0; i < order.size() && i < 3; ++i)
     top += (i ? ", " : "") + m.strata[order[i]].name + " " + fmt("%.3f", m.strata[order[i]].share);
-  const std::string per_step = std::to_string(m.nominal_replay) + " prior clips per step (ratio " +
-                               fmt("%g", o.ratio) + " x batch " + std::to_string(m.nominal_batch) + ")";
+  std::string per_step = std::to_string(m.nominal_replay) + " prior clips per step (ratio " + fmt("%g", o.ratio) +
+                         " x batch " + std::to_string(m.nominal_batch) + ")";
+  if (m.nominal_replay == 0) per_step += ": the ratio rounds to no clip, nothing is replayed";
   if (o.mode == "uniform") {
     trainer.log("replay: uniform over " + std::to_string(m.stats.prior_usable) + " prior clips; " + per_step);
   } else {

@@ -72,6 +72,8 @@ struct ReplayOptions {
   std::string cache_dir;                 // embedding cache ("" = <run folder>/embeddings)
   int64_t max_new_clips = 2000;          // new-domain clips embedded for the relevance (a seeded sample; 0 = all)
   bool center = true;                    // centre embeddings by the prior pool's mean before cosines
+  int64_t segment_steps = 256;           // replayed clips are loaded by one DataLoader per this many steps (no
+                                         // effect on the results)
   uint64_t seed = 0;                     // k-means and draws (the trainer's seed is mixed in)
 };
 

@@ -356,10 +356,13 @@ TEST(Replay, LabelsStrataHoldMultiLabelClipsAndThePlanIsWritten) {
 }
 
 TEST(Replay, PlanAndDrawsAreDeterministicBySeedAndFollowTheShares) {
-  const std::string d1 = run_dir("det1"), d2 = run_dir("det2"), d3 = run_dir("det3");
-  auto a = std::make_shared<ReplayExtension>(replay_options("3"));
-  auto b = std::make_shared<ReplayExtension>(replay_options("3"));
-  ReplayOptions other = replay_options("3");
+  const std::string d1 = run_dir("det1"), d2 = run_dir("det2"), d3 = run_dir("det3"), cache = run_dir("detcache");
+  ReplayOptions ra = replay_options("3");
+  ReplayOptions rb = ra;
+  rb.cache_dir = cache;  // b computes its embeddings and c reads them: computed and cached give the same plan
+  auto a = std::make_shared<ReplayExtension>(ra);
+  auto b = std::make_shared<ReplayExtension>(rb);
+  ReplayOptions other = rb;
   other.seed = 100;
   auto c = std::make_shared<ReplayExtension>(other);
   run_with(tiny_options(d1, 1), {a});
@@ -404,14 +407,18 @@ TEST(Replay, PlanAndDrawsAreDeterministicBySeedAndFollowTheShares) {
     const double n = kDrawsForFrequencies, p = plan[s].share;
     EXPECT_NEAR(count[s], n * p, kFrequencySigmas * std::sqrt(n * p * (1 - p))) << plan[s].name;
   }
-  for (const auto& d : {d1, d2, d3}) fs::remove_all(d);
+  EXPECT_EQ(c->stats().computed, 0);
+  for (const auto& d : {d1, d2, d3, cache}) fs::remove_all(d);
 }
 
 TEST(Replay, ReplayedCropsAreInTheBatch) {
   const std::string dir = run_dir("inbatch");
-  auto ext = std::make_shared<ReplayExtension>(replay_options("auto"));
+  ReplayOptions r = replay_options("auto");
+  r.segment_steps = 2;  // the loader of steps 2-3 is opened while steps 0-1 are served
+  auto ext = std::make_shared<ReplayExtension>(r);
   auto rec = std::make_shared<BatchRecorder>();
   PretrainOptions o = tiny_options(dir, 4);
+  o.prefetch_batches = 1;
   const std::vector<std::string> lines = run_with(o, {ext, rec});
   ASSERT_EQ(rec->steps.size(), 4u);
 
@@ -468,6 +475,27 @@ TEST(Replay, KilledAndResumedRunEqualsStraightRun) {
   Trainer(ob, {first}).run();
   EXPECT_GT(first->stats().computed, 0);
   ob.halt_after = -1;
+
+  // A resume with another replay option is refused naming it.
+  ReplayOptions changed = replay_options("3");
+  changed.ratio = 0.25;
+  try {
+    Trainer(ob, {std::make_shared<ReplayExtension>(changed)}).run();
+    FAIL() << "resumed with another --replay-ratio";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("replay-ratio: 0.5 there, 0.25 now"), std::string::npos) << e.what();
+  }
+  // A resume whose plan changed (same options, another replay seed) is refused too.
+  ReplayOptions reseeded = replay_options("3");
+  reseeded.seed = 5;
+  try {
+    Trainer(ob, {std::make_shared<ReplayExtension>(reseeded)}).run();
+    FAIL() << "resumed with another replay plan";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("the replay plan differs from the checkpoint's"), std::string::npos)
+        << e.what();
+  }
+
   auto second = std::make_shared<ReplayExtension>(replay_options("3"));
   PretrainResult b = Trainer(ob, {second}).run();
   EXPECT_TRUE(b.resumed);
@@ -478,32 +506,6 @@ TEST(Replay, KilledAndResumedRunEqualsStraightRun) {
   for (size_t i = 0; i < b.history.size(); ++i) EXPECT_EQ(b.history[i].loss, a.history[3 + i].loss);
   expect_same_checkpoint(straight + "/checkpoint.safetensors", resumed + "/checkpoint.safetensors");
   expect_same_checkpoint(straight + "/model.safetensors", resumed + "/model.safetensors");
-
-  // A resume with another replay option is refused naming it.
-  PretrainOptions oc = tiny_options(resumed, 8);
-  oc.force = true;
-  oc.halt_after = 4;
-  Trainer(oc, {std::make_shared<ReplayExtension>(replay_options("3"))}).run();
-  oc.force = false;
-  oc.halt_after = -1;
-  ReplayOptions changed = replay_options("3");
-  changed.ratio = 0.25;
-  try {
-    Trainer(oc, {std::make_shared<ReplayExtension>(changed)}).run();
-    FAIL() << "resumed with another --replay-ratio";
-  } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("replay-ratio: 0.5 there, 0.25 now"), std::string::npos) << e.what();
-  }
-  // A resume whose plan changed (same options, another replay seed) is refused too.
-  ReplayOptions reseeded = replay_options("3");
-  reseeded.seed = 5;
-  try {
-    Trainer(oc, {std::make_shared<ReplayExtension>(reseeded)}).run();
-    FAIL() << "resumed with another replay plan";
-  } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("the replay plan differs from the checkpoint's"), std::string::npos)
-        << e.what();
-  }
   fs::remove_all(straight);
   fs::remove_all(resumed);
 }
