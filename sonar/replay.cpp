@@ -364,7 +364,10 @@ ClipEmbeddings embed_clips(beats::BeatsBackbone& model, const audio::Dataset& ds
           }
           rows[item] = std::move(row);
           ++r.computed;
+          if (o.progress) o.progress(r.computed, static_cast<int64_t>(todo.size()));
         }
+        SONAR_CHECK(!(o.stop && o.stop->load()), "replay: stopped while embedding (", r.computed, " of ",
+                    todo.size(), " clips of ", ds.origin, " done", o.deferred_writes ? "" : ", kept in the cache", ")");
       }
     } catch (...) {
       model.train(was_training);
@@ -626,6 +629,17 @@ void ReplayExtension::attach(Trainer& trainer) {
     m.stats.prior_usable = static_cast<int64_t>(all.members.size());
   } else {
     EmbedOptions eo;
+    eo.stop = p.stop;
+    std::string what = "prior";
+    Clock::time_point last_line = Clock::now(), started = Clock::now();
+    eo.progress = [&](int64_t done, int64_t total) {
+      if (seconds_since(last_line) < kEmbedProgressSeconds || done == total) return;
+      last_line = Clock::now();
+      const double el = seconds_since(started);
+      trainer.log("replay: embedding " + what + " clips " + std::to_string(done) + "/" + std::to_string(total) +
+                  " | elapsed " + format_duration(el) + " | left " +
+                  format_duration(el / static_cast<double>(done) * static_cast<double>(total - done)));
+    };
     eo.layer = layer;
     eo.max_seconds = p.max_clip_seconds;
     eo.cache_dir = cache;
@@ -648,6 +662,8 @@ void ReplayExtension::attach(Trainer& trainer) {
       pick.resize(data.size());
       std::iota(pick.begin(), pick.end(), 0);
     }
+    what = "new-domain";
+    started = Clock::now();
     ClipEmbeddings ne = embed_clips(*model, data.subset(pick), eo);
     SONAR_CHECK(!ne.items.empty(), "replay: none of the ", pick.size(), " new-domain clips sampled could be embedded: ",
                 list_skipped(ne.skipped));

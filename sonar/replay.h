@@ -7,7 +7,9 @@
 // clips (the trainer's data): whole clips up to the trainer's max_clip_seconds, one clip per forward pass (so a
 // clip's embedding never depends on the clips batched with it), eval mode, no gradients; the embedding is the
 // mean over the clip's real patches (exact padding) of the output of encoder block `layer`. Clips too short for
-// one patch, or unreadable, are listed in one line and left out; a pool with no usable clip is an error.
+// one patch, or unreadable, are listed in one line and left out; a pool with no usable clip is an error. A long
+// embedding pass logs a progress line (clips done, time left) every kEmbedProgressSeconds and stops (an error)
+// when the trainer's stop flag is set.
 // Embeddings are cached on disk, one .npy (float32 [C]) per clip:
 //   <cache_dir>/<model fingerprint>-L<layer>-<max_clip_seconds in ms>/<file content hash>.npy
 // (model fingerprint: a hash of every state tensor's name and bytes; content hash: audio::hash_file), written
@@ -48,7 +50,9 @@
 //
 // Not here: the other SONAR parts (sonar/distill.h, sonar/codebook.h), the loop (sonar/trainer.h).
 #pragma once
+#include <atomic>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -82,6 +86,8 @@ constexpr double kAutoLabelShare = 0.9;
 // `auto` strata without labels: this many k-means clusters.
 constexpr int64_t kAutoClusters = 8;
 constexpr const char* kReplayPlanFile = "replay_plan.csv";
+// Seconds between progress lines while embedding.
+constexpr double kEmbedProgressSeconds = 30.0;
 
 // Throws a one-line error naming the option when it is out of range (mode, ratio, floor, temperature, strata,
 // layer, max_new_clips).
@@ -130,6 +136,10 @@ struct EmbedOptions {
   int workers = 1;             // loader threads (0: load on the calling thread)
   // When set, cache entries are not written but handed over (path, embedding) for writing later.
   std::vector<std::pair<std::string, Tensor>>* deferred_writes = nullptr;
+  // Called after each computed clip with (clips computed, clips to compute), on the calling thread.
+  std::function<void(int64_t, int64_t)> progress;
+  // When set and true, embedding stops with an error (the entries already written stay in the cache).
+  const std::atomic<bool>* stop = nullptr;
 };
 
 struct ClipEmbeddings {

@@ -8,6 +8,8 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -335,6 +337,11 @@ TEST(Replay, LabelsStrataHoldMultiLabelClipsAndThePlanIsWritten) {
   }
   EXPECT_NEAR(rel_sum, 1.0, kRelevanceTol);
   EXPECT_NEAR(share_sum, 1.0, kRelevanceTol);
+  // Task relevance: the new data are music clips, and the synthetic domains are far apart even for a fresh
+  // model's embeddings, so the music stratum comes first.
+  const auto top = std::max_element(plan.begin(), plan.end(),
+                                    [](const Stratum& x, const Stratum& y) { return x.relevance < y.relevance; });
+  EXPECT_EQ(top->name, "music");
 
   // replay_plan.csv: a header and one row per stratum with the same numbers.
   const auto rows = read_csv_rows(dir + "/replay_plan.csv");
@@ -529,6 +536,29 @@ TEST(Replay, EmbeddingCacheIsReused) {
   EXPECT_EQ(again.computed, 0);
   EXPECT_EQ(again.cached, 12);
   EXPECT_EQ(max_abs_diff(first.emb, again.emb), 0.0f);
+  // Progress reports every computed clip; the stop flag ends the pass with one line, keeping what was written.
+  EmbedOptions watched = eo;
+  watched.cache_dir = run_dir("cache_watched");
+  std::vector<int64_t> done;
+  std::atomic<bool> stop{false};
+  watched.stop = &stop;
+  watched.progress = [&](int64_t d, int64_t total) {
+    done.push_back(d);
+    EXPECT_EQ(total, 12);
+    if (d == 3) stop = true;
+  };
+  try {
+    embed_clips(model, prior, watched);
+    ADD_FAILURE() << "the stop flag was ignored";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("replay: stopped while embedding (3 of 12 clips"), std::string::npos)
+        << e.what();
+  }
+  EXPECT_EQ(done, (std::vector<int64_t>{1, 2, 3}));
+  stop = false;
+  watched.progress = {};
+  EXPECT_EQ(embed_clips(model, prior, watched).cached, 3);
+  fs::remove_all(watched.cache_dir);
   // Without a cache the same numbers are computed (one clip per pass: independent of batching).
   EmbedOptions none = eo;
   none.cache_dir.clear();
