@@ -448,7 +448,7 @@ TEST(Replay, ReplayedCropsAreInTheBatch) {
     const Tensor& fb = rec->fbanks[k];
     ASSERT_EQ(rec->new_clips[k], 4);
     ASSERT_EQ(fb.size(0), 6);  // 4 new + round(0.5 x 4) replayed
-    const int64_t Tc = fb.size(1), F = fb.size(2);
+    const int64_t Tc = fb.size(1);
     for (int64_t slot = 0; slot < 2; ++slot) {
       const ReplayDraw d = ext->draw(step, slot);
       const Tensor src = fbank_of(d.item);  // [T, F], T > Tc (1.5 s clips, 1 s crops)
@@ -462,7 +462,6 @@ TEST(Replay, ReplayedCropsAreInTheBatch) {
                           << ext->prior_pool().items[d.item].path;
       const Tensor mask = rec->masks[k].select(0, 4 + slot);
       for (int64_t t = 0; t < Tc; ++t) EXPECT_EQ(mask.at({t}), 0.0);  // a full window: no padding
-      (void)F;
     }
   }
   // The progress line's share: 2 of 6 clips per step.
