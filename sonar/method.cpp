@@ -53,6 +53,7 @@ const std::vector<std::string>& sonar_flag_names() {
   static const std::vector<std::string> names = {
       "method",        "prior",          "prior-splits",   "replay",           "strata",
       "replay-ratio",  "replay-floor",   "replay-temperature", "replay-layer", "embed-cache",
+      "replay-new-clips", "replay-center",
       "distill-model", "distill-layers", "distill-loss",   "distill-tokenizer", "codebook",
       "codebook-decay", "dead-usage",    "novelty-cos",    "novelty-share",    "grow-per-step",
       "max-codes",     "codebook-warmup", "new-rows"};
@@ -71,12 +72,17 @@ std::string sonar_flags_help() {
        "  --prior-splits A,B     use only these splits of the prior pool\n"
        "  --replay MODE          stratified (default), uniform (prior clips at random) or none\n"
        "  --strata S             labels (the pool's labels), K (k-means clusters of the start model's embeddings)\n"
-       "                         or auto (labels when the pool has them, else 8 clusters; default)\n"
+       "                         or auto (labels when at least 90% of the pool's clips have one, else 8 clusters;\n"
+       "                         default)\n"
        "  --replay-ratio R       replayed clips per step = round(R x --batch), R in [0, 1] (default " << r.ratio << ")\n"
        "  --replay-floor F       share of a stratum = (1-F) x relevance + F / strata (default " << r.floor << ")\n"
        "  --replay-temperature T softmax temperature of a stratum's relevance (default " << r.temperature << ")\n"
        "  --replay-layer L       encoder block embedded for strata and relevance, 1-based (default: the last)\n"
-       "  --embed-cache DIR      cache of clip embeddings (default: RUN_DIR/embeddings)\n"
+       "  --embed-cache DIR      cache of clip embeddings (default: RUN_DIR/embeddings); give one to share it\n"
+       "                         between runs (a fresh run killed while embedding keeps nothing without it)\n"
+       "  --replay-new-clips N   new-domain clips embedded for the relevance, a seeded sample (default "
+    << r.max_new_clips << "; 0: all)\n"
+       "  --replay-center on|off centre embeddings on the prior pool's mean before cosines (default on)\n"
        "Dual-source self-distillation:\n"
        "  --distill-model W      weight of the pull to the frozen start model's features (default " << d.model_weight
     << "; 0: off)\n"
@@ -120,6 +126,8 @@ SonarOptions sonar_options_from_flags(const std::map<std::string, std::string>& 
   if (has("replay-temperature")) r.temperature = parse_number("replay-temperature", get("replay-temperature"));
   if (has("replay-layer")) r.layer = parse_integer("replay-layer", get("replay-layer"));
   if (has("embed-cache")) r.cache_dir = get("embed-cache");
+  if (has("replay-new-clips")) r.max_new_clips = parse_integer("replay-new-clips", get("replay-new-clips"));
+  if (has("replay-center")) r.center = one_of("replay-center", get("replay-center"), {"on", "off"}) == "on";
   if (r.mode != "none") {
     SONAR_CHECK(!r.prior.empty(), "--replay ", r.mode, " needs the prior pool (--prior MANIFEST|DIR|LIST), or "
                 "--replay none");
