@@ -80,6 +80,34 @@ int64_t param_index(const ag::Optimizer& opt, const ag::Var& p) {
   return -1;
 }
 
+// After the head's rows changed: pads the AdamW moments of its weight and bias with zero rows up to the head's
+// size (as beats::grow_optimizer_state) and zeroes the moments of `reset_rows` (re-initialised codes), in one
+// save_state / load_state round trip (the optimiser's only interface to its buffers; it copies every buffer, so
+// an event costs about two passes over the optimiser state, see docs).
+void reset_head_moments(ag::Optimizer& opt, const beats::GrowableLinear& head, const std::vector<int64_t>& reset_rows) {
+  ag::OptimizerState st = opt.save_state();
+  for (const ag::Var* p : {&head.weight, &head.bias}) {
+    const int64_t i = param_index(opt, *p);
+    SONAR_CHECK(i >= 0, "online codebook: the optimiser does not train the label predictor's head");
+    for (const char* buf : {"exp_avg", "exp_avg_sq"}) {
+      auto it = st.tensors.find("param." + std::to_string(i) + "." + buf);
+      if (it == st.tensors.end()) continue;  // no step taken yet: the moments start at zero anyway
+      Tensor t = it->second.contiguous();
+      const int64_t have = t.size(0), want = p->size(0);
+      SONAR_CHECK(have <= want, "online codebook: AdamW's ", buf, " of the head has ", have, " rows, more than the ",
+                  want, " of the head");
+      if (have < want) {
+        Shape extra = t.shape();
+        extra[0] = want - have;
+        t = cat({t, zeros(extra)}, 0);
+      }
+      for (int64_t r : reset_rows) t.select(0, r).zero_();
+      it->second = t;
+    }
+  }
+  opt.load_state(st);
+}
+
 }  // namespace
 
 void validate(const CodebookOptions& o) {
@@ -110,6 +138,9 @@ struct OnlineCodebookExtension::Impl {
   int64_t updates = 0;                       // after_step calls with real features so far
   int64_t reinit_total = 0, added_total = 0;  // since the run started
   int64_t reinit_since = 0, added_since = 0;  // since the last progress() call
+  // relabel's labels of the features it saw; after_step reuses them for the same features (the codebook does
+  // not change in between), which saves one nearest-code search per step.
+  Tensor relabel_features, relabel_labels;
 
   int64_t K() const { return weight.size(0); }
   std::shared_ptr<beats::GrowableLinear> head() const { return trainer->objective()->predictor->head; }
@@ -194,12 +225,11 @@ struct OnlineCodebookExtension::Impl {
 
   // Anchors for the dead codes, k-means++ style over D(x_n) = |x_n - nearest code|^2. Returns the feature row
   // of each re-initialised code (codes past the last drawable anchor are left as they are).
-  std::vector<std::pair<int64_t, int64_t>> draw_anchors(const Tensor& x, const std::vector<int64_t>& dead,
-                                                        int64_t step) const {
+  std::vector<std::pair<int64_t, int64_t>> draw_anchors(const Tensor& x, const BestCode& b,
+                                                        const std::vector<int64_t>& dead, int64_t step) const {
     std::vector<std::pair<int64_t, int64_t>> picks;  // (code, feature row)
     const int64_t N = x.size(0), D = dim;
     if (dead.empty() || N == 0) return picks;
-    const BestCode b = best_codes(x, weight);
     std::vector<double> dist(N);
     for (int64_t n = 0; n < N; ++n) dist[n] = std::max(0.0, 2.0 - 2.0 * static_cast<double>(b.cos[n]));
     Generator gen(step_seed(o.seed, kAnchorStream, step));
@@ -228,12 +258,11 @@ struct OnlineCodebookExtension::Impl {
   }
 
   // Novel features to add as codes: farthest first, skipping those close to one already chosen.
-  std::vector<int64_t> pick_new(const Tensor& x) const {
+  std::vector<int64_t> pick_new(const Tensor& x, const BestCode& b) const {
     std::vector<int64_t> chosen;
     const int64_t N = x.size(0), D = dim;
     const int64_t room = std::min<int64_t>(o.max_new_per_step, max_codes - K());
     if (N == 0 || room <= 0) return chosen;
-    const BestCode b = best_codes(x, weight);
     std::vector<int64_t> novel;
     for (int64_t n = 0; n < N; ++n)
       if (static_cast<double>(b.cos[n]) < o.novelty_cos) novel.push_back(n);
@@ -306,7 +335,10 @@ void OnlineCodebookExtension::relabel(StepBatch& batch) {
   SONAR_CHECK(f.defined() && f.dim() == 3 && f.size(2) == m.dim, "online codebook: token features must be [B, P, ",
               m.dim, "], got ", f.defined() ? shape_str(f.shape()) : std::string("undefined"));
   const int64_t B = f.size(0), P = f.size(1);
-  batch.labels = beats::nearest_codes(f.contiguous().reshape({B * P, m.dim}), m.weight).reshape({B, P});
+  const Tensor labels = beats::nearest_codes(f.contiguous().reshape({B * P, m.dim}), m.weight);
+  batch.labels = labels.clone().reshape({B, P});  // the batch's own copy: the cache stays ours
+  m.relabel_features = f;
+  m.relabel_labels = labels;
 }
 
 void OnlineCodebookExtension::after_step(const StepBatch& batch, const beats::MlpOutput&) {
@@ -322,30 +354,43 @@ void OnlineCodebookExtension::after_step(const StepBatch& batch, const beats::Ml
               pad.defined() ? shape_str(pad.shape()) : std::string(), " does not match the features [", B, ", ", P,
               "]");
 
-  // The real patches' features x [N, D].
+  // The real patches' features x [N, D] and their nearest codes before the step (relabel's labels when it saw
+  // these very features).
+  const bool cached = m.relabel_features.defined() && m.relabel_features.shares_storage(f) &&
+                      m.relabel_features.offset() == f.offset() && m.relabel_features.shape() == f.shape() &&
+                      m.relabel_features.strides() == f.strides();
+  const Tensor all_labels = cached ? m.relabel_labels.contiguous().reshape({B * P})
+                                   : beats::nearest_codes(f.contiguous().reshape({B * P, D}), m.weight);
+  m.relabel_features = m.relabel_labels = Tensor();
   const Tensor all = f.contiguous().reshape({B * P, D});
-  Tensor x;
+  std::vector<int64_t> real_rows;
+  const uint8_t* pp = nullptr;
+  Tensor pc;
   if (pad.defined()) {
-    const Tensor pc = pad.contiguous();
-    const uint8_t* pp = pc.bytes();
-    std::vector<int64_t> rows;
-    for (int64_t i = 0; i < B * P; ++i)
-      if (!pp[i]) rows.push_back(i);
-    x = index_select(all, 0, from_vector(rows, {static_cast<int64_t>(rows.size())})).contiguous();
-  } else {
-    x = all.clone();
+    pc = pad.contiguous();
+    pp = pc.bytes();
   }
-  const int64_t N = x.size(0);
+  for (int64_t i = 0; i < B * P; ++i)
+    if (!pp || !pp[i]) real_rows.push_back(i);
+  const int64_t N = static_cast<int64_t>(real_rows.size());
   if (N == 0) return;  // nothing real in this batch: no statistic moves
-
-  const Tensor assigned_t = beats::nearest_codes(x, m.weight);
-  const std::vector<int64_t> assigned = assigned_t.to_vector<int64_t>();
+  const Tensor x = index_select(all, 0, from_vector(real_rows, {N})).contiguous();
+  std::vector<int64_t> assigned(N);
+  {
+    const Tensor lc = all_labels.contiguous();
+    const int64_t* lp = lc.data<int64_t>();
+    for (int64_t n = 0; n < N; ++n) assigned[n] = lp[real_rows[n]];
+  }
   m.ema(x, assigned);
   if (batch.step < m.o.warmup_steps) return;
 
-  // Re-initialise dead codes, then grow.
+  // Re-initialise dead codes, then grow (one search of the codebook serves both unless codes were replaced).
+  const std::vector<int64_t> dead = m.dead_codes();
+  const bool may_grow = std::min<int64_t>(m.o.max_new_per_step, m.max_codes - m.K()) > 0;
+  if (dead.empty() && !may_grow) return;
+  BestCode best = best_codes(x, m.weight);
   const double start_usage = m.mean_usage();
-  const std::vector<std::pair<int64_t, int64_t>> reinit = m.draw_anchors(x, m.dead_codes(), batch.step);
+  const std::vector<std::pair<int64_t, int64_t>> reinit = m.draw_anchors(x, best, dead, batch.step);
   const float* xp = x.data<float>();
   float* w = m.weight.data<float>();
   float* ea = m.embed_avg.data<float>();
@@ -355,7 +400,11 @@ void OnlineCodebookExtension::after_step(const StepBatch& batch, const beats::Ml
     std::copy(xp + row * D, xp + (row + 1) * D, ea + code * D);
     u[code] = static_cast<float>(start_usage);
   }
-  const std::vector<int64_t> grow = m.pick_new(x);
+  std::vector<int64_t> grow;
+  if (may_grow) {
+    if (!reinit.empty()) best = best_codes(x, m.weight);
+    grow = m.pick_new(x, best);
+  }
   const int64_t old_k = m.K(), n_new = static_cast<int64_t>(grow.size());
   if (n_new > 0) {
     const Tensor rows = index_select(x, 0, from_vector(grow, {n_new}));
@@ -391,32 +440,15 @@ void OnlineCodebookExtension::after_step(const StepBatch& batch, const beats::Ml
     float* hb = head->bias.value().data<float>();
     for (const auto& [code, row] : reinit) fill_row(row, hw + code * C, hb + code);
   }
-  ag::AdamW& opt = m.trainer->optimizer();
   if (n_new > 0) {
     Tensor new_w = zeros({n_new, C}), new_b = zeros({n_new});
     for (int64_t i = 0; i < n_new; ++i) fill_row(grow[i], new_w.data<float>() + i * C, new_b.data<float>() + i);
     head->add_rows(n_new, new_w);
     head->bias.value().narrow(0, old_k, n_new).copy_(new_b);
-    beats::grow_optimizer_state(opt);  // the new rows' moments start at zero
   }
-  if (!reinit.empty()) {
-    // A re-initialised code is a new class for the head: its row's moments restart from zero.
-    ag::OptimizerState st = opt.save_state();
-    bool touched = false;
-    for (const ag::Var* p : {&head->weight, &head->bias}) {
-      const int64_t i = param_index(opt, *p);
-      SONAR_CHECK(i >= 0, "online codebook: the optimiser does not train the label predictor's head");
-      for (const char* buf : {"exp_avg", "exp_avg_sq"}) {
-        auto it = st.tensors.find("param." + std::to_string(i) + "." + buf);
-        if (it == st.tensors.end()) continue;  // no step taken yet: nothing to reset
-        Tensor t = it->second.contiguous();
-        for (const auto& [code, row] : reinit) t.select(0, code).zero_();
-        it->second = t;
-        touched = true;
-      }
-    }
-    if (touched) opt.load_state(st);
-  }
+  std::vector<int64_t> reset_rows;
+  for (const auto& [code, row] : reinit) reset_rows.push_back(code);
+  reset_head_moments(m.trainer->optimizer(), *head, reset_rows);
   m.reinit_total += static_cast<int64_t>(reinit.size());
   m.reinit_since += static_cast<int64_t>(reinit.size());
   m.added_total += n_new;
