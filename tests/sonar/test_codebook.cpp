@@ -9,7 +9,10 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <chrono>
 #include <cmath>
+#include <cstdio>
 #include <filesystem>
 #include <string>
 #include <vector>
@@ -705,4 +708,105 @@ TEST(OnlineCodebook, BadInputIsOneLineAndLeavesTheFolderUntouched) {
   bad.mode = "frozen";
   EXPECT_NE(testutil::error_of([&] { OnlineCodebookExtension e(bad); }).find("--codebook frozen"),
             std::string::npos);
+}
+
+namespace {
+
+// Delegates to the codebook (when set) and measures the wall time of its per-step hooks and of whole steps.
+class TimedCodebook : public TrainerExtension {
+ public:
+  using Clock = std::chrono::steady_clock;
+  explicit TimedCodebook(std::shared_ptr<OnlineCodebookExtension> c) : inner(std::move(c)) {}
+  std::string name() const override { return inner ? inner->name() : "clock"; }
+  nlohmann::json config() const override { return inner ? inner->config() : nlohmann::json::object(); }
+  void attach(Trainer& t) override {
+    if (inner) inner->attach(t);
+  }
+  void on_batch(StepBatch&) override {
+    const auto now = Clock::now();
+    if (started) steps.push_back(std::chrono::duration<double>(now - last).count());
+    last = now;
+    started = true;
+  }
+  void relabel(StepBatch& b) override {
+    const auto t = Clock::now();
+    if (inner) inner->relabel(b);
+    hooks += std::chrono::duration<double>(Clock::now() - t).count();
+  }
+  void after_step(const StepBatch& b, const beats::MlpOutput& o) override {
+    const auto t = Clock::now();
+    if (inner) inner->after_step(b, o);
+    hooks += std::chrono::duration<double>(Clock::now() - t).count();
+  }
+  void finish(const std::string& d) override {
+    if (inner) inner->finish(d);
+  }
+  std::shared_ptr<OnlineCodebookExtension> inner;
+  double hooks = 0;
+  std::vector<double> steps;
+  Clock::time_point last;
+  bool started = false;
+};
+
+}  // namespace
+
+// Not a check (timings are never asserted): prints the cost of the codebook per step on the tiny preset with the
+// tiny preset's own 256-code tokenizer, batches of 8 two-second crops (768 patches a step), off / on with the
+// defaults / on with eager growth and re-initialisation. Run with
+//   OMP_NUM_THREADS=2 build/test_codebook --gtest_also_run_disabled_tests --gtest_filter='*StepCost*'
+TEST(OnlineCodebook, DISABLED_StepCost) {
+  const fs::path root = fs::path(run_dir("cost"));
+  audio::SynthCorpusOptions co;
+  co.clips_per_class = 6;
+  co.prior_clips = 8;
+  co.seconds = 3.0;
+  co.seed = 5;
+  audio::build_synth_corpus((root / "corpus").string(), co);
+  auto options = [&](const std::string& out, int64_t steps) {
+    PretrainOptions o = tiny_options((root / out).string(), steps);
+    o.data = (root / "corpus" / "music.csv").string();
+    o.crop_seconds = 2.0;
+    o.max_clip_seconds = 3.0;
+    o.batch_size = 8;
+    o.log_every = 1000;
+    o.save_every = 1000;
+    o.force = true;
+    return o;
+  };
+  // A 256-code tokenizer, k-means on its own features of two batches.
+  auto cap = std::make_shared<CaptureExtension>();
+  Trainer(options("capture", 2), {cap}).run();
+  Generator gen(3);
+  auto tok = std::make_shared<beats::BeatsTokenizer>(preset_config("tiny"), &gen);
+  tok->eval();
+  LabelTokenizer lt;
+  lt.beats = tok;
+  std::vector<Tensor> feats;
+  for (const auto& b : cap->batches) feats.push_back(lt.features(b.fbank, b.frame_mask).reshape({-1, kDim}));
+  tok->quantize->init_kmeans(cat(feats, 0), gen);
+  const std::string tok_path = (root / "tokenizer.safetensors").string();
+  beats::save_tokenizer(tok_path, *tok);
+  constexpr int64_t kSteps = 40, kSkip = 5;
+  for (const std::string mode : {"off", "defaults", "eager"}) {
+    CodebookOptions c;
+    c.warmup_steps = kSkip;
+    if (mode == "eager") {
+      c.novelty_cos = 0.97;
+      c.dead_usage = 0.5;
+      c.max_codes = 1024;
+    }
+    auto timed = std::make_shared<TimedCodebook>(mode == "off" ? nullptr : std::make_shared<OnlineCodebookExtension>(c));
+    PretrainOptions o = options(mode, kSteps);
+    o.tokenizer = tok_path;
+    Trainer(o, {timed}).run();
+    std::vector<double> s(timed->steps.begin() + kSkip, timed->steps.end());
+    std::sort(s.begin(), s.end());
+    std::printf("codebook %-8s: median step %.3f s, codebook hooks %.4f s/step", mode.c_str(), s[s.size() / 2],
+                timed->hooks / kSteps);
+    if (timed->inner)
+      std::printf(", %lld codes (%lld added, %lld re-initialised)", static_cast<long long>(timed->inner->codebook().size(0)),
+                  static_cast<long long>(timed->inner->added_total()), static_cast<long long>(timed->inner->reinit_total()));
+    std::printf("\n");
+  }
+  fs::remove_all(root);
 }
