@@ -4,7 +4,8 @@
 // code is re-initialised on a far feature with its predictor row and AdamW moments reset; expansion adds codes,
 // grows the predictor head and its AdamW state, and a training step on the new classes works; the cap holds; a
 // run that grows its codebook, killed and resumed, ends bit-identical to a straight run; the adapted tokenizer
-// file gives the adapted labels; bad input fails with one line before the run folder is written.
+// file gives the adapted labels; the codebook grows beside the self-distillation's auxiliary head; bad input
+// fails with one line before the run folder is written.
 // Not tested here: the other SONAR parts (their own test files), the command line.
 #include <gtest/gtest.h>
 #include <unistd.h>
@@ -22,6 +23,7 @@
 #include "nn/beats/checkpoint.h"
 #include "nn/beats/label_predictor.h"
 #include "sonar/codebook.h"
+#include "sonar/distill.h"
 #include "tensor/creation.h"
 #include "tensor/index.h"
 #include "tensor/io.h"
@@ -117,7 +119,8 @@ const Fixture& fixture() {
     const std::string dir = run_dir("tokenizers");
     fs::create_directories(dir);
     auto cap = std::make_shared<CaptureExtension>();
-    PretrainOptions o = tiny_options((fs::path(dir) / "capture").string(), 2);
+    PretrainOptions o = tiny_options((fs::path(dir) / "capture").string(), 3);
+    o.halt_after = 2;  // two batches, no checkpoint
     Trainer(o, {cap}).run();
     fx.crops = cap->batches;
     beats::BeatsConfig cfg = preset_config("tiny");
@@ -809,4 +812,21 @@ TEST(OnlineCodebook, DISABLED_StepCost) {
     std::printf("\n");
   }
   fs::remove_all(root);
+}
+
+TEST(OnlineCodebook, GrowsBesideTheSelfDistillationHead) {
+  // The main head grows; the auxiliary head (start tokenizer's labels) keeps the start size; training goes on.
+  const std::string dir = run_dir("with_distill");
+  auto cb = std::make_shared<OnlineCodebookExtension>(eager());
+  auto sd = std::make_shared<SelfDistillExtension>(SelfDistillOptions());
+  Trainer t(codebook_run(dir, 4), {cb, sd});
+  PretrainResult r = t.run();
+  ASSERT_TRUE(r.finished);
+  EXPECT_GT(cb->added_total(), 0);
+  auto pred = t.objective()->predictor;
+  EXPECT_EQ(pred->head->out_features(), cb->codebook().size(0));
+  ASSERT_NE(pred->aux_head, nullptr);
+  EXPECT_EQ(pred->aux_head->out_features(), kCodes);
+  for (const auto& h : r.history) EXPECT_TRUE(std::isfinite(h.loss));
+  fs::remove_all(dir);
 }
