@@ -316,12 +316,13 @@ void OnlineCodebookExtension::attach(Trainer& trainer) {
   m.dim = q->dim;
   m.start_codes = K;
   m.max_codes = m.o.max_codes > 0 ? m.o.max_codes : K + K / 2;
-  m.weight = q->codebook().clone();
-  m.embed_avg = q->embedding->embed_avg.value().clone();
-  m.usage = q->usage().clone();
+  m.weight = q->codebook().to(DType::Float32).contiguous().clone();
+  m.embed_avg = q->embedding->embed_avg.value().to(DType::Float32).contiguous().clone();
+  m.usage = q->usage().to(DType::Float32).contiguous().clone();
   double total = 0.0;
   for (float v : m.usage.to_vector<float>()) total += v;
-  if (!(total > 0.0)) m.usage = q->embedding->cluster_size.value().clone();  // k-means bin counts
+  if (!(total > 0.0))  // a tokenizer never trained past its k-means initialisation: the k-means bin counts
+    m.usage = q->embedding->cluster_size.value().to(DType::Float32).contiguous().clone();
   m.updates = 0;
   m.reinit_total = m.added_total = m.reinit_since = m.added_since = 0;
   // A resumed run's head comes back grown from the checkpoint; load_state restores the matching codebook.

@@ -13,7 +13,7 @@
 //    embedding.cluster_size), rescaled at the first step to sum to that step's count of features.
 //  - Dead codes (from step warmup_steps on): u_k / sum(u) < dead_usage / K. Each is re-initialised on an anchor
 //    drawn from the batch's real features with probability proportional to D(x_n) = min_k |x_n - w_k|^2 (the
-//    squared distance to the codebook after the EMA), k-means++ style: after each draw D(x_n) <- min(D(x_n),
+//    squared distance to the codebook after the EMA, dead codes included), k-means++ style: after each draw D(x_n) <- min(D(x_n),
 //    |x_n - anchor|^2), so two dead codes never take the same anchor (online clustering, as CVQ-VAE's anchors).
 //    Dead codes are taken in index order; when every feature sits on a code (sum D = 0) the rest wait.
 //  - Expansion (same steps, after re-initialisation): a feature is novel when its best cosine to the codebook
@@ -23,8 +23,9 @@
 //  - A re-initialised or added code starts as the anchor (w = embed_avg = x) with the mean usage sum(u) / K, so
 //    it has as long as an average code to collect features before it can be declared dead again.
 //  - The label predictor's main head (trainer.objective()->predictor->head) has one row per code. For an added
-//    code a row is appended and AdamW's moments grow with zero rows (beats::grow_optimizer_state); for a
-//    re-initialised code its row is overwritten and that row's AdamW moments are zeroed. The row is, with
+//    code a row is appended and AdamW's moments grow with zero rows (as beats::grow_optimizer_state does); for
+//    a re-initialised code its row is overwritten and that row's AdamW moments are zeroed (both in one
+//    save_state / load_state round trip of the optimiser per event step). The row is, with
 //    new_rows = nearest (default), a copy (weight and bias) of the row of the code its anchor feature was
 //    assigned to in this step (the nearest old meaning is the best first guess), with new_rows = fresh a new
 //    draw (BEiT head init: truncated normal std 0.02, bias 0).
