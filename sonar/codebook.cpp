@@ -326,7 +326,12 @@ void OnlineCodebookExtension::attach(Trainer& trainer) {
   m.updates = 0;
   m.reinit_total = m.added_total = m.reinit_since = m.added_since = 0;
   // A resumed run's head comes back grown from the checkpoint; load_state restores the matching codebook.
-  if (!trainer.resuming()) m.check_head_matches("at the start");
+  if (!trainer.resuming()) {
+    const int64_t rows = m.head()->out_features();
+    SONAR_CHECK(rows == K, "--codebook online: the label predictor has ", rows, " classes but the tokenizer's codebook ",
+                K, " codes (a predictor reused from --init whose codebook grew: start from that run's ",
+                kAdaptedTokenizerFile, " with --tokenizer, or use --codebook frozen)");
+  }
 }
 
 void OnlineCodebookExtension::relabel(StepBatch& batch) {

@@ -680,6 +680,24 @@ TEST(OnlineCodebook, KilledAndResumedRunWithGrowthEqualsStraightRun) {
     EXPECT_EQ(got.to_vector<int64_t>(), b.labels.to_vector<int64_t>());
     EXPECT_NE(got.to_vector<int64_t>(), start.labels(crop.fbank, crop.frame_mask).to_vector<int64_t>());
   }
+
+  // A second continual stage starts from the adapted tokenizer; reusing the grown predictor with the start
+  // tokenizer is refused in one line before its folder is written.
+  const std::string stage2 = run_dir("stage2");
+  PretrainOptions o2 = codebook_run(stage2, 2);
+  o2.init = ra.checkpoint;
+  const std::string msg =
+      testutil::error_of([&] { Trainer(o2, {std::make_shared<OnlineCodebookExtension>(eager())}).run(); });
+  EXPECT_NE(msg.find("classes but the tokenizer's codebook " + std::to_string(kCodes) + " codes"), std::string::npos)
+      << msg;
+  EXPECT_FALSE(fs::exists(stage2));
+  o2.tokenizer = (fs::path(straight) / kAdaptedTokenizerFile).string();
+  CodebookOptions co2 = eager();
+  co2.max_codes = 64;
+  auto ext2 = std::make_shared<OnlineCodebookExtension>(co2);
+  EXPECT_TRUE(Trainer(o2, {ext2}).run().finished);
+  EXPECT_GE(ext2->codebook().size(0), ext_a->codebook().size(0));
+  fs::remove_all(stage2);
   fs::remove_all(straight);
   fs::remove_all(resumed);
 }
