@@ -328,8 +328,9 @@ void OnlineCodebookExtension::attach(Trainer& trainer) {
   // A resumed run's head comes back grown from the checkpoint; load_state restores the matching codebook.
   if (!trainer.resuming()) {
     const int64_t rows = m.head()->out_features();
-    SONAR_CHECK(rows == K, "--codebook online: the label predictor has ", rows, " classes but the tokenizer's codebook ",
-                K, " codes (a predictor reused from --init whose codebook grew: start from that run's ",
+    SONAR_CHECK(rows == K, "--codebook online: the label predictor has ", rows,
+                " classes but the tokenizer's codebook ", K,
+                " codes (a predictor reused from --init whose codebook grew: start from that run's ",
                 kAdaptedTokenizerFile, " with --tokenizer, or use --codebook frozen)");
   }
 }

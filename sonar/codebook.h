@@ -13,8 +13,9 @@
 //    embedding.cluster_size), rescaled at the first step to sum to that step's count of features.
 //  - Dead codes (from step warmup_steps on): u_k / sum(u) < dead_usage / K. Each is re-initialised on an anchor
 //    drawn from the batch's real features with probability proportional to D(x_n) = min_k |x_n - w_k|^2 (the
-//    squared distance to the codebook after the EMA, dead codes included), k-means++ style: after each draw D(x_n) <- min(D(x_n),
-//    |x_n - anchor|^2), so two dead codes never take the same anchor (online clustering, as CVQ-VAE's anchors).
+//    squared distance to the codebook after the EMA, dead codes included), k-means++ style: after each draw
+//    D(x_n) <- min(D(x_n), |x_n - anchor|^2), so two dead codes never take the same anchor (online clustering,
+//    as CVQ-VAE's anchors).
 //    Dead codes are taken in index order; when every feature sits on a code (sum D = 0) the rest wait.
 //  - Expansion (same steps, after re-initialisation): a feature is novel when its best cosine to the codebook
 //    is below novelty_cos. When the novel share of the real features exceeds novelty_share, up to

@@ -47,7 +47,9 @@ constexpr float kCopyTol = 0.0f;
 // A resumed run must equal the straight run bit for bit (same machine and thread count).
 constexpr float kResumeTolerance = 0.0f;
 
-fs::path corpus_path() { return fs::temp_directory_path() / ("sonar_test_codebook_corpus_" + std::to_string(::getpid())); }
+fs::path corpus_path() {
+  return fs::temp_directory_path() / ("sonar_test_codebook_corpus_" + std::to_string(::getpid()));
+}
 
 std::string corpus_dir() {
   static const std::string dir = [] {
@@ -196,7 +198,9 @@ StepBatch hand_batch(const std::vector<Row>& feats, const std::vector<int>& padd
 void set_codebook(OnlineCodebookExtension& ext, const std::vector<Row>& codes, const std::vector<float>& usage,
                   int64_t updates) {
   const int64_t K = static_cast<int64_t>(codes.size());
-  ext.load_state({{"weight", rows_tensor(codes)}, {"embed_avg", rows_tensor(codes)}, {"usage", from_vector(usage, {K})}},
+  ext.load_state({{"weight", rows_tensor(codes)},
+                  {"embed_avg", rows_tensor(codes)},
+                  {"usage", from_vector(usage, {K})}},
                  {{"updates", std::to_string(updates)},
                   {"reinit-total", "0"},
                   {"added-total", std::to_string(K - kCodes)},
@@ -817,7 +821,8 @@ TEST(OnlineCodebook, DISABLED_StepCost) {
       c.dead_usage = 0.5;
       c.max_codes = 1024;
     }
-    auto timed = std::make_shared<TimedCodebook>(mode == "off" ? nullptr : std::make_shared<OnlineCodebookExtension>(c));
+    auto timed =
+        std::make_shared<TimedCodebook>(mode == "off" ? nullptr : std::make_shared<OnlineCodebookExtension>(c));
     PretrainOptions o = options(mode, kSteps);
     o.tokenizer = tok_path;
     Trainer(o, {timed}).run();
@@ -826,8 +831,10 @@ TEST(OnlineCodebook, DISABLED_StepCost) {
     std::printf("codebook %-8s: median step %.3f s, codebook hooks %.4f s/step", mode.c_str(), s[s.size() / 2],
                 timed->hooks / kSteps);
     if (timed->inner)
-      std::printf(", %lld codes (%lld added, %lld re-initialised)", static_cast<long long>(timed->inner->codebook().size(0)),
-                  static_cast<long long>(timed->inner->added_total()), static_cast<long long>(timed->inner->reinit_total()));
+      std::printf(", %lld codes (%lld added, %lld re-initialised)",
+                  static_cast<long long>(timed->inner->codebook().size(0)),
+                  static_cast<long long>(timed->inner->added_total()),
+                  static_cast<long long>(timed->inner->reinit_total()));
     std::printf("\n");
   }
   fs::remove_all(root);
