@@ -837,6 +837,46 @@ TEST(OnlineCodebook, DISABLED_StepCost) {
                   static_cast<long long>(timed->inner->reinit_total()));
     std::printf("\n");
   }
+
+  // BEATs-base scale of the codebook work alone (the tiny model, a tokenizer with BEATs' 1024 x 256 codebook):
+  // relabel + after_step on 3968 patches (8 ten-second clips), without and with events.
+  beats::BeatsConfig big = preset_config("tiny");
+  big.quant_n = 1024;
+  big.quant_dim = 256;
+  auto big_tok = std::make_shared<beats::BeatsTokenizer>(big, &gen);
+  big_tok->eval();
+  LabelTokenizer big_lt;
+  big_lt.beats = big_tok;
+  feats.clear();
+  for (const auto& b : cap->batches) feats.push_back(big_lt.features(b.fbank, b.frame_mask).reshape({-1, 256}));
+  big_tok->quantize->init_kmeans(cat(feats, 0), gen);
+  const std::string big_path = (root / "tokenizer_1024.safetensors").string();
+  beats::save_tokenizer(big_path, *big_tok);
+  for (const bool events : {false, true}) {
+    CodebookOptions c;
+    c.warmup_steps = events ? 0 : 1000000;
+    auto ext = std::make_shared<OnlineCodebookExtension>(c);
+    PretrainOptions o = options(events ? "big_events" : "big", 3);
+    o.tokenizer = big_path;
+    o.halt_after = 1;
+    Trainer t(o, {ext});
+    t.run();
+    constexpr int kReps = 5;
+    double total = 0;
+    Generator fgen(4);
+    for (int r = 0; r < kReps; ++r) {
+      StepBatch b;
+      b.token_features = l2_normalize(randn({8, 496, 256}, fgen), -1);
+      b.step = 100 + r;
+      const auto t0 = std::chrono::steady_clock::now();
+      ext->relabel(b);
+      ext->after_step(b, {});
+      total += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    }
+    std::printf("K=1024 D=256, 3968 patches, %s: codebook hooks %.3f s/step (%lld codes after)\n",
+                events ? "with events" : "EMA only", total / kReps,
+                static_cast<long long>(ext->codebook().size(0)));
+  }
   fs::remove_all(root);
 }
 
