@@ -213,7 +213,11 @@ std::string format_progress(const Progress& p) {
                 100.0 * std::clamp(p.data_wait, 0.0, 1.0));
   std::string s = buf;
   for (const auto& [name, v] : p.extra) {
-    std::snprintf(buf, sizeof buf, " | %s %.4f", name.c_str(), v);
+    // Counts (codebook size, re-initialised codes) read better without decimals.
+    if (std::isfinite(v) && v == std::floor(v) && std::fabs(v) < 1e12)
+      std::snprintf(buf, sizeof buf, " | %s %lld", name.c_str(), static_cast<long long>(v));
+    else
+      std::snprintf(buf, sizeof buf, " | %s %.4f", name.c_str(), v);
     s += buf;
   }
   return s;

@@ -158,7 +158,7 @@ struct Progress {
   std::vector<std::pair<std::string, double>> extra;  // extension terms
 };
 // "step 20/300 | loss 5.2313 | acc 0.041 | lr 2.00e-04 | 52.1 clips/s | elapsed 0:00:12 | left 0:02:55 | wait 1%"
-// (extension terms, when any, follow as "| name 0.1234").
+// (extension terms, when any, follow as "| name 0.1234", or "| name 12" for whole numbers such as counts).
 std::string format_progress(const Progress& p);
 // H:MM:SS (negative or non-finite: "?").
 std::string format_duration(double seconds);

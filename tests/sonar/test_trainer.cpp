@@ -172,6 +172,8 @@ TEST(Trainer, ProgressLineFormat) {
                                 "| left 1:02:03 | wait 1%");
   p.extra = {{"distill", 0.5}};
   EXPECT_EQ(format_progress(p).substr(format_progress(p).size() - 17), " | distill 0.5000");
+  p.extra = {{"codebook_size", 1027.0}};  // a count: no decimals
+  EXPECT_EQ(format_progress(p).substr(format_progress(p).size() - 21), " | codebook_size 1027");
   EXPECT_EQ(format_duration(-1.0), "?");
   EXPECT_EQ(format_duration(59.6), "0:01:00");
 
