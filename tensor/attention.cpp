@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "tensor/elementwise_math.h"
+#include "tensor/profile.h"
 #include "tensor/random.h"
 
 namespace sonar {
@@ -322,6 +323,8 @@ AttentionForward attention_forward(const Tensor& q_in, const Tensor& k_in, const
     return fwd;
   }
 
+  // Profiler: the two products per head, Q K^T and P V.
+  profile::count_flops(4.0 * static_cast<double>(d.B * d.T) * static_cast<double>(d.S * d.C));
   const int64_t Tp = round_up(d.T, kRowTile), Sp = round_up(d.S, kColTile), Dp = round_up(d.D, kColTile);
   const float keep_scale = p.dropout_p > 0.0f ? 1.0f / (1.0f - p.dropout_p) : 1.0f;
   const uint64_t threshold = keep_threshold(p.dropout_p);
@@ -411,6 +414,8 @@ AttentionGrads attention_backward(const Tensor& grad_out_in, const Tensor& q_in,
   for (Tensor* t : {&g.dq, &g.dk, &g.dv, &g.dbias, &g.dgate})
     if (t->defined()) t->zero_();
   if (d.B * d.T * d.S * d.C == 0) return g;
+  // Profiler: the five products per head (Q K^T recomputed, dP = dO V^T, dV, dQ, dK).
+  profile::count_flops(10.0 * static_cast<double>(d.B * d.T) * static_cast<double>(d.S * d.C));
 
   float* dq = g.dq.defined() ? g.dq.data<float>() : nullptr;
   float* dk = g.dk.defined() ? g.dk.data<float>() : nullptr;
