@@ -21,13 +21,14 @@ namespace {
 
 const std::string kDir = std::string(SONAR_FIXTURES_DIR) + "/beats_tiny/";
 // Per layer: max |bf16 - f32| over the layer's largest |f32| value. bf16 operands carry 8 significant bits
-// (relative rounding 2^-9); through a few blocks of products, softmax and layer norms the measured error on
-// this fixture is ~1e-2 (see docs/performance.md); the band leaves room for other CPUs' summation orders.
-constexpr double kLayerMaxRelBand = 5e-2;
-// Per layer: ||bf16 - f32|| / ||f32|| (root mean square): the typical element, well below the worst one.
-constexpr double kLayerRmsRelBand = 1.5e-2;
-// Loss curve: per step |loss_bf16 - loss_f32| / loss_f32 over a 30-step run from the same seeds.
-constexpr double kLossCurveRelBand = 2e-2;
+// (relative rounding up to 2^-9 = 2e-3 per operand); measured on this fixture: 3.0e-3 .. 4.2e-3 (AMD EPYC
+// Zen 5, docs/performance.md). The band is about 5x that, for other CPUs' kernels and summation orders.
+constexpr double kLayerMaxRelBand = 2e-2;
+// Per layer: ||bf16 - f32|| / ||f32|| (root mean square); measured 2.4e-3 .. 2.6e-3.
+constexpr double kLayerRmsRelBand = 1e-2;
+// Loss curve: per step |loss_bf16 - loss_f32| / loss_f32 over a 30-step run from the same seeds; measured
+// worst 3.2e-3 (the curves drift apart slowly as the weights diverge by rounding).
+constexpr double kLossCurveRelBand = 1e-2;
 constexpr double kMinRelativeDrop = 0.15;  // both runs must learn: mean of the last 5 vs the first 3 steps
 
 class BeatsBf16 : public ::testing::Test {
