@@ -36,11 +36,10 @@
 namespace {
 
 using namespace sonar;
-using Clock = std::chrono::steady_clock;
 
 const char* kUsage = R"(usage: sonar profile (--preset tiny|base | --checkpoint CKPT) [--mode forward|train|pretrain]
                      [--seconds 10] [--batch 1] [--steps 3] [--codes 1024] [--precision f32|bf16]
-                     [--threads N] [--json OUT]
+                     [--threads N] [--clock wall|cpu] [--json OUT]
 
 Runs the real BEATs model on synthetic audio (a chirp plus a tone per clip) with the scoped timers inside the
 model code switched on and prints where the time goes, per part and per phase (forward, backward, optimizer):
@@ -70,6 +69,9 @@ the parts cover, and the process's peak RSS.
   --codes K           label classes of the train/pretrain heads (default 1024)
   --precision P       f32 (default) or bf16 (matrix products with bfloat16 operands; needs AVX512-BF16)
   --threads N         compute threads (default: OpenMP's)
+  --clock C           wall (default) or cpu: the process's CPU time, all threads summed. On a machine
+                      shared with other jobs, cpu gives per-core figures that do not count time spent
+                      descheduled (run with --threads 1 for per-core rates)
   --json OUT          also write the table as JSON (atomically)
 )";
 
@@ -89,7 +91,8 @@ Tensor synthetic_wave(int64_t batch, double seconds) {
   return w;
 }
 
-double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
+// Time on the profiler's clock (wall or process CPU, --clock).
+double seconds_since(double t0) { return profile::now_seconds() - t0; }
 
 // The matrix-product rate of this machine: a 512x768x3072 product (BEATs' fc1 shape) through sonar::linear in
 // the current precision, timed in 10 bursts over about `budget` seconds after two warm-up calls; the best
@@ -103,7 +106,7 @@ double measure_matmul_peak(double budget) {
   double best = 0;
   for (int b = 0; b < kBursts; ++b) {
     int64_t calls = 0;
-    const auto t0 = Clock::now();
+    const double t0 = profile::now_seconds();
     double elapsed = 0;
     do {
       linear(x, w, Tensor());
@@ -157,7 +160,7 @@ Report run_steps(int64_t steps, F&& step) {
   profile::set_enabled(true);
   double total = 0;
   for (int64_t i = 0; i < steps; ++i) {
-    const auto t0 = Clock::now();
+    const double t0 = profile::now_seconds();
     step();
     total += seconds_since(t0);
   }
@@ -183,7 +186,7 @@ std::string fmt(const char* f, double v) {
 
 int run_profile(int argc, char** argv) {
   app::Args args(argc, argv,
-                 {"preset", "checkpoint", "mode", "seconds", "batch", "steps", "codes", "precision", "threads", "json"},
+                 {"preset", "checkpoint", "mode", "seconds", "batch", "steps", "codes", "precision", "threads", "clock", "json"},
                  {});
   if (args.help()) {
     std::fputs(kUsage, stdout);
@@ -207,6 +210,9 @@ int run_profile(int argc, char** argv) {
   SONAR_CHECK(threads >= 0, "--threads must be >= 0, got ", threads);
   if (threads > 0) omp_set_num_threads(static_cast<int>(threads));
   const std::string json_out = args.get("json");
+  const std::string clock = args.get("clock", "wall");
+  SONAR_CHECK(clock == "wall" || clock == "cpu", "--clock must be wall or cpu, got '", clock, "'");
+  profile::set_clock(clock == "cpu" ? profile::ClockKind::ProcessCpu : profile::ClockKind::Wall);
 
   std::shared_ptr<beats::BeatsModel> model;
   Generator gen(1);
@@ -274,10 +280,12 @@ int run_profile(int argc, char** argv) {
   for (const auto& r : rep.rows) parts += r.self_seconds;
   parts /= n;
   const double step_ms = rep.step_seconds * 1e3;
-  std::printf("sonar profile: %s (%lld blocks, %lld wide), mode %s, %lld x %.3g s, %s, %d threads, %lld steps\n",
+  std::printf("sonar profile: %s (%lld blocks, %lld wide), mode %s, %lld x %.3g s, %s, %d threads, %lld steps, "
+              "%s time\n",
               model_name.c_str(), static_cast<long long>(cfg.encoder_layers),
               static_cast<long long>(cfg.encoder_embed_dim), mode.c_str(), static_cast<long long>(batch), seconds,
-              precision_name(precision), omp_get_max_threads(), static_cast<long long>(steps));
+              precision_name(precision), omp_get_max_threads(), static_cast<long long>(steps),
+              clock == "cpu" ? "process CPU" : "wall");
   std::printf("matrix-product peak measured here (512x768x3072, %s): %.1f GFLOP/s\n\n", precision_name(precision), peak);
 
   auto print_table = [&](const std::vector<profile::Row>& rows, const char* title) {
@@ -326,6 +334,7 @@ int run_profile(int argc, char** argv) {
     j["mode"] = mode;
     j["precision"] = precision_name(precision);
     j["threads"] = omp_get_max_threads();
+    j["clock"] = clock;
     j["batch"] = batch;
     j["seconds"] = seconds;
     j["steps"] = steps;

@@ -2,6 +2,8 @@
 // scopes, and per-(phase, path) statistics guarded by one mutex (only touched while profiling is on).
 #include "tensor/profile.h"
 
+#include <time.h>
+
 #include <chrono>
 #include <mutex>
 #include <unordered_map>
@@ -47,8 +49,14 @@ struct Frame {
 
 thread_local std::vector<Frame> t_frames;
 thread_local int t_phase = kForward;
+std::atomic<ClockKind> g_clock{ClockKind::Wall};
 
 int64_t now_ns() {
+  if (g_clock.load(std::memory_order_relaxed) == ClockKind::ProcessCpu) {
+    timespec ts{};
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return static_cast<int64_t>(ts.tv_sec) * 1000000000 + ts.tv_nsec;
+  }
   return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
       .count();
 }
@@ -94,6 +102,9 @@ void pop() {
 }  // namespace
 
 void set_enabled(bool on) { detail::g_enabled.store(on, std::memory_order_relaxed); }
+void set_clock(ClockKind c) { g_clock.store(c, std::memory_order_relaxed); }
+ClockKind clock_kind() { return g_clock.load(std::memory_order_relaxed); }
+double now_seconds() { return static_cast<double>(now_ns()) * 1e-9; }
 
 void reset() {
   Registry& r = registry();

@@ -30,6 +30,15 @@ void set_enabled(bool on);
 // Forgets every collected statistic (the part names stay registered).
 void reset();
 
+// What the timers read: Wall (steady wall-clock time, the default) or ProcessCpu (CPU time of the whole
+// process, every thread summed: per-core figures that stay meaningful when other jobs share the cores, since
+// time spent descheduled is not counted; with N busy threads a part's time is N x its wall time).
+enum class ClockKind { Wall, ProcessCpu };
+void set_clock(ClockKind c);
+ClockKind clock_kind();
+// The current reading of that clock, in seconds (for timing around scopes with the same clock).
+double now_seconds();
+
 // Times the part `name` (a child of the innermost open scope of this thread) for its lifetime.
 class Scope {
  public:

@@ -40,9 +40,10 @@ class CmdProfile : public ::testing::Test {
     ss << in.rdbuf();
     return ss.str();
   }
-  nlohmann::json profile(const std::string& mode) {
+  nlohmann::json profile(const std::string& mode, const std::string& extra = "") {
     const std::string json = file(mode + ".json");
-    EXPECT_EQ(run("profile --preset tiny --mode " + mode + " --seconds 2 --steps 2 --json " + json), 0) << err_;
+    EXPECT_EQ(run("profile --preset tiny --mode " + mode + " --seconds 2 --steps 2 --json " + json + " " + extra), 0)
+        << err_;
     std::ifstream in(json);
     return nlohmann::json::parse(in);
   }
@@ -121,7 +122,8 @@ TEST_F(CmdProfile, PretrainShowsLabelPredictorBlocksAndLoss) {
 }
 
 TEST_F(CmdProfile, ForwardHasNoBackwardOrOptimizer) {
-  const nlohmann::json j = profile("forward");
+  const nlohmann::json j = profile("forward", "--clock cpu");
+  EXPECT_EQ(j["clock"], "cpu");
   expect_parts_cover_step(j);
   expect_every_block(j, "encoder/", j["blocks"].get<int64_t>(), false);
   for (const auto& r : j["rows"]) EXPECT_EQ(r["phase"], "forward") << r["part"];
@@ -133,6 +135,7 @@ TEST_F(CmdProfile, MisuseFailsWithOneLine) {
   expect_clean_failure(run("profile --preset tiny --checkpoint x.pt"), "either --preset or --checkpoint");
   expect_clean_failure(run("profile --preset huge"), "huge");
   expect_clean_failure(run("profile --preset tiny --precision f16"), "f16");
+  expect_clean_failure(run("profile --preset tiny --clock sundial"), "--clock");
   expect_clean_failure(run("profile --checkpoint " + file("missing.pt")), "missing.pt");
   // With oneDNN capped below AVX512-BF16 the bf16 request names the missing instruction set.
   expect_clean_failure(run("profile --preset tiny --precision bf16", "DNNL_MAX_CPU_ISA=AVX512_CORE"), "AVX512-BF16");
