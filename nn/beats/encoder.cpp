@@ -1,7 +1,9 @@
 // The BEATs transformer encoder (see nn/beats/encoder.h). Every official quirk is marked "official:".
 #include "nn/beats/encoder.h"
 
+#include <algorithm>
 #include <cmath>
+#include <vector>
 
 #include "nn/beats/attention_op.h"
 #include "tensor/creation.h"
@@ -23,21 +25,26 @@ Tensor relative_position_buckets(int64_t T, int64_t S, int64_t num_buckets, int6
   const int64_t max_exact = half / 2;
   const float log_range = static_cast<float>(std::log(static_cast<double>(max_distance) / max_exact));
   const float span = static_cast<float>(half - max_exact);
-  for (int64_t t = 0; t < T; ++t)
-    for (int64_t s = 0; s < S; ++s) {
-      const int64_t rel = s - t;
-      int64_t bucket = rel > 0 ? half : 0;
-      const int64_t n = rel < 0 ? -rel : rel;
-      if (n < max_exact) {
-        bucket += n;
-      } else {
-        const float ratio = static_cast<float>(n) / static_cast<float>(max_exact);
-        const float scaled = std::log(ratio) / log_range * span;
-        int64_t large = max_exact + static_cast<int64_t>(scaled);
-        bucket += std::min(large, half - 1);
-      }
-      o[t * S + s] = bucket;
+  // The bucket depends only on rel = s - t: computed once per distinct rel (T + S - 1 logs instead of T * S,
+  // the same float32 arithmetic per value), then spread over the table.
+  std::vector<int64_t> by_rel(static_cast<size_t>(T + S > 0 ? T + S - 1 : 0));
+  for (int64_t rel = -(T - 1); rel <= S - 1; ++rel) {
+    int64_t bucket = rel > 0 ? half : 0;
+    const int64_t n = rel < 0 ? -rel : rel;
+    if (n < max_exact) {
+      bucket += n;
+    } else {
+      const float ratio = static_cast<float>(n) / static_cast<float>(max_exact);
+      const float scaled = std::log(ratio) / log_range * span;
+      int64_t large = max_exact + static_cast<int64_t>(scaled);
+      bucket += std::min(large, half - 1);
     }
+    by_rel[static_cast<size_t>(rel + T - 1)] = bucket;
+  }
+  for (int64_t t = 0; t < T; ++t) {
+    const int64_t* src = by_rel.data() + (T - 1 - t);  // rel = s - t for s = 0..S-1
+    std::copy(src, src + S, o + t * S);
+  }
   return out;
 }
 
