@@ -57,7 +57,8 @@ products; "peak" is the rate of a 512x768x3072 matrix product measured by this c
 in the same precision (the best of 10 bursts). The last lines give the step time measured around the whole step, how much of it
 the parts cover, and the process's peak RSS.
 
-  --preset NAME       a fresh model: tiny (2 blocks, 64 wide) or base (BEATs base)
+  --preset NAME       a fresh model: tiny (2 blocks, 64 wide) or base (BEATs base), layer drop off so
+                      that every step runs every block
   --checkpoint CKPT   a BEATs checkpoint (official .pt or sonar safetensors) instead
   --mode MODE         forward: features without gradients (eval mode); train: every patch encoded, a
                       linear label head over 75% masked patches, smoothed cross-entropy, backward, AdamW;
@@ -219,7 +220,9 @@ int run_profile(int argc, char** argv) {
   std::string model_name;
   if (args.has("preset")) {
     model_name = args.get("preset");
-    model = std::make_shared<beats::BeatsModel>(method::preset_config(model_name), &gen);
+    beats::BeatsConfig c = method::preset_config(model_name);
+    c.encoder_layerdrop = 0.0;  // every step does the same work (the base preset trains with layer drop 0.05)
+    model = std::make_shared<beats::BeatsModel>(c, &gen);
   } else {
     model_name = args.get("checkpoint");
     model = beats::load_beats(model_name);
