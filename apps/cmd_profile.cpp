@@ -52,7 +52,7 @@ model code switched on and prints where the time goes, per part and per phase (f
   optimizer zero_grad, the gradient norm, AdamW (train and pretrain).
 
 Times are self times (a part's children are listed separately), in ms per step, averaged over --steps
-steps after one warm-up step. GFLOP/s counts matrix products, convolutions and the attention kernel's
+steps after two warm-up steps. GFLOP/s counts matrix products, convolutions and the attention kernel's
 products; "peak" is the rate of a 512x768x3072 matrix product measured by this command before the run,
 in the same precision (the best of 10 bursts). The last lines give the step time measured around the whole step, how much of it
 the parts cover, and the process's peak RSS.
@@ -153,10 +153,11 @@ struct Report {
   int64_t steps = 0;
 };
 
-// Runs warm-up + `steps` measured steps of `step`, profiling only the measured ones.
+// Runs two warm-up steps and `steps` measured steps of `step`, profiling only the measured ones. Two, because
+// a bf16 product builds its fixed-shape primitive on its second call (tensor/matmul.cpp).
 template <class F>
 Report run_steps(int64_t steps, F&& step) {
-  step();  // warm-up: oneDNN primitives, FFT plans, optimiser state, allocator
+  for (int i = 0; i < 2; ++i) step();  // warm-up: oneDNN primitives, FFT plans, optimiser state, allocator
   profile::reset();
   profile::set_enabled(true);
   double total = 0;

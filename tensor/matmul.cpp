@@ -405,9 +405,9 @@ std::shared_ptr<MatmulPrim> bf16_runtime_prim(bool a_col, bool b_col, bool accum
   });
 }
 
-// Fixed-shape bf16 primitives are built for a 2-D shape from its third call on (shapes that recur every step
-// or every clip); until then the runtime-shape primitive runs it.
-constexpr int kBf16FixedShapeAfterCalls = 2;
+// Fixed-shape bf16 primitives are built for a 2-D shape from its second call on (shapes that recur every step
+// or every clip); its first call runs on the runtime-shape primitive.
+constexpr int kBf16FixedShapeAfterCalls = 1;
 
 bool bf16_use_fixed_shape(const Problem& p) {
   if (!p.bshape.empty()) return true;  // batched products: always the fixed-shape primitive
@@ -422,8 +422,8 @@ bool bf16_use_fixed_shape(const Problem& p) {
 
 // bf16 products (tensor/precision.h): each operand's memory span is converted to bfloat16 with the same
 // strides (a registered weight comes from the cache, converted once), then a cached oneDNN matmul primitive
-// with bf16 sources and float32 accumulation, bias and output (fixed-shape, or runtime-shape for 2-D shapes
-// not seen twice before).
+// with bf16 sources and float32 accumulation, bias and output (fixed-shape, or runtime-shape for a 2-D
+// shape's first call).
 void run_bf16(const Problem& p) {
   const Tensor a16 = bf16_detail::bf16_span(p.A.keep, p.A.ptr, operand_span(p.A, p.bshape));
   const Tensor b16 = bf16_detail::bf16_span(p.B.keep, p.B.ptr, operand_span(p.B, p.bshape));
