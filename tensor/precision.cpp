@@ -10,7 +10,6 @@
 #include <map>
 #include <mutex>
 #include <oneapi/dnnl/dnnl.h>
-#include <set>
 #include <tuple>
 
 namespace sonar {
