@@ -9,11 +9,12 @@
 #include "nn/beats/checkpoint.h"
 #include "tensor/index.h"
 #include "tensor/io.h"
+#include "tensor/precision.h"
 
 namespace {
 
 const char* kUsage = R"(usage: sonar features --checkpoint CKPT --input IN [--padding-mask M.npy] [--layer N]
-                      [--exact-padding] --output OUT.npy
+                      [--exact-padding] [--precision f32|bf16] --output OUT.npy
 
 Runs a BEATs model (pretrained or fine-tuned; official .pt or sonar safetensors) in eval mode without
 gradients and saves its features as float32 [clips, patches, dim]. Patches are time-major: patch
@@ -29,12 +30,15 @@ t * 8 + f covers frames 16t..16t+15 and mel bins 16f..16f+15 (a leftover of fewe
   --exact-padding     derive the patch mask from each clip's true length (a clip gives the same features
                       alone and padded in a batch) instead of the official downsampling (the default,
                       identical to the official code; see docs/beats.md)
+  --precision P       f32 (default) or bf16: matrix products with bfloat16 operands and float32
+                      accumulation (needs AVX512-BF16; features differ from float32 by ~0.5%, see
+                      docs/performance.md); everything else stays float32
   --output OUT.npy    written atomically
 )";
 
 int run_features(int argc, char** argv) {
   using namespace sonar;
-  app::Args args(argc, argv, {"checkpoint", "input", "padding-mask", "layer", "output"}, {"exact-padding"});
+  app::Args args(argc, argv, {"checkpoint", "input", "padding-mask", "layer", "output", "precision"}, {"exact-padding"});
   if (args.help()) {
     std::fputs(kUsage, stdout);
     return 0;
@@ -42,6 +46,8 @@ int run_features(int argc, char** argv) {
   SONAR_CHECK(args.positional().empty(), "unexpected argument '", args.positional().front(), "' (see --help)");
   const std::string ckpt = args.require("checkpoint"), input = args.require("input"), out = args.require("output");
   app::require_npy_name(out, "output");
+  const Precision precision = parse_precision(args.get("precision", "f32"));
+  require_precision_supported(precision);
   auto model = beats::load_beats(ckpt);
   const int64_t L = model->cfg.encoder_layers;
   const int64_t layer = args.get_int("layer", -1);
@@ -59,6 +65,8 @@ int run_features(int argc, char** argv) {
   }
   model->eval();
   ag::NoGradGuard no_grad;
+  PrecisionGuard precision_scope(precision);
+  Bf16WeightCache bf16_weights(beats::parameter_values(*model));  // converted once for every chunk (bf16 only)
   std::vector<Tensor> feats, masks;
   const int64_t clips = in.wave.size(0);
   app::for_each_chunk(clips, app::kClipsPerChunk, [&](int64_t first, int64_t n) {

@@ -18,6 +18,7 @@
 #include "sonar/method.h"
 #include "sonar/trainer.h"
 #include "tensor/error.h"
+#include "tensor/precision.h"
 
 namespace {
 
@@ -86,6 +87,8 @@ std::string usage() {
        "                       share of time spent waiting for data\n"
        "  --save-every N       checkpoint every N steps (default " << d.save_every << ") and at the end\n"
        "  --threads N          compute threads (default: OpenMP's; OMP_NUM_THREADS)\n"
+       "  --precision P        f32 (default) or bf16: matrix products with bfloat16 operands and float32\n"
+       "                       accumulation (needs AVX512-BF16; weights, optimiser and losses stay float32)\n"
        "  --workers N          background loading threads (default " << d.loader_workers << ")\n"
        "  --cache DIR          fbank cache folder (reused across epochs and runs)\n"
        "  --force              start over even when RUN_DIR holds a finished run or one with other options\n"
@@ -122,7 +125,7 @@ int run(int argc, char** argv) {
   std::set<std::string> options = {"data", "splits", "out", "init", "preset", "tokenizer", "codes", "steps", "batch",
                                    "crop-seconds", "max-clip-seconds", "lr", "warmup", "final-lr", "weight-decay",
                                    "beta2", "clip-grad", "mask-ratio", "seed", "log-every", "save-every", "threads",
-                                   "workers", "cache", "stop-after"};
+                                   "workers", "cache", "precision", "stop-after"};
   for (const auto& f : sonar::method::sonar_flag_names()) options.insert(f);
   sonar::app::Args args(argc, argv, options, {"force", "fresh-predictor"});
   if (args.help()) {
@@ -166,6 +169,8 @@ int run(int argc, char** argv) {
   o.loader_workers = static_cast<int>(args.get_int("workers", o.loader_workers));
   o.cache_dir = args.get("cache");
   o.force = args.has("force");
+  o.precision = sonar::parse_precision(args.get("precision", "f32"));
+  sonar::require_precision_supported(o.precision);
   o.stop_after = args.get_int("stop-after", -1);
   SONAR_CHECK(!args.has("stop-after") || o.stop_after > 0, "--stop-after must be positive, got ", o.stop_after);
 

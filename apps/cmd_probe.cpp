@@ -10,6 +10,7 @@
 #include "sonar/probe.h"
 #include "tensor/error.h"
 #include "tensor/io.h"
+#include "tensor/precision.h"
 
 #include <omp.h>
 
@@ -46,7 +47,10 @@ std::string usage() {
        "  --output FILE       write the metrics as JSON (written only when everything succeeded)\n"
        "  --threads N         compute threads (default: OpenMP's)\n"
        "  --workers N         background loading threads (default " << d.features.workers << ")\n"
-       "  --cache DIR         fbank cache folder\n";
+       "  --cache DIR         fbank cache folder\n"
+       "  --precision P       f32 (default) or bf16: every matrix product of the run (the frozen model's and the\n"
+       "                      classifier's) with bfloat16 operands and float32 accumulation; weights, softmax,\n"
+       "                      losses and the optimiser stay float32 (needs AVX512-BF16)\n";
   return u.str();
 }
 
@@ -54,7 +58,7 @@ int run(int argc, char** argv) {
   sonar::app::Args args(argc, argv,
                         {"checkpoint", "preset", "model-seed", "data", "task", "layer", "max-seconds", "batch",
                          "epochs", "patience", "lr", "weight-decay", "val-fraction", "seed", "output", "threads",
-                         "workers", "cache"},
+                         "workers", "cache", "precision"},
                         {});
   if (args.help()) {
     std::printf("%s", usage().c_str());
@@ -96,8 +100,13 @@ int run(int argc, char** argv) {
   SONAR_CHECK(threads >= 0, "--threads must be >= 0, got ", threads);
   if (threads > 0) omp_set_num_threads(static_cast<int>(threads));
   const std::string output = args.get("output");
+  const sonar::Precision precision = sonar::parse_precision(args.get("precision", "f32"));
+  sonar::require_precision_supported(precision);
 
-  sonar::method::ProbeReport rep = sonar::method::run_probe(o);
+  sonar::method::ProbeReport rep = [&] {
+    sonar::PrecisionGuard precision_scope(precision);
+    return sonar::method::run_probe(o);
+  }();
   if (!output.empty()) {
     sonar::write_file_atomic(output, rep.to_json().dump(2) + "\n");
     std::printf("metrics: %s\n", output.c_str());

@@ -16,6 +16,7 @@
 #include "apps/command.h"
 #include "sonar/tokenizer_trainer.h"
 #include "tensor/error.h"
+#include "tensor/precision.h"
 
 namespace {
 
@@ -82,6 +83,8 @@ std::string usage() {
        "                       steps, learning rate, clips/s, elapsed, time left, share of time waiting for data\n"
        "  --save-every N       checkpoint every N steps (default " << d.save_every << ") and at the end\n"
        "  --threads N          compute threads (default: OpenMP's; OMP_NUM_THREADS)\n"
+       "  --precision P        f32 (default) or bf16: matrix products with bfloat16 operands and float32\n"
+       "                       accumulation (needs AVX512-BF16; weights, optimiser and losses stay float32)\n"
        "  --workers N          background loading threads (default " << d.loader_workers << ")\n"
        "  --cache DIR          fbank cache folder (reused across epochs and runs)\n"
        "  --force              start over even when RUN_DIR holds a finished run or one with other options\n\n"
@@ -111,7 +114,7 @@ int run(int argc, char** argv) {
                         {"teacher", "data", "splits", "out", "init", "preset", "codes", "commitment",
                          "estimator-layers", "steps", "batch", "crop-seconds", "max-clip-seconds", "lr", "warmup",
                          "final-lr", "weight-decay", "clip-grad", "seed", "log-every", "save-every", "threads",
-                         "workers", "cache"},
+                         "workers", "cache", "precision"},
                         {"force"});
   if (args.help()) {
     std::printf("%s", usage().c_str());
@@ -153,6 +156,8 @@ int run(int argc, char** argv) {
   o.loader_workers = static_cast<int>(args.get_int("workers", o.loader_workers));
   o.cache_dir = args.get("cache");
   o.force = args.has("force");
+  o.precision = sonar::parse_precision(args.get("precision", "f32"));
+  sonar::require_precision_supported(o.precision);
 
   g_stop.store(false);
   o.stop = &g_stop;

@@ -6,6 +6,7 @@
 #include <utility>
 
 #include "tensor/elementwise.h"
+#include "tensor/profile.h"
 
 namespace sonar::ag {
 
@@ -87,6 +88,8 @@ void run_backward(const std::shared_ptr<VarImpl>& root, const Tensor& grad_outpu
   while (!ready.empty()) {
     std::shared_ptr<Node> node = std::move(ready.back());
     ready.pop_back();
+    // Profiling: this node's backward (and the hand-off of its gradients) counts in the part that recorded it.
+    profile::BackwardScope timed(node->profile_part);
     std::vector<GradSlot> in = std::move(slots_of(node.get()));
     slots.erase(node.get());
 
@@ -254,6 +257,7 @@ std::vector<Var> make_results(std::vector<Tensor> values, std::vector<Var> input
   }
   for (const Var& o : outs) node->output_shapes.push_back(o.shape());
   node->backward = std::move(backward);
+  node->profile_part = profile::current_part();
   for (size_t k = 0; k < outs.size(); ++k) {
     outs[k].impl_->node = node;
     outs[k].impl_->output_nr = static_cast<int>(k);

@@ -49,6 +49,7 @@ struct Node {
   MultiBackwardFn backward;
   std::vector<std::weak_ptr<VarImpl>> retained;  // per output: Var that called retain_grad(), if any
   bool released = false;                         // true once backward() ran (and freed) this node
+  int profile_part = -1;  // tensor/profile.h: the scope open when it was recorded (only while profiling)
 };
 
 struct VarImpl {

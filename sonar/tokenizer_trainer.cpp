@@ -213,6 +213,7 @@ TokenizerTrainResult train_tokenizer(const TokenizerTrainOptions& p) {
   cfg["final-lr"] = p.final_lr;
   cfg["clip-grad"] = p.max_grad_norm;
   cfg["seed"] = p.seed;
+  if (p.precision != Precision::F32) cfg["precision"] = precision_name(p.precision);
 
   // An existing run in the folder: resume it, refuse, or (with force) start over.
   std::optional<beats::CheckpointData> resume;
@@ -392,6 +393,8 @@ TokenizerTrainResult train_tokenizer(const TokenizerTrainOptions& p) {
   };
 
   // ---- the loop ----
+  require_precision_supported(p.precision);
+  PrecisionGuard precision_scope(p.precision);
   result.start_step = step;
   result.resumed = resume.has_value();
   if (step >= p.steps) {  // every step was done but the final save did not complete

@@ -23,6 +23,7 @@
 // Not here: the distillation loss and the quantizer (nn/beats/pretrain.h, nn/beats/quantizer.h), the model's
 // pre-training (sonar/trainer.h), the command line (apps/cmd_train_tokenizer.cpp).
 #pragma once
+#include "tensor/precision.h"
 #include <atomic>
 #include <cstdint>
 #include <functional>
@@ -62,6 +63,7 @@ struct TokenizerTrainOptions {
   int64_t log_every = 10;
   int64_t save_every = 100;
   int num_threads = 0;     // OpenMP threads (0: leave as is)
+  Precision precision = Precision::F32;  // matrix products: f32, or bf16 with f32 accumulation (tensor/precision.h)
   int loader_workers = 1;  // background loading threads
   int prefetch_batches = 4;
   std::string cache_dir;   // fbank cache folder ("" = none)

@@ -504,6 +504,8 @@ PretrainResult Trainer::run_impl() {
   cfg["label-smoothing"] = p.mlp.label_smoothing;
   cfg["predictor-layers"] = p.mlp.predictor.layers;
   cfg["padding"] = p.mlp.padding == beats::PaddingMode::Exact ? "exact" : "official";
+  // Only a non-default precision is recorded, so runs started before the option existed still resume.
+  if (p.precision != Precision::F32) cfg["precision"] = precision_name(p.precision);
   json ext_cfg = json::object();
   for (const auto& e : extensions_) ext_cfg[e->name()] = e->config();
   cfg["extensions"] = ext_cfg;
@@ -772,6 +774,8 @@ PretrainResult Trainer::run_impl() {
   };
 
   // ---- the loop ----
+  require_precision_supported(p.precision);
+  PrecisionGuard precision_scope(p.precision);
   result.start_step = s.step;
   result.resumed = s.resumed;
   s.session_start = Clock::now();

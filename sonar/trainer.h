@@ -49,6 +49,7 @@
 #include "nn/beats/pretrain.h"
 #include "nn/beats/quantizer.h"
 #include "nn/beats/tokenizer.h"
+#include "tensor/precision.h"
 
 namespace sonar::method {
 
@@ -128,6 +129,9 @@ struct PretrainOptions {
   int64_t log_every = 10;
   int64_t save_every = 100;
   int num_threads = 0;             // OpenMP threads for the model (0: leave as is)
+  // Matrix products in float32 (default) or bfloat16 with float32 accumulation (tensor/precision.h; master
+  // weights, optimiser state and losses stay float32). Part of the run's options (checked on resume).
+  Precision precision = Precision::F32;
   int loader_workers = 1;          // background loading threads
   int prefetch_batches = 4;
   std::string cache_dir;           // fbank cache folder ("" = none)

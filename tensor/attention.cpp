@@ -5,9 +5,7 @@
 #include "tensor/attention.h"
 
 #include <omp.h>
-#if defined(__AVX512F__)
-#include <immintrin.h>
-#endif
+#include <oneapi/dnnl/dnnl.h>
 
 #include <algorithm>
 #include <cmath>
@@ -15,13 +13,14 @@
 #include <vector>
 
 #include "tensor/elementwise_math.h"
+#include "tensor/profile.h"
 #include "tensor/random.h"
 
 namespace sonar {
 namespace {
 
-constexpr int64_t kRowTile = 4;        // rows of the small GEMM tile
-constexpr int64_t kColTile = 16;       // columns of the small GEMM tile
+constexpr int64_t kRowTile = 4;        // packed query rows are padded to a multiple of this
+constexpr int64_t kColTile = 16;       // packed key and head-width columns are padded to a multiple of this
 constexpr int64_t kForwardRows = 32;   // query rows scored at once in the forward (multiple of kRowTile)
 constexpr int64_t kBackwardRows = 32;  // query rows recomputed at once in the backward (multiple of kRowTile)
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
@@ -78,80 +77,18 @@ Dims check_inputs(const Tensor& q, const Tensor& k, const Tensor& v, const Tenso
 // A float32 tensor whose last dim has stride 1 (copied when it has not); other strides are kept.
 Tensor rows_dense(const Tensor& t) { return t.stride(-1) == 1 ? t : t.contiguous(); }
 
-#if defined(__AVX512F__)
-// One register tile of gemm_nn with AVX-512: rows a0..a3 of A times columns [j, j + 16 NV) of B. With NV = 2
-// the 8 accumulators stay in zmm registers (GCC spills a portable float[4][32] tile to the stack), enough
-// independent FMAs to hide their latency. Same products and summation order as the portable tile.
-// Element (row i, k) of A is at a0[i * ars + k * aks]; rows a0 + 0..3 * ars.
-template <int NV>
-SONAR_INLINE void gemm_tile(const float* a0, int64_t ars, int64_t aks, const float* B, int64_t ldb, float* C,
-                            int64_t ldc, int64_t j, int64_t K, bool accumulate) {
-  __m512 c0[NV], c1[NV], c2[NV], c3[NV];
-  for (int v = 0; v < NV; ++v) c0[v] = c1[v] = c2[v] = c3[v] = _mm512_setzero_ps();
-  for (int64_t kk = 0; kk < K; ++kk) {
-    const float* b = B + kk * ldb + j;
-    const float* a = a0 + kk * aks;
-    const __m512 x0 = _mm512_set1_ps(a[0]), x1 = _mm512_set1_ps(a[ars]), x2 = _mm512_set1_ps(a[2 * ars]),
-                 x3 = _mm512_set1_ps(a[3 * ars]);
-    for (int v = 0; v < NV; ++v) {
-      const __m512 bv = _mm512_loadu_ps(b + 16 * v);
-      c0[v] = _mm512_fmadd_ps(x0, bv, c0[v]);
-      c1[v] = _mm512_fmadd_ps(x1, bv, c1[v]);
-      c2[v] = _mm512_fmadd_ps(x2, bv, c2[v]);
-      c3[v] = _mm512_fmadd_ps(x3, bv, c3[v]);
-    }
-  }
-  __m512* rows[kRowTile] = {c0, c1, c2, c3};
-  for (int64_t r = 0; r < kRowTile; ++r)
-    for (int v = 0; v < NV; ++v) {
-      float* c = C + r * ldc + j + 16 * v;
-      _mm512_storeu_ps(c, accumulate ? _mm512_add_ps(_mm512_loadu_ps(c), rows[r][v]) : rows[r][v]);
-    }
-}
-#else
-// One register tile of gemm_nn: rows a0..a3 of A times columns [j, j + 16 NV) of B.
-// Element (row i, k) of A is at a0[i * ars + k * aks].
-template <int NV>
-SONAR_INLINE void gemm_tile(const float* a0, int64_t ars, int64_t aks, const float* B, int64_t ldb, float* C,
-                            int64_t ldc, int64_t j, int64_t K, bool accumulate) {
-  constexpr int64_t NC = 16 * NV;
-  float acc[kRowTile][NC] = {};
-  for (int64_t kk = 0; kk < K; ++kk) {
-    const float* b = B + kk * ldb + j;
-    const float* a = a0 + kk * aks;
-    const float x0 = a[0], x1 = a[ars], x2 = a[2 * ars], x3 = a[3 * ars];
-#pragma omp simd
-    for (int64_t jj = 0; jj < NC; ++jj) {
-      acc[0][jj] += x0 * b[jj];
-      acc[1][jj] += x1 * b[jj];
-      acc[2][jj] += x2 * b[jj];
-      acc[3][jj] += x3 * b[jj];
-    }
-  }
-  for (int64_t r = 0; r < kRowTile; ++r) {
-    float* c = C + r * ldc + j;
-    for (int64_t jj = 0; jj < NC; ++jj) c[jj] = accumulate ? c[jj] + acc[r][jj] : acc[r][jj];
-  }
-}
-#endif
-static_assert(kColTile == 16, "gemm_tile works in 16-float vectors");
-
-// C[M x N] (+)= op(A)[M x K] * B[K x N], row-major with leading dims; M % kRowTile == 0, N % kColTile == 0.
-// op(A) = A ([M x K], lda) or, with trans_a, the transpose of a stored [K x M] matrix (lda its row stride),
-// read in place. Register-blocked: tiles of 4 rows x 32 columns (x 16 at the right edge) of C stay in
-// registers while K streams by.
+// C[M x N] (+)= op(A)[M x K] * B[K x N], row-major with leading dims. op(A) = A ([M x K], lda) or, with
+// trans_a, the transpose of a stored [K x M] matrix (lda its row stride), read in place. oneDNN's sgemm,
+// single-threaded here because every caller runs inside the kernels' parallel region over (batch, head).
+// Measured per core on BEATs-base shapes (docs/performance.md): 1.7x the register-tiled loop it replaced on
+// both the forward and the backward kernel; the summation order of the products changed with it (results
+// move in the last bits; the parity and reference tests pass unchanged).
 void gemm(const float* A, int64_t lda, bool trans_a, const float* B, int64_t ldb, float* C, int64_t ldc, int64_t M,
           int64_t N, int64_t K, bool accumulate) {
-  const int64_t ars = trans_a ? 1 : lda, aks = trans_a ? lda : 1;
-  // Column panels outside, row tiles inside: a panel of B (K x 32) is reused by every row tile while it is
-  // in L1.
-  int64_t j = 0;
-  for (; j + 2 * kColTile <= N; j += 2 * kColTile)
-    for (int64_t i = 0; i < M; i += kRowTile)
-      gemm_tile<2>(A + i * ars, ars, aks, B, ldb, C + i * ldc, ldc, j, K, accumulate);
-  for (; j < N; j += kColTile)
-    for (int64_t i = 0; i < M; i += kRowTile)
-      gemm_tile<1>(A + i * ars, ars, aks, B, ldb, C + i * ldc, ldc, j, K, accumulate);
+  const dnnl_status_t st =
+      dnnl_sgemm(trans_a ? 'T' : 'N', 'N', M, N, K, 1.0f, A, lda, B, ldb, accumulate ? 1.0f : 0.0f, C, ldc);
+  SONAR_CHECK(st == dnnl_success, "attention: dnnl_sgemm failed (status ", static_cast<int>(st), ") for M=", M,
+              " N=", N, " K=", K);
 }
 void gemm_nn(const float* A, int64_t lda, const float* B, int64_t ldb, float* C, int64_t ldc, int64_t M, int64_t N,
              int64_t K, bool accumulate) {
@@ -322,6 +259,8 @@ AttentionForward attention_forward(const Tensor& q_in, const Tensor& k_in, const
     return fwd;
   }
 
+  // Profiler: the two products per head, Q K^T and P V.
+  profile::count_flops(4.0 * static_cast<double>(d.B * d.T) * static_cast<double>(d.S * d.C));
   const int64_t Tp = round_up(d.T, kRowTile), Sp = round_up(d.S, kColTile), Dp = round_up(d.D, kColTile);
   const float keep_scale = p.dropout_p > 0.0f ? 1.0f / (1.0f - p.dropout_p) : 1.0f;
   const uint64_t threshold = keep_threshold(p.dropout_p);
@@ -411,6 +350,8 @@ AttentionGrads attention_backward(const Tensor& grad_out_in, const Tensor& q_in,
   for (Tensor* t : {&g.dq, &g.dk, &g.dv, &g.dbias, &g.dgate})
     if (t->defined()) t->zero_();
   if (d.B * d.T * d.S * d.C == 0) return g;
+  // Profiler: the five products per head (Q K^T recomputed, dP = dO V^T, dV, dQ, dK).
+  profile::count_flops(10.0 * static_cast<double>(d.B * d.T) * static_cast<double>(d.S * d.C));
 
   float* dq = g.dq.defined() ? g.dq.data<float>() : nullptr;
   float* dk = g.dk.defined() ? g.dk.data<float>() : nullptr;

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "tensor/dnnl_context.h"
+#include "tensor/profile.h"
 
 namespace sonar {
 
@@ -561,7 +562,15 @@ Tensor zeros_of(const Shape& s) {
   return t;
 }
 
+// Multiply-adds x 2 of one pass (forward, dx or dW) of the convolution, for the profiler.
+double conv_flops(const Geom& g) {
+  double f = 2.0 * static_cast<double>(g.N * g.O) * static_cast<double>(g.C / g.G);
+  for (int i = 0; i < g.sd; ++i) f *= static_cast<double>(g.out[i] * g.k[i]);
+  return f;
+}
+
 Tensor forward_any(const Geom& g, const Tensor& x, const Tensor& w, const Tensor& bias) {
+  profile::count_flops(conv_flops(g));
   if (empty_problem(g)) {
     Tensor y = zeros_of(y_shape(g));
     if (bias.defined() && g.N > 0) y.copy_(bias.reshape(g.sd == 2 ? Shape{1, g.O, 1, 1} : Shape{1, g.O, 1}));
@@ -571,6 +580,7 @@ Tensor forward_any(const Geom& g, const Tensor& x, const Tensor& w, const Tensor
 }
 
 ConvGrads backward_any(const Geom& g, const Tensor& gy, const Tensor& x, const Tensor& w, bool has_bias, bool need_dx) {
+  profile::count_flops(conv_flops(g) * (need_dx ? 2.0 : 1.0));
   check_grad_y(g, gy);
   if (empty_problem(g)) {
     ConvGrads r{need_dx ? zeros_of(x_shape(g)) : Tensor(), zeros_of(w_shape(g)), has_bias ? zeros_of({g.O}) : Tensor()};

@@ -9,8 +9,12 @@
 
 #include <atomic>
 #include <cstring>
+#include <mutex>
+#include <unordered_map>
 
 #include "tensor/dnnl_context.h"
+#include "tensor/precision.h"
+#include "tensor/profile.h"
 
 namespace sonar {
 
@@ -293,7 +297,9 @@ void operand_md(const Operand& o, const std::vector<int64_t>& bshape, memory::di
   }
 }
 
-std::shared_ptr<MatmulPrim> onednn_prim(const Problem& p) {
+// bf16: operands A and B as bfloat16 (same strides), C and bias float32, float32 accumulation.
+std::shared_ptr<MatmulPrim> onednn_prim(const Problem& p, bool bf16 = false) {
+  const memory::data_type in_type = bf16 ? memory::data_type::bf16 : memory::data_type::f32;
   memory::dims ad, as, bd, bs;
   operand_md(p.A, p.bshape, ad, as);
   operand_md(p.B, p.bshape, bd, bs);
@@ -304,12 +310,12 @@ std::shared_ptr<MatmulPrim> onednn_prim(const Problem& p) {
   cs.push_back(p.ldc);
   cs.push_back(1);
   dnnl_ctx::Key key("matmul");
-  key << "f32" << dnnl_ctx::max_threads() << ad << as << bd << bs << cd << cs << (p.bias ? "bias" : "nobias")
+  key << (bf16 ? "bf16" : "f32") << dnnl_ctx::max_threads() << ad << as << bd << bs << cd << cs << (p.bias ? "bias" : "nobias")
       << (p.accumulate ? "acc" : "set");
   return dnnl_ctx::cached<MatmulPrim>(key, [&] {
     auto r = std::make_shared<MatmulPrim>();
-    r->a_md = memory::desc(ad, memory::data_type::f32, as);
-    r->b_md = memory::desc(bd, memory::data_type::f32, bs);
+    r->a_md = memory::desc(ad, in_type, as);
+    r->b_md = memory::desc(bd, in_type, bs);
     r->c_md = memory::desc(cd, memory::data_type::f32, cs);
     dnnl::matmul::desc d = [&] {
       if (!p.bias) return dnnl::matmul::desc(r->a_md, r->b_md, r->c_md);
@@ -330,8 +336,9 @@ std::shared_ptr<MatmulPrim> onednn_prim(const Problem& p) {
       dnnl::matmul::primitive_desc pd(d, attr, dnnl_ctx::engine());
       r->impl = pd.impl_info_str();
       r->fast = r->impl.rfind("ref", 0) != 0;
-      if (r->fast) r->prim = dnnl::matmul(pd);
+      if (r->fast || bf16) r->prim = dnnl::matmul(pd);  // bf16 has no other backend: run what oneDNN has
     } catch (const dnnl::error& e) {
+      SONAR_CHECK(!bf16, "matmul: oneDNN has no bf16 matmul for M=", p.M, " N=", p.N, " K=", p.K, " (", e.what(), ")");
       r->impl = std::string("unsupported: ") + e.what();
       r->fast = false;
     }
@@ -359,7 +366,105 @@ void run_dnnl_sgemm(const Problem& p) {
               " N=", p.N, " K=", p.K);
 }
 
+// Elements from an operand's first element to its last (inclusive), through its strides.
+int64_t operand_span(const Operand& o, const std::vector<int64_t>& bshape) {
+  int64_t last = o.col_major ? (o.rows - 1) + (o.cols - 1) * o.ld : (o.rows - 1) * o.ld + (o.cols - 1);
+  for (size_t i = 0; i < bshape.size(); ++i) last += (bshape[i] - 1) * o.bstride[i];
+  return last + 1;
+}
+
+// A 2-D bf16 product whose M, N, K and leading dimensions are given at execution (oneDNN's runtime dims):
+// one primitive per layout (transposes, accumulate) serves every shape. oneDNN builds it in ~0.2 ms where a
+// fixed-shape brgemm primitive takes 2-15 ms of JIT, so shapes seen only once or twice (masking changes the
+// number of visible patches every step) use it; it runs at ~80% of the fixed-shape kernel's rate.
+std::shared_ptr<MatmulPrim> bf16_runtime_prim(bool a_col, bool b_col, bool accumulate) {
+  constexpr memory::dim R = DNNL_RUNTIME_DIM_VAL;
+  dnnl_ctx::Key key("matmul_bf16_runtime");
+  key << dnnl_ctx::max_threads() << (a_col ? "a_col" : "a_row") << (b_col ? "b_col" : "b_row")
+      << (accumulate ? "acc" : "set");
+  return dnnl_ctx::cached<MatmulPrim>(key, [&] {
+    auto r = std::make_shared<MatmulPrim>();
+    const memory::desc a({R, R}, memory::data_type::bf16, a_col ? memory::dims{1, R} : memory::dims{R, 1});
+    const memory::desc b({R, R}, memory::data_type::bf16, b_col ? memory::dims{1, R} : memory::dims{R, 1});
+    const memory::desc c({R, R}, memory::data_type::f32, memory::dims{R, 1});
+    dnnl::primitive_attr attr;
+    if (accumulate) {
+      dnnl::post_ops ops;
+      ops.append_sum(1.0f);
+      attr.set_post_ops(ops);
+    }
+    try {
+      dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(a, b, c), attr, dnnl_ctx::engine());
+      r->impl = pd.impl_info_str();
+      r->prim = dnnl::matmul(pd);
+      r->fast = true;
+    } catch (const dnnl::error& e) {
+      SONAR_FAIL("matmul: oneDNN has no runtime-shape bf16 matmul (", e.what(), ")");
+    }
+    return r;
+  });
+}
+
+// Fixed-shape bf16 primitives are built for a 2-D shape from its second call on (shapes that recur every step
+// or every clip); its first call runs on the runtime-shape primitive.
+constexpr int kBf16FixedShapeAfterCalls = 1;
+
+bool bf16_use_fixed_shape(const Problem& p) {
+  if (!p.bshape.empty()) return true;  // batched products: always the fixed-shape primitive
+  static std::mutex mu;
+  static std::unordered_map<std::string, int> calls;
+  dnnl_ctx::Key key("bf16_shape");
+  key << p.M << p.N << p.K << p.A.ld << p.B.ld << p.ldc << (p.A.col_major ? 1 : 0) << (p.B.col_major ? 1 : 0)
+      << (p.bias ? 1 : 0) << (p.accumulate ? 1 : 0) << dnnl_ctx::max_threads();
+  std::lock_guard<std::mutex> lock(mu);
+  return ++calls[key.str()] > kBf16FixedShapeAfterCalls;
+}
+
+// bf16 products (tensor/precision.h): each operand's memory span is converted to bfloat16 with the same
+// strides (a registered weight comes from the cache, converted once), then a cached oneDNN matmul primitive
+// with bf16 sources and float32 accumulation, bias and output (fixed-shape, or runtime-shape for a 2-D
+// shape's first call).
+void run_bf16(const Problem& p) {
+  const Tensor a16 = bf16_detail::bf16_span(p.A.keep, p.A.ptr, operand_span(p.A, p.bshape));
+  const Tensor b16 = bf16_detail::bf16_span(p.B.keep, p.B.ptr, operand_span(p.B, p.bshape));
+  const dnnl::engine& eng = dnnl_ctx::engine();
+  dnnl::stream& s = dnnl_ctx::stream();
+  if (!bf16_use_fixed_shape(p)) {
+    bool accumulate = p.accumulate;
+    if (p.bias) {  // the runtime-shape primitive takes no bias: write it first, then accumulate onto it
+      for (int64_t m = 0; m < p.M; ++m)
+        for (int64_t n = 0; n < p.N; ++n) p.C[m * p.ldc + n] = (p.accumulate ? p.C[m * p.ldc + n] : 0.0f) + p.bias[n];
+      accumulate = true;
+    }
+    std::shared_ptr<MatmulPrim> mp = bf16_runtime_prim(p.A.col_major, p.B.col_major, accumulate);
+    auto md = [](int64_t rows, int64_t cols, bool col, int64_t ld, memory::data_type t) {
+      return memory::desc({rows, cols}, t, col ? memory::dims{1, ld} : memory::dims{ld, 1});
+    };
+    memory am(md(p.M, p.K, p.A.col_major, p.A.ld, memory::data_type::bf16), eng, a16.bytes());
+    memory bm(md(p.K, p.N, p.B.col_major, p.B.ld, memory::data_type::bf16), eng, b16.bytes());
+    memory cm(md(p.M, p.N, false, p.ldc, memory::data_type::f32), eng, p.C);
+    mp->prim.execute(s, {{DNNL_ARG_SRC, am}, {DNNL_ARG_WEIGHTS, bm}, {DNNL_ARG_DST, cm}});
+    s.wait();
+    return;
+  }
+  std::shared_ptr<MatmulPrim> mp = onednn_prim(p, true);
+  memory am(mp->a_md, eng, a16.bytes());
+  memory bm(mp->b_md, eng, b16.bytes());
+  memory cm(mp->c_md, eng, p.C);
+  if (p.bias) {
+    memory biasm(mp->bias_md, eng, const_cast<float*>(p.bias));
+    mp->prim.execute(s, {{DNNL_ARG_SRC, am}, {DNNL_ARG_WEIGHTS, bm}, {DNNL_ARG_BIAS, biasm}, {DNNL_ARG_DST, cm}});
+  } else {
+    mp->prim.execute(s, {{DNNL_ARG_SRC, am}, {DNNL_ARG_WEIGHTS, bm}, {DNNL_ARG_DST, cm}});
+  }
+  s.wait();
+}
+
 void run_onednn(const Problem& p) {
+  if (matmul_precision() == Precision::BF16) {
+    run_bf16(p);
+    return;
+  }
   if (prefer_sgemm(p)) {
     run_dnnl_sgemm(p);
     return;
@@ -438,6 +543,7 @@ Tensor matmul_impl(const Tensor& a, const Tensor& b, bool ta, bool tb, const Ten
     store(C, tmp, accumulate);
     return C;
   }
+  profile::count_flops(2.0 * static_cast<double>(C.numel()) * static_cast<double>(A.size(-1)));
   switch (resolve(backend)) {
     case MatmulBackend::Reference:
       matmul_reference_into(A, B, C, out_batch, bias_ptr, accumulate);
@@ -531,6 +637,7 @@ std::string matmul_onednn_impl(const Tensor& a, const Tensor& b, bool trans_a, b
   Tensor C = Tensor::empty(out_shape, DType::Float32);
   if (C.numel() == 0 || A.size(-1) == 0) return "none (empty)";
   const Problem p = analyse(A, B, out_batch, C, nullptr, false);
+  if (matmul_precision() == Precision::BF16) return "bf16 " + onednn_prim(p, true)->impl;
   if (prefer_sgemm(p)) return "sgemm:jit (dnnl_sgemm)";
   std::shared_ptr<MatmulPrim> mp = onednn_prim(p);
   return mp->fast ? mp->impl : "openblas (oneDNN offers " + mp->impl + ")";

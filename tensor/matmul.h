@@ -1,6 +1,8 @@
 // Matrix products: 2-D and batched (leading dims broadcast), optional transposes of either operand.
 // Three backends: oneDNN (the default: its jit sgemm for 2-D products, cached matmul primitives for batched
-// ones), OpenBLAS sgemm, and a plain reference kernel (the test oracle). Non-contiguous inputs whose last two dims are
+// ones), OpenBLAS sgemm, and a plain reference kernel (the test oracle). With matmul_precision() == BF16
+// (tensor/precision.h) the oneDNN backend (Auto included) multiplies bfloat16 copies of the operands with
+// float32 accumulation and output; the OpenBLAS and reference backends always compute in float32. Non-contiguous inputs whose last two dims are
 // a (possibly transposed) dense matrix are passed without copying.
 #pragma once
 #include "tensor/tensor.h"

@@ -2,11 +2,14 @@
 #include "nn/beats/beats.h"
 
 #include <cmath>
+#include <optional>
 
 #include "audio/fbank.h"
 #include "nn/init.h"
 #include "tensor/creation.h"
 #include "tensor/elementwise.h"
+#include "tensor/precision.h"
+#include "tensor/profile.h"
 #include "tensor/reduce.h"
 
 namespace sonar::beats {
@@ -16,6 +19,7 @@ Tensor preprocess(const Tensor& wave_in) {
   SONAR_CHECK(wave_in.dim() == 1 || wave_in.dim() == 2, "BEATs preprocess: waveform must be [S] or [B, S], got ",
               shape_str(wave_in.shape()));
   Tensor wave = wave_in.dim() == 1 ? wave_in.unsqueeze(0) : wave_in;
+  profile::Scope timed("fbank");
   audio::FbankOptions opts;  // 128 bins, 25 ms / 10 ms at 16 kHz, input scaled by 2^15: BEATs' settings
   Tensor fb = audio::fbank_batch(wave.contiguous(), opts);
   return audio::normalize_fbank(fb, audio::kBeatsFbankMean, audio::kBeatsFbankStd);
@@ -45,6 +49,7 @@ ag::Var BeatsBackbone::embed_patches(const ag::Var& fbank, int64_t* time_patches
   const int64_t B = fbank.size(0), T = fbank.size(1), F = fbank.size(2), p = cfg.input_patch_size;
   SONAR_CHECK(T >= p && F >= p, "BEATs: the input has ", T, " frames x ", F, " mel bins; a patch needs ", p, " x ",
               p, " (a clip needs at least ", (p - 1) * 160 + 400, " samples at 16 kHz)");
+  profile::Scope timed("patch_embedding");  // the convolution, the reshape and the layer norm
   ag::Var x = patch_embedding->forward(ag::unsqueeze(fbank, 1));  // [B, E, T/p, F/p]
   const int64_t tp = x.size(2), fp = x.size(3);
   if (time_patches) *time_patches = tp;
@@ -54,6 +59,7 @@ ag::Var BeatsBackbone::embed_patches(const ag::Var& fbank, int64_t* time_patches
 }
 
 ag::Var BeatsBackbone::project(const ag::Var& patches) {
+  profile::Scope timed("post_extract_proj");
   ag::Var x = post_extract_proj ? post_extract_proj->forward(patches) : patches;
   return dropout_input->forward(x);
 }
@@ -63,7 +69,16 @@ Tensor BeatsBackbone::patch_mask_from_frames(const Tensor& frame_mask, int64_t t
   return exact_patch_mask(lengths_from_mask(frame_mask), tp, fp, cfg.input_patch_size);
 }
 
+std::vector<Tensor> parameter_values(const nn::Module& m) {
+  std::vector<Tensor> v;
+  for (const ag::Var& p : m.parameters()) v.push_back(p.value());
+  return v;
+}
+
 Features BeatsBackbone::forward_fbank(const ag::Var& fbank, const Tensor& frame_mask, const FeatureOptions& opts) {
+  // bf16 products: every weight converted once for this forward (tensor/precision.h); nothing in float32.
+  std::optional<Bf16WeightCache> bf16_weights;
+  if (matmul_precision() == Precision::BF16) bf16_weights.emplace(parameter_values(*this));
   Features f;
   ag::Var x = embed_patches(fbank, &f.time_patches, &f.freq_patches);
   if (frame_mask.defined()) {
@@ -174,6 +189,7 @@ std::shared_ptr<nn::Module> BeatsModel::create_like() const {
 
 Prediction BeatsModel::predict(const Features& f) {
   SONAR_CHECK(predictor != nullptr, "BEATs: this model has no classifier head (not a fine-tuned checkpoint)");
+  profile::Scope timed("classifier");
   ag::Var logits = predictor->forward(predictor_dropout->forward(f.x));  // [B, P, K]
   const int64_t B = logits.size(0);
   Prediction out;

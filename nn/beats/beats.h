@@ -75,6 +75,9 @@ class BeatsBackbone : public nn::Module {
   std::shared_ptr<nn::LayerNorm> layer_norm;
 };
 
+// The current values of m's parameters (for a Bf16WeightCache over a forward or a training step).
+std::vector<Tensor> parameter_values(const nn::Module& m);
+
 // Pooled classifier output.
 struct Prediction {
   ag::Var logits;  // [B, classes], averaged over unpadded patches

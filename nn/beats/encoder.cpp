@@ -1,11 +1,14 @@
 // The BEATs transformer encoder (see nn/beats/encoder.h). Every official quirk is marked "official:".
 #include "nn/beats/encoder.h"
 
+#include <algorithm>
 #include <cmath>
+#include <vector>
 
 #include "nn/beats/attention_op.h"
 #include "tensor/creation.h"
 #include "tensor/elementwise.h"
+#include "tensor/profile.h"
 
 namespace sonar::beats {
 
@@ -22,21 +25,26 @@ Tensor relative_position_buckets(int64_t T, int64_t S, int64_t num_buckets, int6
   const int64_t max_exact = half / 2;
   const float log_range = static_cast<float>(std::log(static_cast<double>(max_distance) / max_exact));
   const float span = static_cast<float>(half - max_exact);
-  for (int64_t t = 0; t < T; ++t)
-    for (int64_t s = 0; s < S; ++s) {
-      const int64_t rel = s - t;
-      int64_t bucket = rel > 0 ? half : 0;
-      const int64_t n = rel < 0 ? -rel : rel;
-      if (n < max_exact) {
-        bucket += n;
-      } else {
-        const float ratio = static_cast<float>(n) / static_cast<float>(max_exact);
-        const float scaled = std::log(ratio) / log_range * span;
-        int64_t large = max_exact + static_cast<int64_t>(scaled);
-        bucket += std::min(large, half - 1);
-      }
-      o[t * S + s] = bucket;
+  // The bucket depends only on rel = s - t: computed once per distinct rel (T + S - 1 logs instead of T * S,
+  // the same float32 arithmetic per value), then spread over the table.
+  std::vector<int64_t> by_rel(static_cast<size_t>(T + S > 0 ? T + S - 1 : 0));
+  for (int64_t rel = -(T - 1); rel <= S - 1; ++rel) {
+    int64_t bucket = rel > 0 ? half : 0;
+    const int64_t n = rel < 0 ? -rel : rel;
+    if (n < max_exact) {
+      bucket += n;
+    } else {
+      const float ratio = static_cast<float>(n) / static_cast<float>(max_exact);
+      const float scaled = std::log(ratio) / log_range * span;
+      int64_t large = max_exact + static_cast<int64_t>(scaled);
+      bucket += std::min(large, half - 1);
     }
+    by_rel[static_cast<size_t>(rel + T - 1)] = bucket;
+  }
+  for (int64_t t = 0; t < T; ++t) {
+    const int64_t* src = by_rel.data() + (T - 1 - t);  // rel = s - t for s = 0..S-1
+    std::copy(src, src + S, o + t * S);
+  }
   return out;
 }
 
@@ -100,9 +108,19 @@ ag::Var MultiheadAttention::forward(const ag::Var& x, const ag::Var& position_bi
   const int64_t C = cfg.encoder_embed_dim;
   SONAR_CHECK(x.dim() == 3 && x.size(2) == C, "MultiheadAttention: input must be [B, T, ", C, "], got ",
               shape_str(x.shape()));
-  ag::Var q = q_proj->forward(x), k = k_proj->forward(x), v = v_proj->forward(x);
+  // Profiler parts (tensor/profile.h): projections (q, k, v and out), the gate, the fused kernel.
+  ag::Var q, k, v;
+  {
+    profile::Scope timed("projections");
+    q = q_proj->forward(x);
+    k = k_proj->forward(x);
+    v = v_proj->forward(x);
+  }
   ag::Var g;
-  if (cfg.gru_rel_pos && position_bias.defined()) g = gate(q);
+  if (cfg.gru_rel_pos && position_bias.defined()) {
+    profile::Scope timed("gate");
+    g = gate(q);
+  }
   AttentionParams p;
   p.num_heads = cfg.encoder_attention_heads;
   // official: q *= head_dim ** -0.5; q *= 1 / 32; scores - rowmax; * 32 (before the bias and the mask).
@@ -113,7 +131,12 @@ ag::Var MultiheadAttention::forward(const ag::Var& x, const ag::Var& position_bi
     p.dropout_seed = nn::rng().next_u64();
     p.dropout_offset = 0;
   }
-  ag::Var out = attention(q, k, v, position_bias, g, key_padding_mask, p);
+  ag::Var out;
+  {
+    profile::Scope timed("kernel");
+    out = attention(q, k, v, position_bias, g, key_padding_mask, p);
+  }
+  profile::Scope timed("projections");
   return out_proj->forward(out);
 }
 
@@ -168,31 +191,50 @@ ag::Var EncoderLayer::activation(const ag::Var& x) const {
   SONAR_FAIL("EncoderLayer: unsupported activation '", a, "'");
 }
 
+ag::Var EncoderLayer::mlp(const ag::Var& x_in) {
+  profile::Scope timed("mlp");
+  ag::Var x;
+  {
+    profile::Scope t1("fc1");
+    x = fc1->forward(x_in);
+  }
+  {
+    profile::Scope t2("activation");
+    x = dropout2->forward(activation(x));
+  }
+  profile::Scope t3("fc2");
+  return dropout3->forward(fc2->forward(x));
+}
+
+ag::Var EncoderLayer::attend(const ag::Var& x, const ag::Var& position_bias, const Tensor& key_padding_mask) {
+  profile::Scope timed("attention");
+  return dropout1->forward(self_attn->forward(x, position_bias, key_padding_mask));
+}
+
 ag::Var EncoderLayer::forward(const ag::Var& x_in, const ag::Var& position_bias, const Tensor& key_padding_mask) {
+  // Profiler parts: attention, mlp, norms (both layer norms); the residual sums count as the block's own time.
+  auto norm = [](const std::shared_ptr<nn::LayerNorm>& ln, const ag::Var& v) {
+    profile::Scope timed("norms");
+    return ln->forward(v);
+  };
   ag::Var x = x_in;
   if (cfg.layer_norm_first) {
     ag::Var residual = x;
-    x = self_attn_layer_norm->forward(x);
-    x = self_attn->forward(x, position_bias, key_padding_mask);
-    x = ag::add(residual, dropout1->forward(x));
+    x = norm(self_attn_layer_norm, x);
+    x = ag::add(residual, attend(x, position_bias, key_padding_mask));
     residual = x;
-    x = final_layer_norm->forward(x);
-    x = dropout2->forward(activation(fc1->forward(x)));
-    x = dropout3->forward(fc2->forward(x));
-    return ag::add(residual, x);
+    x = norm(final_layer_norm, x);
+    return ag::add(residual, mlp(x));
   }
   // official post-LN: x = LN(residual * alpha + f(x)), alpha = (2 * layers)^(1/4) with deep norm, else 1.
   const float alpha = static_cast<float>(cfg.deep_norm_alpha());
   auto scaled = [alpha](const ag::Var& r) { return alpha == 1.0f ? r : ag::mul(r, alpha); };
   ag::Var residual = x;
-  x = self_attn->forward(x, position_bias, key_padding_mask);
-  x = ag::add(scaled(residual), dropout1->forward(x));
-  x = self_attn_layer_norm->forward(x);
+  x = ag::add(scaled(residual), attend(x, position_bias, key_padding_mask));
+  x = norm(self_attn_layer_norm, x);
   residual = x;
-  x = dropout2->forward(activation(fc1->forward(x)));
-  x = dropout3->forward(fc2->forward(x));
-  x = ag::add(scaled(residual), x);
-  return final_layer_norm->forward(x);
+  x = ag::add(scaled(residual), mlp(x));
+  return norm(final_layer_norm, x);
 }
 
 // ---- TransformerEncoder ----
@@ -225,10 +267,14 @@ std::shared_ptr<nn::Module> TransformerEncoder::create_like() const {
 
 ag::Var TransformerEncoder::embed_positions(const ag::Var& x_in, const Tensor& padding_mask) {
   ag::Var x = x_in;
-  // official: x[padding_mask] = 0 before the positional convolution.
-  if (padding_mask.defined()) x = ag::masked_fill(x, padding_mask.unsqueeze(-1), 0.0f);
-  ag::Var conv = pos_conv->forward(ag::transpose(x, 1, 2));  // [B, C, T]
-  x = ag::add(x, ag::transpose(conv, 1, 2));
+  {
+    profile::Scope timed("pos_conv");
+    // official: x[padding_mask] = 0 before the positional convolution.
+    if (padding_mask.defined()) x = ag::masked_fill(x, padding_mask.unsqueeze(-1), 0.0f);
+    ag::Var conv = pos_conv->forward(ag::transpose(x, 1, 2));  // [B, C, T]
+    x = ag::add(x, ag::transpose(conv, 1, 2));
+  }
+  profile::Scope timed("input_norm");
   if (!cfg.layer_norm_first) x = layer_norm->forward(x);
   if (is_training() && cfg.dropout > 0.0) x = ag::dropout(x, static_cast<float>(cfg.dropout), nn::rng(), true);
   return x;
@@ -246,22 +292,32 @@ EncoderOutput TransformerEncoder::forward(const ag::Var& x_in, const Tensor& pad
   SONAR_CHECK(opts.num_layers >= 0 && opts.num_layers <= L, "TransformerEncoder: num_layers ", opts.num_layers,
               " outside 0..", L);
   const int64_t run = opts.num_layers == 0 ? L : opts.num_layers;
+  profile::Scope timed("encoder");  // profiler parts inside: pos_conv, input_norm, relative_bias, layers.N
 
   EncoderOutput out;
   ag::Var x = embed_positions(x_in, padding_mask);
   if (opts.layer_results) out.layer_results.push_back(x);
   // official: layer 0 computes the bias and hands it to every later layer; computed once here.
   ag::Var bias;
-  if (cfg.relative_position_embedding) bias = layer(0)->self_attn->compute_bias(T, T);
+  if (cfg.relative_position_embedding) {
+    profile::Scope timed_bias("relative_bias");
+    bias = layer(0)->self_attn->compute_bias(T, T);
+  }
   const float decay = static_cast<float>(cfg.layer_wise_gradient_decay_ratio);
   for (int64_t i = 0; i < run; ++i) {
     if (decay != 1.0f) x = grad_multiply(x, decay);
     // official layer drop: a block is skipped in training with probability encoder_layerdrop.
     const bool skip = is_training() && cfg.encoder_layerdrop > 0.0 && nn::rng().next_uniform() <= cfg.encoder_layerdrop;
-    if (!skip) x = layer(i)->forward(x, bias, padding_mask);
+    if (!skip) {
+      profile::Scope timed_layer("layers", i);
+      x = layer(i)->forward(x, bias, padding_mask);
+    }
     if (opts.layer_results) out.layer_results.push_back(x);
   }
-  if (cfg.layer_norm_first && opts.num_layers == 0) x = layer_norm->forward(x);
+  if (cfg.layer_norm_first && opts.num_layers == 0) {
+    profile::Scope timed_norm("final_norm");
+    x = layer_norm->forward(x);
+  }
   out.x = x;
   return out;
 }

@@ -89,6 +89,8 @@ class EncoderLayer : public nn::Module {
 
  private:
   ag::Var activation(const ag::Var& x) const;
+  ag::Var attend(const ag::Var& x, const ag::Var& position_bias, const Tensor& key_padding_mask);  // + dropout1
+  ag::Var mlp(const ag::Var& x);  // fc1, activation, dropout2, fc2, dropout3
 };
 
 struct EncoderOptions {

@@ -7,6 +7,7 @@
 #include "nn/init.h"
 #include "tensor/creation.h"
 #include "tensor/index.h"
+#include "tensor/profile.h"
 #include "tensor/reduce.h"
 
 namespace sonar::beats {
@@ -205,6 +206,7 @@ ag::Var LabelPredictor::assemble(const ag::Var& visible, const PatchMasking& m) 
 }
 
 ag::Var LabelPredictor::hidden(const ag::Var& visible, const PatchMasking& m) {
+  profile::Scope timed("label_predictor");  // tensor/profile.h
   ag::Var x = assemble(visible, m);
   return encoder->forward(x, m.any_padding ? m.padding : Tensor()).x;
 }

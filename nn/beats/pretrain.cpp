@@ -3,12 +3,15 @@
 
 #include <algorithm>
 #include <cmath>
+#include <optional>
 #include <set>
 
 #include "autograd/loss.h"
 #include "autograd/ops.h"
 #include "tensor/creation.h"
 #include "tensor/index.h"
+#include "tensor/precision.h"
+#include "tensor/profile.h"
 #include "tensor/reduce.h"
 
 namespace sonar::beats {
@@ -38,8 +41,12 @@ VisibleEncoding encode_with_masking(BeatsBackbone& model, const ag::Var& fbank, 
               m.patches, " patches, the input has ", B, " of ", P);
   ve.patch_padding = patch_padding;
   ve.masking = m;
-  // Gather the visible patch embeddings (E wide, before the projection: the cheapest place), in order.
-  ag::Var vis = ag::reshape(ag::index_select(ag::reshape(patches, {B * P, E}), 0, m.visible_flat), {B, m.visible, E});
+  ag::Var vis;
+  {
+    profile::Scope timed("masking");
+    // Gather the visible patch embeddings (E wide, before the projection: the cheapest place), in order.
+    vis = ag::reshape(ag::index_select(ag::reshape(patches, {B * P, E}), 0, m.visible_flat), {B, m.visible, E});
+  }
   vis = model.project(vis);  // [B, V, C]
   bool fillers = false;
   for (int64_t b = 0; b < B; ++b) fillers = fillers || m.num_visible[b] < m.visible;
@@ -70,7 +77,11 @@ VisibleEncoding MaskedLabelPrediction::encode_visible(const ag::Var& fbank, cons
   const Tensor pad = patch_padding(fbank, frame_mask);
   const int64_t p = model->cfg.input_patch_size;
   const int64_t P = (fbank.size(1) / p) * (fbank.size(2) / p);
-  PatchMasking m = make_patch_masking(fbank.size(0), P, pad, opts.masking, gen);
+  PatchMasking m;
+  {
+    profile::Scope timed("masking");
+    m = make_patch_masking(fbank.size(0), P, pad, opts.masking, gen);
+  }
   return encode_with_masking(*model, fbank, pad, m, layer_results);
 }
 
@@ -79,7 +90,11 @@ MlpOutput MaskedLabelPrediction::forward(const ag::Var& fbank, const Tensor& fra
   const Tensor pad = patch_padding(fbank, frame_mask);
   const int64_t p = model->cfg.input_patch_size;
   const int64_t P = (fbank.size(1) / p) * (fbank.size(2) / p);
-  const PatchMasking m = make_patch_masking(fbank.size(0), P, pad, opts.masking, gen);
+  PatchMasking m;
+  {
+    profile::Scope timed("masking");
+    m = make_patch_masking(fbank.size(0), P, pad, opts.masking, gen);
+  }
   return forward_masked(fbank, pad, labels, m);
 }
 
@@ -102,8 +117,12 @@ MlpOutput MaskedLabelPrediction::forward_masked(const ag::Var& fbank, const Tens
                 m.masked_flat.data<int64_t>()[i], " (flat b * P + p) outside [0, ", K, ")");
 
   ag::Var h = predictor->hidden(out.visible.encoded, m);
-  out.predicted = LabelPredictor::masked_rows(h, m);
-  out.logits = predictor->logits(out.predicted);
+  {
+    profile::Scope timed("label_predictor");
+    out.predicted = LabelPredictor::masked_rows(h, m);
+    out.logits = predictor->logits(out.predicted);
+  }
+  profile::Scope timed("loss");
   out.loss = ag::cross_entropy(out.logits, out.targets, opts.label_smoothing);
 
   Tensor pred = argmax(out.logits.value(), 1);
@@ -300,27 +319,47 @@ void ClippedAdamW::step_scaled(float grad_scale) {
 
 TrainStep::TrainStep(const nn::Module& m, const TrainStepOptions& o) : opts_(o) {
   opt_ = std::make_unique<ClippedAdamW>(decay_param_groups(m), o.adamw);
+  for (const ag::ParamGroup& g : opt_->param_groups())
+    for (const ag::Var& p : g.params) params_.push_back(p);
   if (o.schedule) schedule_.emplace(*o.schedule);
 }
 
 StepStats TrainStep::run(const std::function<ag::Var()>& forward_loss, const std::function<void()>& after_backward) {
   StepStats s;
   s.step = step_;
-  opt_->zero_grad();
+  {
+    profile::PhaseScope phase("optimizer");  // tensor/profile.h
+    profile::Scope timed("zero_grad");
+    opt_->zero_grad();
+  }
+  // bf16 products: the weights are converted once for this step's forward and backward (they only change in
+  // the optimiser update below, after the cache is gone).
+  std::optional<Bf16WeightCache> bf16_weights;
+  if (matmul_precision() == Precision::BF16) {
+    std::vector<Tensor> values;
+    for (const ag::Var& p : params_) values.push_back(p.value());
+    bf16_weights.emplace(values);
+  }
   ag::Var loss = forward_loss();
   SONAR_CHECK(loss.defined() && loss.numel() == 1, "TrainStep: the loss must be a scalar, got ",
               loss.defined() ? shape_str(loss.shape()) : std::string("undefined"));
   s.loss = loss.value().item_double();
   SONAR_CHECK(std::isfinite(s.loss), "TrainStep: loss is ", s.loss, " at step ", step_);
   loss.backward();
+  bf16_weights.reset();
   if (after_backward) after_backward();
-  s.grad_norm = opt_->grad_norm();
+  profile::PhaseScope phase("optimizer");
+  {
+    profile::Scope timed("grad_norm");
+    s.grad_norm = opt_->grad_norm();
+  }
   SONAR_CHECK(std::isfinite(s.grad_norm), "TrainStep: gradient norm is ", s.grad_norm, " at step ", step_);
   // clip_grad_norm's rule: scale by max_norm / (norm + 1e-6) when that is below 1.
   double coef = 1.0;
   if (opts_.max_grad_norm > 0.0f) coef = std::min(1.0, static_cast<double>(opts_.max_grad_norm) / (s.grad_norm + kClipEps));
   if (schedule_) opt_->set_lr(static_cast<float>(schedule_->lr_at(step_)));
   s.lr = opt_->lr();
+  profile::Scope timed("adamw");
   opt_->step_scaled(static_cast<float>(coef));
   ++step_;
   return s;

@@ -199,6 +199,7 @@ class TrainStep {
   TrainStepOptions opts_;
   std::unique_ptr<ClippedAdamW> opt_;
   std::optional<ag::LrSchedule> schedule_;
+  std::vector<ag::Var> params_;  // the optimiser's parameters (their values feed the bf16 weight cache)
   int64_t step_ = 0;
 };
 

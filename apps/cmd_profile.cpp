@@ -1,0 +1,376 @@
+// `sonar profile`: a per-part time table of the real BEATs model on synthetic audio, from the scoped timers
+// inside the model code (tensor/profile.h): fbank, patch embedding, positional convolution, every block's
+// attention (projections, gate, kernel), MLP and norms, the label predictor and loss, backward per part (the
+// autograd engine times each node under the part that recorded it) and the optimiser; with the share of the
+// step, GFLOP/s of the matrix work and its share of a matrix-product peak that the command measures itself.
+// Not a benchmark harness (bench/ has those) and not a model of its own: it runs the library's modules.
+#include <omp.h>
+#include <sys/resource.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <map>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <regex>
+#include <string>
+#include <vector>
+
+#include "apps/command.h"
+#include "audio/fbank.h"
+#include "autograd/loss.h"
+#include "autograd/ops.h"
+#include "nn/beats/checkpoint.h"
+#include "nn/beats/pretrain.h"
+#include "sonar/trainer.h"
+#include "tensor/creation.h"
+#include "tensor/index.h"
+#include "tensor/io.h"
+#include "tensor/matmul.h"
+#include "tensor/precision.h"
+#include "tensor/profile.h"
+#include "tensor/random.h"
+
+namespace {
+
+using namespace sonar;
+
+const char* kUsage = R"(usage: sonar profile (--preset tiny|base | --checkpoint CKPT) [--mode forward|train|pretrain]
+                     [--seconds 10] [--batch 1] [--steps 3] [--codes 1024] [--precision f32|bf16]
+                     [--threads N] [--clock wall|cpu] [--json OUT]
+
+Runs the real BEATs model on synthetic audio (a chirp plus a tone per clip) with the scoped timers inside the
+model code switched on and prints where the time goes, per part and per phase (forward, backward, optimizer):
+
+  forward   fbank, patch embedding (+ its layer norm), post_extract_proj, the encoder's positional
+            convolution and input norm, the relative position bias, and for every block layers.N its
+            attention (projections, gate, kernel), mlp (fc1, activation, fc2) and norms; the block's own
+            time is its residual sums. train/pretrain add the label head or label predictor and the loss.
+  backward  the same parts: each autograd node's backward counts in the part that recorded it.
+  optimizer zero_grad, the gradient norm, AdamW (train and pretrain).
+
+Times are self times (a part's children are listed separately), in ms per step, averaged over --steps
+steps after two warm-up steps. GFLOP/s counts matrix products, convolutions and the attention kernel's
+products; "peak" is the rate of a 512x768x3072 matrix product measured by this command before the run,
+in the same precision (the best of 10 bursts). The last lines give the step time measured around the whole step, how much of it
+the parts cover, and the process's peak RSS.
+
+  --preset NAME       a fresh model: tiny (2 blocks, 64 wide) or base (BEATs base), layer drop off so
+                      that every step runs every block
+  --checkpoint CKPT   a BEATs checkpoint (official .pt or sonar safetensors) instead
+  --mode MODE         forward: features without gradients (eval mode); train: every patch encoded, a
+                      linear label head over 75% masked patches, smoothed cross-entropy, backward, AdamW;
+                      pretrain: BEATs masked pre-training (visible patches encoded, 3-block label
+                      predictor, smoothed cross-entropy, backward, AdamW). Default forward
+  --seconds S         clip length (default 10)
+  --batch B           clips per step (default 1)
+  --steps N           measured steps (default 3)
+  --codes K           label classes of the train/pretrain heads (default 1024)
+  --precision P       f32 (default) or bf16 (matrix products with bfloat16 operands; needs AVX512-BF16)
+  --threads N         compute threads (default: OpenMP's)
+  --clock C           wall (default) or cpu: the process's CPU time, all threads summed. On a machine
+                      shared with other jobs, cpu gives per-core figures that do not count time spent
+                      descheduled (run with --threads 1 for per-core rates)
+  --json OUT          also write the table as JSON (atomically)
+)";
+
+// Synthetic clips: clip b is a chirp from 200 + 50 b Hz rising by 1200 Hz, plus a 880 Hz tone.
+Tensor synthetic_wave(int64_t batch, double seconds) {
+  const int64_t S = static_cast<int64_t>(seconds * 16000.0);
+  Tensor w = Tensor::empty({batch, S});
+  float* p = w.data<float>();
+  for (int64_t b = 0; b < batch; ++b) {
+    double phase = 0;
+    for (int64_t i = 0; i < S; ++i) {
+      const double t = static_cast<double>(i) / 16000.0, f = 200.0 + 50.0 * b + 1200.0 * t / seconds;
+      phase += 2 * M_PI * f / 16000.0;
+      p[b * S + i] = static_cast<float>(0.3 * std::sin(phase) + 0.1 * std::sin(2 * M_PI * 880 * t));
+    }
+  }
+  return w;
+}
+
+// Time on the profiler's clock (wall or process CPU, --clock).
+double seconds_since(double t0) { return profile::now_seconds() - t0; }
+
+// The matrix-product rate of this machine: a 512x768x3072 product (BEATs' fc1 shape) through sonar::linear in
+// the current precision, timed in 10 bursts over about `budget` seconds after two warm-up calls; the best
+// burst's GFLOP/s (on a shared machine the best burst is the one least disturbed by other work).
+double measure_matmul_peak(double budget) {
+  constexpr int64_t M = 512, K = 768, N = 3072;
+  constexpr int kBursts = 10;
+  Generator gen(11);
+  Tensor x = randn({M, K}, gen), w = randn({N, K}, gen);
+  for (int i = 0; i < 2; ++i) linear(x, w, Tensor());
+  double best = 0;
+  for (int b = 0; b < kBursts; ++b) {
+    int64_t calls = 0;
+    const double t0 = profile::now_seconds();
+    double elapsed = 0;
+    do {
+      linear(x, w, Tensor());
+      ++calls;
+      elapsed = seconds_since(t0);
+    } while (elapsed < budget / kBursts);
+    best = std::max(best, 2.0 * M * N * K * static_cast<double>(calls) / elapsed * 1e-9);
+  }
+  return best;
+}
+
+double peak_rss_mb() {
+  rusage u{};
+  getrusage(RUSAGE_SELF, &u);
+  return static_cast<double>(u.ru_maxrss) / 1024.0;
+}
+
+// The backbone plus a linear label head: the "train" mode's module (one optimiser over both).
+class HeadedModel : public nn::Module {
+ public:
+  HeadedModel(std::shared_ptr<beats::BeatsModel> m, int64_t codes, Generator& gen) : nn::Module("HeadedModel") {
+    model = register_module("model", std::move(m));
+    head = register_module("head", std::make_shared<nn::Linear>(model->cfg.encoder_embed_dim, codes, true, &gen));
+  }
+  std::shared_ptr<beats::BeatsModel> model;
+  std::shared_ptr<nn::Linear> head;
+
+ protected:
+  std::shared_ptr<nn::Module> create_like() const override { SONAR_FAIL("HeadedModel cannot be cloned"); }
+};
+
+beats::TrainStepOptions step_options() {
+  beats::TrainStepOptions o;
+  o.adamw.lr = 1e-4f;
+  o.adamw.weight_decay = 0.01f;
+  o.max_grad_norm = 1.0f;
+  return o;
+}
+
+struct Report {
+  std::vector<profile::Row> rows;
+  double step_seconds = 0;  // wall time per step, measured around the whole step
+  int64_t steps = 0;
+};
+
+// Runs two warm-up steps and `steps` measured steps of `step`, profiling only the measured ones. Two, because
+// a bf16 product builds its fixed-shape primitive on its second call (tensor/matmul.cpp).
+template <class F>
+Report run_steps(int64_t steps, F&& step) {
+  for (int i = 0; i < 2; ++i) step();  // warm-up: oneDNN primitives, FFT plans, optimiser state, allocator
+  profile::reset();
+  profile::set_enabled(true);
+  double total = 0;
+  for (int64_t i = 0; i < steps; ++i) {
+    const double t0 = profile::now_seconds();
+    step();
+    total += seconds_since(t0);
+  }
+  profile::set_enabled(false);
+  Report r;
+  r.rows = profile::rows();
+  r.step_seconds = total / static_cast<double>(steps);
+  r.steps = steps;
+  return r;
+}
+
+// "encoder/layers.11/attention/kernel" -> "encoder/layers.*/attention/kernel".
+std::string kind_of(const std::string& path) {
+  static const std::regex layer_index(R"(layers\.\d+)");
+  return std::regex_replace(path, layer_index, "layers.*");
+}
+
+std::string fmt(const char* f, double v) {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, f, v);
+  return buf;
+}
+
+int run_profile(int argc, char** argv) {
+  app::Args args(argc, argv,
+                 {"preset", "checkpoint", "mode", "seconds", "batch", "steps", "codes", "precision", "threads", "clock", "json"},
+                 {});
+  if (args.help()) {
+    std::fputs(kUsage, stdout);
+    return 0;
+  }
+  SONAR_CHECK(args.positional().empty(), "unexpected argument '", args.positional().front(), "' (see --help)");
+  SONAR_CHECK(args.has("preset") != args.has("checkpoint"), "give either --preset or --checkpoint (see --help)");
+  const std::string mode = args.get("mode", "forward");
+  SONAR_CHECK(mode == "forward" || mode == "train" || mode == "pretrain", "--mode must be forward, train or pretrain, got '",
+              mode, "'");
+  const double seconds = args.get_double("seconds", 10.0);
+  SONAR_CHECK(std::isfinite(seconds) && seconds >= 1.0 && seconds <= 600.0, "--seconds must be in [1, 600], got ",
+              seconds);
+  const int64_t batch = args.get_int("batch", 1), steps = args.get_int("steps", 3), codes = args.get_int("codes", 1024);
+  SONAR_CHECK(batch >= 1 && batch <= 256, "--batch must be in 1..256, got ", batch);
+  SONAR_CHECK(steps >= 1 && steps <= 1000, "--steps must be in 1..1000, got ", steps);
+  SONAR_CHECK(codes >= 2, "--codes must be >= 2, got ", codes);
+  const Precision precision = parse_precision(args.get("precision", "f32"));
+  require_precision_supported(precision);
+  const long long threads = args.get_int("threads", 0);
+  SONAR_CHECK(threads >= 0, "--threads must be >= 0, got ", threads);
+  if (threads > 0) omp_set_num_threads(static_cast<int>(threads));
+  const std::string json_out = args.get("json");
+  const std::string clock = args.get("clock", "wall");
+  SONAR_CHECK(clock == "wall" || clock == "cpu", "--clock must be wall or cpu, got '", clock, "'");
+  profile::set_clock(clock == "cpu" ? profile::ClockKind::ProcessCpu : profile::ClockKind::Wall);
+
+  std::shared_ptr<beats::BeatsModel> model;
+  Generator gen(1);
+  std::string model_name;
+  if (args.has("preset")) {
+    model_name = args.get("preset");
+    beats::BeatsConfig c = method::preset_config(model_name);
+    c.encoder_layerdrop = 0.0;  // every step does the same work (the base preset trains with layer drop 0.05)
+    model = std::make_shared<beats::BeatsModel>(c, &gen);
+  } else {
+    model_name = args.get("checkpoint");
+    model = beats::load_beats(model_name);
+  }
+  const beats::BeatsConfig& cfg = model->cfg;
+  PrecisionGuard precision_scope(precision);
+  const double peak = measure_matmul_peak(0.3);
+
+  const Tensor wave = synthetic_wave(batch, seconds);
+  Report rep;
+  if (mode == "forward") {
+    model->eval();
+    ag::NoGradGuard no_grad;
+    rep = run_steps(steps, [&] { (void)model->extract_features(wave).x; });
+  } else if (mode == "train") {
+    HeadedModel hm(model, codes, gen);
+    hm.train();
+    beats::TrainStep step(hm, step_options());
+    Generator mask_gen(6), label_gen(12), dropout_gen(7);
+    nn::RngScope rng_scope(dropout_gen);
+    Tensor labels;
+    rep = run_steps(steps, [&] {
+      step.run([&] {
+        Tensor fb = beats::preprocess(wave);
+        ag::Var x = hm.model->forward_fbank(ag::Var(fb), Tensor()).x;  // [B, P, C]
+        if (!labels.defined()) labels = randint(0, codes, {x.size(0), x.size(1)}, label_gen);
+        ag::Var logits;
+        Tensor targets;
+        {
+          profile::Scope timed("head");  // masking and the linear label head over the masked patches
+          beats::PatchMasking m = beats::make_patch_masking(x.size(0), x.size(1), Tensor(), beats::MaskingOptions{}, mask_gen);
+          targets = index_select(labels.reshape({-1}), 0, m.masked_flat);
+          logits = hm.head->forward(beats::LabelPredictor::masked_rows(x, m));
+        }
+        profile::Scope timed("loss");
+        return ag::cross_entropy(logits, targets, beats::kLabelSmoothing);
+      });
+    });
+  } else {
+    beats::MlpOptions o;
+    o.predictor.num_classes = codes;
+    beats::MaskedLabelPrediction mlp(model, o, &gen);
+    mlp.train();
+    beats::TrainStep step(mlp, step_options());
+    Generator mask_gen(9), label_gen(12), dropout_gen(10);
+    nn::RngScope rng_scope(dropout_gen);
+    const int64_t P = (audio::fbank_num_frames(wave.size(1)) / cfg.input_patch_size) * (beats::kMelBins / cfg.input_patch_size);
+    const Tensor labels = randint(0, codes, {batch, P}, label_gen);
+    rep = run_steps(steps, [&] {
+      step.run([&] { return mlp.forward(ag::Var(beats::preprocess(wave)), Tensor(), labels, mask_gen).loss; });
+    });
+  }
+  const double rss = peak_rss_mb();
+
+  // ---- the report ----
+  const double n = static_cast<double>(rep.steps);
+  double parts = 0;
+  for (const auto& r : rep.rows) parts += r.self_seconds;
+  parts /= n;
+  const double step_ms = rep.step_seconds * 1e3;
+  std::printf("sonar profile: %s (%lld blocks, %lld wide), mode %s, %lld x %.3g s, %s, %d threads, %lld steps, "
+              "%s time\n",
+              model_name.c_str(), static_cast<long long>(cfg.encoder_layers),
+              static_cast<long long>(cfg.encoder_embed_dim), mode.c_str(), static_cast<long long>(batch), seconds,
+              precision_name(precision), omp_get_max_threads(), static_cast<long long>(steps),
+              clock == "cpu" ? "process CPU" : "wall");
+  std::printf("matrix-product peak measured here (512x768x3072, %s): %.1f GFLOP/s\n\n", precision_name(precision), peak);
+
+  auto print_table = [&](const std::vector<profile::Row>& rows, const char* title) {
+    std::printf("%-10s %-58s %7s %10s %7s %8s %6s\n", "phase", title, "calls", "ms/step", "share", "GFLOP/s", "peak");
+    for (const auto& r : rows) {
+      const double ms = r.self_seconds / n * 1e3;
+      const double gflops = r.self_seconds > 0 ? r.self_flops / r.self_seconds * 1e-9 : 0.0;
+      std::printf("%-10s %-58s %7lld %10.3f %6.1f%% %8s %6s\n", r.phase.c_str(), r.path.c_str(),
+                  static_cast<long long>(std::llround(static_cast<double>(r.calls) / n)), ms, 100.0 * ms / step_ms,
+                  r.self_flops > 0 ? fmt("%.1f", gflops).c_str() : "-",
+                  r.self_flops > 0 ? fmt("%.0f%%", 100.0 * gflops / peak).c_str() : "-");
+    }
+  };
+  print_table(rep.rows, "part (self time)");
+
+  // The same by kind: every block's rows summed (layers.N -> layers.*), largest first.
+  std::vector<profile::Row> kinds;
+  std::map<std::string, size_t> index;
+  for (const auto& r : rep.rows) {
+    const std::string key = r.phase + "\t" + kind_of(r.path);
+    auto it = index.find(key);
+    if (it == index.end()) {
+      it = index.emplace(key, kinds.size()).first;
+      profile::Row k = r;
+      k.path = kind_of(r.path);
+      kinds.push_back(k);
+      continue;
+    }
+    profile::Row& k = kinds[it->second];
+    k.self_seconds += r.self_seconds;
+    k.total_seconds += r.total_seconds;
+    k.self_flops += r.self_flops;
+    k.calls += r.calls;
+  }
+  std::stable_sort(kinds.begin(), kinds.end(),
+                   [](const profile::Row& a, const profile::Row& b) { return a.self_seconds > b.self_seconds; });
+  std::printf("\n");
+  print_table(kinds, "part, all blocks together (largest first)");
+  std::printf("\nstep: %.3f ms measured around the whole step; the parts add up to %.3f ms (%.1f%%)\n", step_ms,
+              parts * 1e3, 100.0 * parts * 1e3 / step_ms);
+  std::printf("peak RSS: %.1f MB\n", rss);
+
+  if (!json_out.empty()) {
+    nlohmann::json j;
+    j["model"] = model_name;
+    j["mode"] = mode;
+    j["precision"] = precision_name(precision);
+    j["threads"] = omp_get_max_threads();
+    j["clock"] = clock;
+    j["batch"] = batch;
+    j["seconds"] = seconds;
+    j["steps"] = steps;
+    j["blocks"] = cfg.encoder_layers;
+    j["embed_dim"] = cfg.encoder_embed_dim;
+    j["ffn_dim"] = cfg.encoder_ffn_embed_dim;
+    j["patches"] = (audio::fbank_num_frames(wave.size(1)) / cfg.input_patch_size) * (beats::kMelBins / cfg.input_patch_size);
+    j["step_ms"] = step_ms;
+    j["parts_ms"] = parts * 1e3;
+    j["matmul_peak_gflops"] = peak;
+    j["peak_rss_mb"] = rss;
+    nlohmann::json rows = nlohmann::json::array();
+    for (const auto& r : rep.rows) {
+      const double ms = r.self_seconds / n * 1e3;
+      const double gflops = r.self_seconds > 0 ? r.self_flops / r.self_seconds * 1e-9 : 0.0;
+      rows.push_back({{"phase", r.phase},
+                      {"part", r.path},
+                      {"calls_per_step", static_cast<double>(r.calls) / n},
+                      {"ms", ms},
+                      {"total_ms", r.total_seconds / n * 1e3},
+                      {"share", ms / step_ms},
+                      {"gflop_per_step", r.self_flops / n * 1e-9},
+                      {"gflops", gflops},
+                      {"peak_share", gflops / peak}});
+    }
+    j["rows"] = rows;
+    write_file_atomic(json_out, j.dump(2) + "\n");
+    std::printf("json: %s\n", json_out.c_str());
+  }
+  return 0;
+}
+
+}  // namespace
+
+SONAR_COMMAND("profile", "per-part time table of a BEATs model on synthetic audio (forward, train or pretrain step)",
+              kUsage, run_profile);
