@@ -87,38 +87,33 @@ bool Distributed::any(bool v) const {
   return sum(static_cast<int64_t>(v ? 1 : 0)) > 0;
 }
 
-std::vector<int64_t> Distributed::allgather(const std::vector<int64_t>& local) const {
-  if (size_ == 1) return local;
+namespace {
+
+// Variable-length allgather of one element type: counts first, then MPI_Allgatherv.
+template <class T>
+std::vector<T> allgather_values(const std::vector<T>& local, MPI_Datatype type, int size) {
   int n = static_cast<int>(local.size());
-  std::vector<int> counts(size_), displs(size_);
+  std::vector<int> counts(size), displs(size);
   check_mpi(MPI_Allgather(&n, 1, MPI_INT, counts.data(), 1, MPI_INT, MPI_COMM_WORLD), "allgather");
   int total = 0;
-  for (int r = 0; r < size_; ++r) {
+  for (int r = 0; r < size; ++r) {
     displs[r] = total;
     total += counts[r];
   }
-  std::vector<int64_t> out(total);
-  check_mpi(MPI_Allgatherv(local.data(), n, MPI_INT64_T, out.data(), counts.data(), displs.data(), MPI_INT64_T,
-                           MPI_COMM_WORLD),
+  std::vector<T> out(total);
+  check_mpi(MPI_Allgatherv(local.data(), n, type, out.data(), counts.data(), displs.data(), type, MPI_COMM_WORLD),
             "allgather");
   return out;
 }
 
+}  // namespace
+
+std::vector<int64_t> Distributed::allgather(const std::vector<int64_t>& local) const {
+  return size_ == 1 ? local : allgather_values(local, MPI_INT64_T, size_);
+}
+
 std::vector<double> Distributed::allgather(const std::vector<double>& local) const {
-  if (size_ == 1) return local;
-  int n = static_cast<int>(local.size());
-  std::vector<int> counts(size_), displs(size_);
-  check_mpi(MPI_Allgather(&n, 1, MPI_INT, counts.data(), 1, MPI_INT, MPI_COMM_WORLD), "allgather");
-  int total = 0;
-  for (int r = 0; r < size_; ++r) {
-    displs[r] = total;
-    total += counts[r];
-  }
-  std::vector<double> out(total);
-  check_mpi(MPI_Allgatherv(local.data(), n, MPI_DOUBLE, out.data(), counts.data(), displs.data(), MPI_DOUBLE,
-                           MPI_COMM_WORLD),
-            "allgather");
-  return out;
+  return size_ == 1 ? local : allgather_values(local, MPI_DOUBLE, size_);
 }
 
 Tensor Distributed::allgather_rows(const Tensor& local) const {
@@ -129,18 +124,10 @@ Tensor Distributed::allgather_rows(const Tensor& local) const {
   const int64_t D = c.size(1);
   std::vector<int64_t> dims = allgather(std::vector<int64_t>{D});
   for (int64_t d : dims) SONAR_CHECK(d == D, "allgather_rows: row widths differ across processes (", d, " vs ", D, ")");
-  int n = static_cast<int>(c.numel());
-  std::vector<int> counts(size_), displs(size_);
-  check_mpi(MPI_Allgather(&n, 1, MPI_INT, counts.data(), 1, MPI_INT, MPI_COMM_WORLD), "allgather");
-  int total = 0;
-  for (int r = 0; r < size_; ++r) {
-    displs[r] = total;
-    total += counts[r];
-  }
-  Tensor out = Tensor::empty({total / std::max<int64_t>(D, 1), D});
-  check_mpi(MPI_Allgatherv(c.data<float>(), n, MPI_FLOAT, out.data<float>(), counts.data(), displs.data(), MPI_FLOAT,
-                           MPI_COMM_WORLD),
-            "allgather");
+  std::vector<float> flat(c.data<float>(), c.data<float>() + c.numel());
+  std::vector<float> all = allgather_values(flat, MPI_FLOAT, size_);
+  Tensor out = Tensor::empty({static_cast<int64_t>(all.size()) / std::max<int64_t>(D, 1), D});
+  std::copy(all.begin(), all.end(), out.data<float>());
   return out;
 }
 

@@ -116,8 +116,8 @@ struct Run {
   std::string out;  // stdout and stderr together
 };
 
-inline Run run_sonar(const std::string& args) {
-  std::string cmd = std::string(SONAR_BINARY_DIR) + "/sonar " + args + " 2>&1";
+// A shell command line run as is (add 2>&1 to catch stderr too).
+inline Run run_shell(const std::string& cmd) {
   Run r;
   FILE* p = popen(cmd.c_str(), "r");
   if (!p) return r;
@@ -127,6 +127,10 @@ inline Run run_sonar(const std::string& args) {
   int status = pclose(p);
   r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
   return r;
+}
+
+inline Run run_sonar(const std::string& args) {
+  return run_shell(std::string(SONAR_BINARY_DIR) + "/sonar " + args + " 2>&1");
 }
 
 // A path under the temporary folder, `prefix` + pid + `name`, emptied (not created).

@@ -73,29 +73,21 @@ Tensor MaskedLabelPrediction::patch_padding(const ag::Var& fbank, const Tensor& 
   return model->patch_mask_from_frames(frame_mask, fbank.size(1) / p, fbank.size(2) / p, opts.padding);
 }
 
+PatchMasking MaskedLabelPrediction::draw_masking(const ag::Var& fbank, const Tensor& pad, Generator& gen) const {
+  profile::Scope timed("masking");
+  const int64_t p = model->cfg.input_patch_size;
+  return make_patch_masking(fbank.size(0), (fbank.size(1) / p) * (fbank.size(2) / p), pad, opts.masking, gen);
+}
+
 VisibleEncoding MaskedLabelPrediction::encode_visible(const ag::Var& fbank, const Tensor& frame_mask, Generator& gen) {
   const Tensor pad = patch_padding(fbank, frame_mask);
-  const int64_t p = model->cfg.input_patch_size;
-  const int64_t P = (fbank.size(1) / p) * (fbank.size(2) / p);
-  PatchMasking m;
-  {
-    profile::Scope timed("masking");
-    m = make_patch_masking(fbank.size(0), P, pad, opts.masking, gen);
-  }
-  return encode_with_masking(*model, fbank, pad, m, layer_results);
+  return encode_with_masking(*model, fbank, pad, draw_masking(fbank, pad, gen), layer_results);
 }
 
 MlpOutput MaskedLabelPrediction::forward(const ag::Var& fbank, const Tensor& frame_mask, const Tensor& labels,
                                          Generator& gen) {
   const Tensor pad = patch_padding(fbank, frame_mask);
-  const int64_t p = model->cfg.input_patch_size;
-  const int64_t P = (fbank.size(1) / p) * (fbank.size(2) / p);
-  PatchMasking m;
-  {
-    profile::Scope timed("masking");
-    m = make_patch_masking(fbank.size(0), P, pad, opts.masking, gen);
-  }
-  return forward_masked(fbank, pad, labels, m);
+  return forward_masked(fbank, pad, labels, draw_masking(fbank, pad, gen));
 }
 
 MlpOutput MaskedLabelPrediction::forward_masked(const ag::Var& fbank, const Tensor& patch_padding,

@@ -94,6 +94,8 @@ class MaskedLabelPrediction : public nn::Module {
                            const PatchMasking& masking);
   // The patch padding (exact or official, per opts.padding) of a batch's frame mask; undefined without one.
   Tensor patch_padding(const ag::Var& fbank, const Tensor& frame_mask) const;
+  // The masking of a batch with this patch padding, drawn from gen (what forward draws).
+  PatchMasking draw_masking(const ag::Var& fbank, const Tensor& patch_padding, Generator& gen) const;
   // The encoder half alone (masking, gather, projection, encoder), for objectives that reuse it.
   VisibleEncoding encode_visible(const ag::Var& fbank, const Tensor& frame_mask, Generator& gen);
 

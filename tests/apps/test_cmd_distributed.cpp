@@ -85,31 +85,13 @@ std::string common_args(const std::string& out, int steps) {
 // `mpirun -np N` of the built sonar program (as root in CI: --allow-run-as-root; 2 processes on 2 cores or
 // fewer: --oversubscribe), 1 thread each.
 testutil::Run run_mpi(int n, const std::string& args) {
-  const std::string cmd = "OMP_NUM_THREADS=1 mpirun --allow-run-as-root --oversubscribe -np " + std::to_string(n) +
-                          " -x OMP_NUM_THREADS -x OMP_WAIT_POLICY " + std::string(SONAR_BINARY_DIR) + "/sonar " +
-                          args + " 2>&1";
-  testutil::Run r;
-  FILE* p = popen(cmd.c_str(), "r");
-  if (!p) return r;
-  char buf[4096];
-  size_t k;
-  while ((k = fread(buf, 1, sizeof buf, p)) > 0) r.out.append(buf, k);
-  const int status = pclose(p);
-  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return r;
+  return run_shell("OMP_NUM_THREADS=1 mpirun --allow-run-as-root --oversubscribe -np " + std::to_string(n) +
+                   " -x OMP_NUM_THREADS -x OMP_WAIT_POLICY " + std::string(SONAR_BINARY_DIR) + "/sonar " + args +
+                   " 2>&1");
 }
 
 testutil::Run run_single(const std::string& args) {
-  const std::string cmd = "OMP_NUM_THREADS=1 " + std::string(SONAR_BINARY_DIR) + "/sonar " + args + " 2>&1";
-  testutil::Run r;
-  FILE* p = popen(cmd.c_str(), "r");
-  if (!p) return r;
-  char buf[4096];
-  size_t k;
-  while ((k = fread(buf, 1, sizeof buf, p)) > 0) r.out.append(buf, k);
-  const int status = pclose(p);
-  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return r;
+  return run_shell("OMP_NUM_THREADS=1 " + std::string(SONAR_BINARY_DIR) + "/sonar " + args + " 2>&1");
 }
 
 // Compares the BEATs weights (not the optimiser moments) of two model files.
