@@ -116,12 +116,16 @@ std::string axes(const Frame& f, const std::vector<double>& x_ticks, const std::
   return o.str();
 }
 
+std::string colour_of(const std::vector<Series>& series, size_t i) {
+  return series[i].colour.empty() ? series_colour(i) : series[i].colour;
+}
+
 std::string legend(const Frame& f, const std::vector<Series>& series, bool boxes) {
   std::ostringstream o;
   const double x = f.left + f.width + 12;
   for (size_t i = 0; i < series.size(); ++i) {
     const double y = f.top + 8 + kLegendRow * static_cast<double>(i);
-    const std::string c = series_colour(i);
+    const std::string c = colour_of(series, i);
     if (boxes) {
       o << "<rect x=\"" << num(x) << "\" y=\"" << num(y - 5) << "\" width=\"14\" height=\"10\" fill=\"" << c << "\"/>\n";
     } else {
@@ -147,8 +151,6 @@ std::string error_bar_h(double y, double x_lo, double x_hi, const std::string& c
 std::string open_group(double dx, double dy, const std::string& kind) {
   return "<g class=\"" + kind + "\" transform=\"translate(" + num(dx) + " " + num(dy) + ")\">\n";
 }
-
-std::vector<double> y_ticks_of(const Frame& f) { return nice_ticks(f.y_min, f.y_max); }
 
 }  // namespace
 
@@ -222,9 +224,8 @@ Frame line_frame(const LineChart& c) {
       }
   }
   Frame f;
-  std::vector<double> t;
-  set_axis(rx, f.x_min, f.x_max, t);
-  set_axis(ry, f.y_min, f.y_max, t);
+  set_axis(rx, f.x_min, f.x_max, f.x_ticks);
+  set_axis(ry, f.y_min, f.y_max, f.y_ticks);
   return f;
 }
 
@@ -246,8 +247,7 @@ Frame bar_frame(const BarChart& c) {
     }
   }
   Frame f;
-  std::vector<double> t;
-  set_axis(ry, f.y_min, f.y_max, t);
+  set_axis(ry, f.y_min, f.y_max, f.y_ticks);
   f.x_min = 0;
   f.x_max = std::max<double>(1, static_cast<double>(c.categories.size()));
   return f;
@@ -277,9 +277,8 @@ Frame scatter_frame(const ScatterChart& c) {
     ry.add(0.0);
   }
   Frame f;
-  std::vector<double> t;
-  set_axis(rx, f.x_min, f.x_max, t);
-  set_axis(ry, f.y_min, f.y_max, t);
+  set_axis(rx, f.x_min, f.x_max, f.x_ticks);
+  set_axis(ry, f.y_min, f.y_max, f.y_ticks);
   return f;
 }
 
@@ -287,10 +286,10 @@ std::string line_chart_group(const LineChart& c, double dx, double dy) {
   const Frame f = line_frame(c);
   std::ostringstream o;
   o << open_group(dx, dy, "line-chart");
-  o << axes(f, nice_ticks(f.x_min, f.x_max), y_ticks_of(f), c.title, c.x_label, c.y_label);
+  o << axes(f, f.x_ticks, f.y_ticks, c.title, c.x_label, c.y_label);
   for (size_t k = 0; k < c.series.size(); ++k) {
     const Series& s = c.series[k];
-    const std::string col = series_colour(k);
+    const std::string col = colour_of(c.series, k);
     o << "<g class=\"series\" data-name=\"" << xml_escape(s.name) << "\">\n";
     // A polyline per run of finite points: a NaN breaks the line.
     std::string pts;
@@ -332,12 +331,12 @@ std::string bar_chart_group(const BarChart& c, double dx, double dy) {
   o << open_group(dx, dy, "bar-chart");
   std::vector<std::pair<double, std::string>> cats;
   for (size_t i = 0; i < c.categories.size(); ++i) cats.emplace_back(f.px(static_cast<double>(i) + 0.5), c.categories[i]);
-  o << axes(f, {}, y_ticks_of(f), c.title, "", c.y_label, cats);
+  o << axes(f, {}, f.y_ticks, c.title, "", c.y_label, cats);
   const double n = static_cast<double>(std::max<size_t>(1, c.series.size()));
   const double bar_w = kBarGroupFill / n;  // in category units
   for (size_t k = 0; k < c.series.size(); ++k) {
     const Series& s = c.series[k];
-    const std::string col = series_colour(k);
+    const std::string col = colour_of(c.series, k);
     o << "<g class=\"series\" data-name=\"" << xml_escape(s.name) << "\">\n";
     for (size_t i = 0; i < s.y.size(); ++i) {
       if (!finite(s.y[i])) continue;
@@ -362,7 +361,7 @@ std::string scatter_chart_group(const ScatterChart& c, double dx, double dy) {
   const Frame f = scatter_frame(c);
   std::ostringstream o;
   o << open_group(dx, dy, "scatter-chart");
-  o << axes(f, nice_ticks(f.x_min, f.x_max), y_ticks_of(f), c.title, c.x_label, c.y_label);
+  o << axes(f, f.x_ticks, f.y_ticks, c.title, c.x_label, c.y_label);
   if (c.zero_lines) {
     if (f.x_min < 0 && f.x_max > 0)
       o << line(f.px(0), f.top, f.px(0), f.top + f.height, "#888", 1, "stroke-dasharray=\"4 3\"");
@@ -371,7 +370,7 @@ std::string scatter_chart_group(const ScatterChart& c, double dx, double dy) {
   }
   for (size_t k = 0; k < c.series.size(); ++k) {
     const Series& s = c.series[k];
-    const std::string col = series_colour(k);
+    const std::string col = colour_of(c.series, k);
     o << "<g class=\"series\" data-name=\"" << xml_escape(s.name) << "\">\n";
     for (size_t i = 0; i < s.y.size(); ++i) {
       if (!finite(s.x[i]) || !finite(s.y[i])) continue;

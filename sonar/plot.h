@@ -34,6 +34,7 @@ std::string format_tick(double v);
 // The data-to-pixel mapping of one chart: the axis ranges (the first and last tick) and the plot area.
 struct Frame {
   double x_min = 0, x_max = 1, y_min = 0, y_max = 1;
+  std::vector<double> x_ticks, y_ticks;  // the ticks drawn; the first and last are the ranges
   double left = kMarginLeft, top = kMarginTop;
   double width = kChartWidth - kMarginLeft - kMarginRight;
   double height = kChartHeight - kMarginTop - kMarginBottom;
@@ -47,6 +48,7 @@ struct Frame {
 struct Series {
   std::string name;
   std::vector<double> x, y, y_err, x_err;
+  std::string colour = "";  // "" = series_colour(index in its chart); set it to keep a name's colour across panels
 };
 
 struct LineChart {
