@@ -582,9 +582,9 @@ MetricsLog read_metrics(const std::string& path) {
   std::string line;
   for (int64_t n = 1; std::getline(in, line); ++n) {
     if (line.empty()) continue;
-    json j;
+    nlohmann::ordered_json j;  // keeps the order the trainer logged the keys in
     try {
-      j = json::parse(line);
+      j = nlohmann::ordered_json::parse(line);
     } catch (const json::exception& e) {
       SONAR_FAIL(path, " line ", n, ": not a JSON object: ", e.what());
     }
