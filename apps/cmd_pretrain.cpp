@@ -1,7 +1,8 @@
 // `sonar pretrain`: continual self-supervised pre-training of a BEATs model on unlabelled audio by masked label
-// prediction (DCPT, the baseline of the SONAR method), with progress lines, atomic checkpoints and exact resume.
-// Thin: parses flags and calls sonar/trainer.h. Ctrl-C (SIGINT) or SIGTERM finishes the current step, saves a
-// checkpoint and exits with status 130; the same command then resumes. Not the method's extensions.
+// prediction: DCPT (--method dcpt, the baseline) or SONAR (--method sonar: replay, self-distillation, online
+// codebook; sonar/method.h), with progress lines, metrics.jsonl, atomic checkpoints and exact resume.
+// Thin: parses flags and calls sonar/trainer.h and sonar/method.h. Ctrl-C (SIGINT) or SIGTERM finishes the
+// current step, saves a checkpoint and exits with status 130; the same command then resumes.
 #include <unistd.h>
 
 #include <algorithm>
@@ -9,9 +10,12 @@
 #include <csignal>
 #include <cstdio>
 #include <sstream>
+#include <map>
+#include <set>
 #include <string>
 
 #include "apps/command.h"
+#include "sonar/method.h"
 #include "sonar/trainer.h"
 #include "tensor/error.h"
 
@@ -36,11 +40,17 @@ std::string usage() {
   std::ostringstream u;
   u << "usage: sonar pretrain --data MANIFEST|DIR|LIST --out RUN_DIR [--init CKPT | --preset tiny|base]\n"
        "                      [--tokenizer CKPT] [--steps N] [--batch B] [--crop-seconds S] [--lr LR] [--warmup N]\n"
-       "                      [--seed S] [--log-every N] [--save-every N] [--threads N] [--force] [more flags below]\n\n"
+       "                      [--seed S] [--log-every N] [--save-every N] [--threads N] [--force]\n"
+       "                      [--method dcpt|sonar --prior SRC ...] [more flags below]\n\n"
        "Continues the self-supervised pre-training of a BEATs model on unlabelled audio: 75% of each clip's\n"
        "patches are masked, the encoder sees the rest, and a label predictor learns the tokenizer's labels of\n"
        "the masked patches (cross-entropy, label smoothing 0.1); AdamW with linear warm-up and cosine decay,\n"
-       "gradient clipping. This is DCPT, direct continual pre-training (the baseline of the SONAR method).\n\n"
+       "gradient clipping. --method dcpt (default) is exactly that: direct continual pre-training, the baseline.\n"
+       "--method sonar adds the three SONAR parts (each can be switched off on its own, see below): replay of\n"
+       "prior clips chosen by relevance, self-distillation from the frozen start model and tokenizer, and an\n"
+       "online codebook that refreshes and grows the tokenizer's codes. Typical SONAR run:\n"
+       "  sonar pretrain --method sonar --init START/model.safetensors --tokenizer START/tokenizer.safetensors \\\n"
+       "                --prior prior.csv --data new_domain.csv --out runs/sonar\n\n"
        "Data and model:\n"
        "  --data SRC           training audio: a CSV/TSV manifest, a folder (searched recursively) or a text file\n"
        "                       listing one audio file per line; labels, if any, are ignored\n"
@@ -78,7 +88,15 @@ std::string usage() {
        "  --threads N          compute threads (default: OpenMP's; OMP_NUM_THREADS)\n"
        "  --workers N          background loading threads (default " << d.loader_workers << ")\n"
        "  --cache DIR          fbank cache folder (reused across epochs and runs)\n"
-       "  --force              start over even when RUN_DIR holds a finished run or one with other options\n\n"
+       "  --force              start over even when RUN_DIR holds a finished run or one with other options\n"
+       "  --stop-after N       stop after N steps of this session with a checkpoint (exit 130), e.g. to train in\n"
+       "                       slices on a machine with a time limit; the same command resumes\n\n"
+       "Data-parallel: mpirun -np N sonar pretrain ... splits every batch of --batch clips across N processes\n"
+       "(--batch a multiple of N): the same clips, crops and masks as one process, gradients summed with\n"
+       "MPI_Allreduce; process 0 writes the run folder. A run resumes with the same N. See docs/distributed.md.\n\n"
+       << sonar::method::sonar_flags_help() << "\n"
+       "Every run folder also gets metrics.jsonl: one JSON object per progress line (loss terms, masked accuracy,\n"
+       "learning rate, gradient norm, codebook health, replay share).\n\n"
        "Resuming: run the same command again. The run continues from checkpoint.safetensors and takes exactly the\n"
        "steps it would have taken without the interruption; an interrupted run loses at most --save-every steps.\n"
        "Ctrl-C saves a checkpoint before exiting (status 130). A finished run is refused unless --force.\n";
@@ -101,11 +119,12 @@ std::vector<std::string> split_list(const std::string& s) {
 }
 
 int run(int argc, char** argv) {
-  sonar::app::Args args(argc, argv,
-                        {"data", "splits", "out", "init", "preset", "tokenizer", "codes", "steps", "batch",
-                         "crop-seconds", "max-clip-seconds", "lr", "warmup", "final-lr", "weight-decay", "beta2",
-                         "clip-grad", "mask-ratio", "seed", "log-every", "save-every", "threads", "workers", "cache"},
-                        {"force", "fresh-predictor"});
+  std::set<std::string> options = {"data", "splits", "out", "init", "preset", "tokenizer", "codes", "steps", "batch",
+                                   "crop-seconds", "max-clip-seconds", "lr", "warmup", "final-lr", "weight-decay",
+                                   "beta2", "clip-grad", "mask-ratio", "seed", "log-every", "save-every", "threads",
+                                   "workers", "cache", "stop-after"};
+  for (const auto& f : sonar::method::sonar_flag_names()) options.insert(f);
+  sonar::app::Args args(argc, argv, options, {"force", "fresh-predictor"});
   if (args.help()) {
     std::printf("%s", usage().c_str());
     return 0;
@@ -147,12 +166,19 @@ int run(int argc, char** argv) {
   o.loader_workers = static_cast<int>(args.get_int("workers", o.loader_workers));
   o.cache_dir = args.get("cache");
   o.force = args.has("force");
+  o.stop_after = args.get_int("stop-after", -1);
+  SONAR_CHECK(!args.has("stop-after") || o.stop_after > 0, "--stop-after must be positive, got ", o.stop_after);
+
+  std::map<std::string, std::string> sonar_flags;
+  for (const auto& f : sonar::method::sonar_flag_names())
+    if (args.has(f)) sonar_flags[f] = args.get(f);
+  const sonar::method::SonarOptions so = sonar::method::sonar_options_from_flags(sonar_flags);
 
   g_stop.store(false);
   o.stop = &g_stop;
   std::signal(SIGINT, on_stop_signal);
   std::signal(SIGTERM, on_stop_signal);
-  sonar::method::PretrainResult r = sonar::method::pretrain(o);
+  sonar::method::PretrainResult r = sonar::method::pretrain(o, sonar::method::make_extensions(so, o.seed));
   std::signal(SIGINT, SIG_DFL);
   std::signal(SIGTERM, SIG_DFL);
   return r.stopped ? 130 : 0;
@@ -160,5 +186,5 @@ int run(int argc, char** argv) {
 
 }  // namespace
 
-SONAR_COMMAND("pretrain", "continue pre-training a BEATs model on unlabelled audio (masked label prediction)",
+SONAR_COMMAND("pretrain", "continual pre-training of a BEATs model on unlabelled audio: DCPT or SONAR (--method)",
               usage(), run);

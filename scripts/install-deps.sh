@@ -6,7 +6,9 @@ set -euo pipefail
 # (dnnl-config.cmake) calls find_package(OpenCL) and stops configure without it; we install with
 # --no-install-recommends, so it is named here.
 pkgs=(build-essential cmake pkg-config libopenblas-dev libdnnl-dev ocl-icd-opencl-dev libfftw3-dev
-      libsndfile1-dev libsoxr-dev libzip-dev nlohmann-json3-dev libgtest-dev libgmock-dev libbenchmark-dev)
+      libsndfile1-dev libsoxr-dev libzip-dev nlohmann-json3-dev libgtest-dev libgmock-dev libbenchmark-dev
+      libopenmpi-dev openmpi-bin)
+# libopenmpi-dev / openmpi-bin: data-parallel training (mpirun -np N sonar pretrain ...) and its tests.
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -120,7 +120,11 @@ ag::Var SelfDistillExtension::extra_loss(const StepBatch& batch, const beats::Ml
     }
     ag::Var model_loss = ag::div(sum_l, static_cast<float>(layers.size()));
     last_model_ = model_loss.value().item<double>();
-    total = ag::mul(model_loss, static_cast<float>(o_.model_weight));
+    double w = o_.model_weight;
+    // Data parallelism: this process's share of the global mean over real visible rows.
+    if (batch.global_visible != rows.numel() && batch.global_visible > 0)
+      w *= static_cast<double>(rows.numel()) / static_cast<double>(batch.global_visible);
+    total = ag::mul(model_loss, static_cast<float>(w));
   }
   if (o_.tokenizer_weight > 0) {
     auto pred = trainer_->objective()->predictor;
@@ -135,7 +139,10 @@ ag::Var SelfDistillExtension::extra_loss(const StepBatch& batch, const beats::Ml
     int64_t hits = 0;
     for (int64_t i = 0; i < targets.numel(); ++i) hits += a[i] == t[i];
     sum_acc_ += targets.numel() ? static_cast<double>(hits) / static_cast<double>(targets.numel()) : 0.0;
-    ag::Var w = ag::mul(tok_loss, static_cast<float>(o_.tokenizer_weight));
+    double tw = o_.tokenizer_weight;
+    if (batch.global_masked != targets.numel() && batch.global_masked > 0)
+      tw *= static_cast<double>(targets.numel()) / static_cast<double>(batch.global_masked);
+    ag::Var w = ag::mul(tok_loss, static_cast<float>(tw));
     total = total.defined() ? ag::add(total, w) : w;
   }
   sum_model_ += last_model_;

@@ -41,6 +41,7 @@ class SelfDistillExtension : public TrainerExtension {
  public:
   explicit SelfDistillExtension(SelfDistillOptions o);
   std::string name() const override { return "distill"; }
+  bool data_parallel() const override { return true; }
   nlohmann::json config() const override;
   void prepare(Trainer& trainer) override;
   void attach(Trainer& trainer) override;

@@ -14,6 +14,10 @@
 #include "autograd/ops.h"
 #include "autograd/schedule.h"
 #include "nn/beats/checkpoint.h"
+#include "sonar/batch_stream.h"
+#include "sonar/distributed.h"
+#include "sonar/run_folder.h"
+#include "tensor/creation.h"
 #include "tensor/index.h"
 #include "tensor/io.h"
 #include "tensor/random.h"
@@ -31,37 +35,10 @@ constexpr uint64_t kPredictorStream = 0x50524544ULL;  // "PRED": label predictor
 constexpr uint64_t kTokenizerStream = 0x544f4b4eULL;  // "TOKN": random-projection tokenizer
 constexpr uint64_t kMaskStream = 0x4d41534bULL;       // "MASK": patch masking
 constexpr uint64_t kDropoutStream = 0x44524f50ULL;    // "DROP": dropout and layer drop
-constexpr uint64_t kOrderStream = 0x4f524452ULL;      // "ORDR": epoch permutations
-constexpr uint64_t kCropStream = 0x43524f50ULL;       // "CROP": crop windows
 
 constexpr const char* kPredictorPrefix = "predictor.";
 constexpr const char* kOptimizerPrefix = "optimizer.";
 constexpr const char* kExtensionPrefix = "ext.";
-
-using Clock = std::chrono::steady_clock;
-double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
-
-std::string absolute_path(const std::string& p) {
-  if (p.empty()) return p;
-  return fs::absolute(fs::path(p)).lexically_normal().string();
-}
-
-std::string hex_of(const audio::Hash128& h) { return h.hex(); }
-
-// Chained 128-bit hash over several byte ranges.
-struct HashChain {
-  audio::Hash128 h{0x736f6e6172ULL, 0x68617368ULL};
-  void add(const void* data, size_t n) {
-    audio::Hash128 x = audio::hash_bytes(data, n, h.lo ^ (h.hi * 0x9e3779b97f4a7c15ULL));
-    h = x;
-  }
-  void add(const std::string& s) { add(s.data(), s.size()); }
-};
-
-void default_log(const std::string& line) {
-  std::printf("%s\n", line.c_str());
-  std::fflush(stdout);
-}
 
 }  // namespace
 
@@ -276,132 +253,6 @@ CropBatch crop_windows(const audio::Batch& b, double crop_seconds, const std::ve
   return out;
 }
 
-namespace {
-
-struct TrainBatch {
-  Tensor fbank;       // [B, Tc, F]
-  Tensor frame_mask;  // bool [B, Tc]
-  int64_t clips = 0;
-};
-
-struct StreamOptions {
-  int64_t batch_size = 8;
-  double crop_seconds = 10.0;
-  double max_clip_seconds = 60.0;
-  uint64_t seed = 0;
-  int workers = 1;
-  int prefetch = 4;
-  std::string cache_dir;
-  double min_seconds = 0.175;
-};
-
-// Endless batches: epoch e is a seeded permutation of the clips cut into batches; the position (epoch, batch)
-// of the next batch is what a checkpoint stores. One DataLoader per epoch segment (shuffle off, whole clips up
-// to max_clip_seconds), the next one started before the current one runs dry so the workers keep prefetching.
-class BatchStream {
- public:
-  BatchStream(const audio::Dataset& ds, const StreamOptions& o, int64_t epoch, int64_t batch)
-      : ds_(ds), o_(o), epoch_(epoch), batch_(batch) {
-    const int64_t n = ds_.size();
-    SONAR_CHECK(n > 0, "no audio clips to train on");
-    eff_batch_ = std::min<int64_t>(o_.batch_size, n);
-    per_epoch_ = n / eff_batch_;
-    SONAR_CHECK(batch_ >= 0 && batch_ < per_epoch_ && epoch_ >= 0, "data position (epoch ", epoch_, ", batch ",
-                batch_, ") is outside an epoch of ", per_epoch_, " batches");
-    audio::FbankOptions fo;
-    shift_ = fo.window_shift();
-    want_ = static_cast<int64_t>(std::llround(o_.crop_seconds * 16000.0));
-    crop_frames_ = audio::fbank_num_frames(want_, fo);
-    cur_ = open(epoch_, batch_);
-  }
-
-  int64_t batches_per_epoch() const { return per_epoch_; }
-  int64_t batch_size() const { return eff_batch_; }
-  int64_t crop_frames() const { return crop_frames_; }
-  // Position of the next batch.
-  int64_t epoch() const { return epoch_; }
-  int64_t batch() const { return batch_; }
-
-  TrainBatch next() {
-    for (;;) {
-      std::optional<audio::Batch> b = cur_.loader->next();
-      if (!b) {
-        // A whole epoch without a single loadable clip would loop for ever.
-        SONAR_CHECK(cur_.first != 0 || cur_.yielded, "no loadable audio in ", ds_.origin, ": all ", ds_.size(),
-                    " clips of an epoch were skipped");
-        epoch_ = cur_.epoch + 1;
-        batch_ = 0;
-        cur_ = next_.loader ? std::move(next_) : open(epoch_, 0);
-        next_ = Segment();
-        continue;
-      }
-      cur_.yielded = true;
-      const int64_t k = cur_.first + b->index;  // batch index within the epoch
-      epoch_ = cur_.epoch;
-      batch_ = k + 1;
-      if (batch_ >= per_epoch_) {
-        epoch_ = cur_.epoch + 1;
-        batch_ = 0;
-      }
-      if (!next_.loader && per_epoch_ - (k + 1) <= o_.prefetch) next_ = open(cur_.epoch + 1, 0);
-      return crop(*b, cur_.epoch, cur_.first);
-    }
-  }
-
- private:
-  struct Segment {
-    std::unique_ptr<audio::DataLoader> loader;
-    int64_t epoch = 0, first = 0;
-    bool yielded = false;
-  };
-
-  Segment open(int64_t epoch, int64_t first) {
-    const int64_t n = ds_.size();
-    std::vector<int64_t> order = audio::shuffled_indices(n, random_bits(random_bits(o_.seed, kOrderStream),
-                                                                        static_cast<uint64_t>(epoch)));
-    std::vector<int64_t> items(order.begin() + first * eff_batch_, order.begin() + per_epoch_ * eff_batch_);
-    audio::LoaderOptions lo;
-    lo.batch_size = eff_batch_;
-    lo.clip_seconds = o_.max_clip_seconds;
-    lo.crop = audio::CropMode::Full;
-    lo.shuffle = false;
-    lo.drop_last = false;
-    lo.num_workers = o_.workers;
-    lo.prefetch_batches = o_.prefetch;
-    lo.keep_waveforms = false;
-    lo.cache_dir = o_.cache_dir;
-    lo.min_seconds = o_.min_seconds;
-    Segment s;
-    s.epoch = epoch;
-    s.first = first;
-    s.loader = std::make_unique<audio::DataLoader>(ds_.subset(items), lo);
-    return s;
-  }
-
-  // The crop window of each clip, seeded by (seed, epoch, position in the epoch): see crop_windows.
-  TrainBatch crop(const audio::Batch& b, int64_t epoch, int64_t first) const {
-    const uint64_t crop_base = random_bits(random_bits(o_.seed, kCropStream), static_cast<uint64_t>(epoch));
-    std::vector<uint64_t> seeds(b.size());
-    for (int64_t i = 0; i < b.size(); ++i)
-      seeds[i] = random_bits(crop_base, static_cast<uint64_t>(first * eff_batch_ + b.indices[i]));
-    CropBatch c = crop_windows(b, o_.crop_seconds, seeds);
-    TrainBatch out;
-    out.fbank = std::move(c.fbank);
-    out.frame_mask = std::move(c.frame_mask);
-    out.clips = b.size();
-    return out;
-  }
-
-  const audio::Dataset& ds_;
-  StreamOptions o_;
-  int64_t epoch_, batch_;
-  int64_t eff_batch_ = 1, per_epoch_ = 1;
-  int64_t shift_ = 160, want_ = 0, crop_frames_ = 0;
-  Segment cur_, next_;
-};
-
-}  // namespace
-
 // ---- the trainer ----
 
 struct Trainer::State {
@@ -516,38 +367,6 @@ std::shared_ptr<beats::BeatsModel> initial_model(const PretrainOptions& p, beats
   return m;
 }
 
-std::map<std::string, Tensor> with_prefix_removed(const std::map<std::string, Tensor>& m, const std::string& prefix) {
-  std::map<std::string, Tensor> out;
-  for (const auto& [k, v] : m)
-    if (k.compare(0, prefix.size(), prefix) == 0) out[k.substr(prefix.size())] = v;
-  return out;
-}
-
-std::map<std::string, std::string> meta_with_prefix_removed(const std::map<std::string, std::string>& m,
-                                                            const std::string& prefix) {
-  std::map<std::string, std::string> out;
-  for (const auto& [k, v] : m)
-    if (k.compare(0, prefix.size(), prefix) == 0) out[k.substr(prefix.size())] = v;
-  return out;
-}
-
-const std::string& meta_at(const beats::CheckpointData& c, const std::string& key) {
-  auto it = c.metadata.find(key);
-  SONAR_CHECK(it != c.metadata.end(), c.path, ": not a trainer checkpoint (metadata has no '", key, "')");
-  return it->second;
-}
-
-json meta_json(const beats::CheckpointData& c, const std::string& key) {
-  const std::string& s = meta_at(c, key);
-  try {
-    return json::parse(s);
-  } catch (const json::exception& e) {
-    SONAR_FAIL(c.path, ": metadata '", key, "' is not valid JSON: ", e.what());
-  }
-}
-
-std::string json_value_str(const json& j) { return j.is_null() ? "(none)" : j.dump(); }
-
 }  // namespace
 
 std::shared_ptr<beats::BeatsModel> Trainer::start_model() {
@@ -563,46 +382,78 @@ std::shared_ptr<beats::BeatsModel> Trainer::start_model() {
 
 namespace {
 
-// metrics.jsonl: keeps the lines of steps <= `step` (a resumed run rewrites what came after its checkpoint),
-// atomically; a missing file stays missing.
-void trim_metrics(const std::string& path, int64_t step) {
-  if (!fs::exists(path)) return;
-  std::string text = read_file(path), kept;
-  size_t pos = 0;
-  while (pos < text.size()) {
-    size_t end = text.find('\n', pos);
-    if (end == std::string::npos) break;  // a half-written last line is dropped
-    const std::string line = text.substr(pos, end - pos);
-    pos = end + 1;
-    try {
-      const json j = json::parse(line);
-      if (j.contains("step") && j.at("step").get<int64_t>() <= step) kept += line + "\n";
-    } catch (const json::exception&) {
-      // an unreadable line is dropped
-    }
+// Data parallelism: the masking of this process's rows of the global batch. The global batch is, in the order
+// one process would hold it, every process's new clips (by rank), then every process's added clips (by rank).
+// Frame lengths are exchanged so that every process draws the same global masking from the same generator.
+beats::PatchMasking global_masking_rows(const StepBatch& sb, int64_t P, const Distributed& dist,
+                                        const beats::BeatsModel& model, const beats::MlpOptions& mo, Generator& gen,
+                                        int64_t* global_masked, int64_t* global_visible) {
+  const int64_t B = sb.fbank.size(0), T = sb.fbank.size(1), F = sb.fbank.size(2);
+  const Tensor fm = sb.frame_mask.contiguous();
+  std::vector<int64_t> lengths(B);
+  for (int64_t b = 0; b < B; ++b) {
+    int64_t n = 0;
+    for (int64_t t = 0; t < T; ++t) n += fm.bytes()[b * T + t] ? 0 : 1;
+    lengths[b] = n;
   }
-  write_file_atomic(path, kept);
+  const std::vector<int64_t> counts = dist.allgather(std::vector<int64_t>{sb.new_clips, B});
+  const std::vector<int64_t> all_lengths = dist.allgather(lengths);
+  // Global order: new rows of every rank, then added rows of every rank.
+  std::vector<int64_t> order_len, mine;
+  int64_t offset = 0;  // start of rank r's rows in all_lengths
+  std::vector<int64_t> starts(dist.size());
+  for (int r = 0; r < dist.size(); ++r) {
+    starts[r] = offset;
+    offset += counts[2 * r + 1];
+  }
+  for (int pass = 0; pass < 2; ++pass)
+    for (int r = 0; r < dist.size(); ++r) {
+      const int64_t n_new = counts[2 * r], n_all = counts[2 * r + 1];
+      const int64_t lo = pass == 0 ? 0 : n_new, hi = pass == 0 ? n_new : n_all;
+      for (int64_t i = lo; i < hi; ++i) {
+        if (r == dist.rank()) mine.push_back(static_cast<int64_t>(order_len.size()));
+        order_len.push_back(all_lengths[starts[r] + i]);
+      }
+    }
+  // `mine` lists this rank's rows in global order: new rows then added rows, as the local batch holds them.
+  const int64_t G = static_cast<int64_t>(order_len.size());
+  Tensor gfm = zeros({G, T}, DType::Bool);
+  for (int64_t g = 0; g < G; ++g)
+    for (int64_t t = order_len[g]; t < T; ++t) gfm.bytes()[g * T + t] = 1;
+  const int64_t ps = model.cfg.input_patch_size;
+  const Tensor gpad = model.patch_mask_from_frames(gfm, T / ps, F / ps, mo.padding);
+  const beats::PatchMasking global = beats::make_patch_masking(G, P, gpad, mo.masking, gen);
+  *global_masked = global.total_masked();
+  *global_visible = 0;
+  for (int64_t v : global.num_visible) *global_visible += v;
+  return beats::select_masking_rows(global, mine);
 }
-
-void append_line(const std::string& path, const std::string& line) {
-  std::FILE* f = std::fopen(path.c_str(), "ab");
-  SONAR_CHECK(f != nullptr, path, ": cannot open for appending");
-  const std::string l = line + "\n";
-  const bool ok = std::fwrite(l.data(), 1, l.size(), f) == l.size();
-  const bool closed = std::fclose(f) == 0;
-  SONAR_CHECK(ok && closed, path, ": write failed (disk full?)");
-}
-
-// A JSON number, or null for NaN/Inf (JSON has no such numbers).
-json number_or_null(double v) { return std::isfinite(v) ? json(v) : json(); }
 
 }  // namespace
 
 PretrainResult Trainer::run() {
+  const Distributed& dist = Distributed::world();
+  if (!dist.multi()) return run_impl();
+  // Several processes: an error in one must end all of them (the others would wait in a collective).
+  try {
+    return run_impl();
+  } catch (const std::exception& e) {
+    dist.abort(e.what());
+  }
+}
+
+PretrainResult Trainer::run_impl() {
   const PretrainOptions& p = opts_;
+  const Distributed& dist = Distributed::world();
   st_ = std::make_unique<State>();
   State& s = *st_;
   s.log = p.log ? p.log : default_log;
+  if (!dist.is_root()) s.log = [](const std::string&) {};  // one process speaks for the group
+  if (dist.multi()) {
+    for (const auto& e : extensions_)
+      SONAR_CHECK(e->data_parallel(), "the '", e->name(), "' part does not run data-parallel yet: run it in one "
+                  "process (without mpirun), or switch it off");
+  }
   if (p.num_threads > 0) omp_set_num_threads(p.num_threads);
   s.out = p.out_dir;
   s.ckpt_path = (fs::path(s.out) / kCheckpointFile).string();
@@ -667,6 +518,13 @@ PretrainResult Trainer::run() {
                  " (delete it to resume from nothing, or add --force to start over)");
     }
     const json stored = meta_json(c, "trainer.config");
+    {
+      auto it = c.metadata.find("trainer.ranks");
+      const int stored_ranks = it == c.metadata.end() ? 1 : std::stoi(it->second);
+      SONAR_CHECK(stored_ranks == dist.size(), s.out, " holds a run of ", stored_ranks, " process",
+                  stored_ranks == 1 ? "" : "es", "; resume it with the same number (mpirun -np ", stored_ranks,
+                  "), not ", dist.size(), " (each process's dropout stream is part of the checkpoint)");
+    }
     const bool finished = meta_at(c, "trainer.finished") == "1";
     const int64_t done = std::stoll(meta_at(c, "trainer.step"));
     SONAR_CHECK(!finished, s.out, " holds a finished run (", done, " steps); add --force to overwrite it, or choose "
@@ -683,7 +541,7 @@ PretrainResult Trainer::run() {
         for (const auto& [en, ev] : v.items()) {
           const json es = sv.contains(en) ? sv.at(en) : json();
           if (es == ev) continue;
-          if (!es.is_object() || !ev.is_object()) refuse(en, es.is_null() ? json("off") : es, ev);
+          if (!es.is_object() || !ev.is_object()) refuse("extension " + en, es.is_null() ? json("off") : es, ev);
           for (const auto& [fk, fv] : ev.items()) {
             const json fs_ = es.contains(fk) ? es.at(fk) : json();
             if (fs_ != fv) refuse(fk, fs_, fv);
@@ -692,7 +550,7 @@ PretrainResult Trainer::run() {
             if (!ev.contains(fk)) refuse(fk, fs_, json());
         }
         for (const auto& [en, es] : sv.items())
-          if (!v.contains(en)) refuse(en, es, json("off"));
+          if (!v.contains(en)) refuse("extension " + en, es, json("off"));
       }
       refuse(k, sv, v);
     }
@@ -771,7 +629,10 @@ PretrainResult Trainer::run() {
   so.decay = ag::Decay::Cosine;
   s.schedule.emplace(so);
   s.mask_gen = Generator(random_bits(p.seed, kMaskStream));
-  s.dropout_gen = Generator(random_bits(p.seed, kDropoutStream));
+  // Dropout: process 0 draws the single-process stream, process r > 0 its own (a multi-process run is then
+  // the same computation as one process for everything but the dropout draws).
+  s.dropout_gen = Generator(dist.rank() == 0 ? random_bits(p.seed, kDropoutStream)
+                                             : random_bits(random_bits(p.seed, kDropoutStream), dist.rank()));
 
   for (const auto& e : extensions_) e->attach(*this);
 
@@ -785,7 +646,8 @@ PretrainResult Trainer::run() {
       s.train_step->optimizer().load_state(os);
       const json rng = meta_json(c, "trainer.rng");
       s.mask_gen.set_state(rng.at("mask").at(0).get<uint64_t>(), rng.at("mask").at(1).get<uint64_t>());
-      s.dropout_gen.set_state(rng.at("dropout").at(0).get<uint64_t>(), rng.at("dropout").at(1).get<uint64_t>());
+      const json& dr = rng.contains("dropout-ranks") ? rng.at("dropout-ranks").at(dist.rank()) : rng.at("dropout");
+      s.dropout_gen.set_state(dr.at(0).get<uint64_t>(), dr.at(1).get<uint64_t>());
       const json pos = meta_json(c, "trainer.data-position");
       s.epoch = pos.at("epoch").get<int64_t>();
       s.batch = pos.at("batch").get<int64_t>();
@@ -817,17 +679,22 @@ PretrainResult Trainer::run() {
   sto.prefetch = p.prefetch_batches;
   sto.cache_dir = p.cache_dir;
   sto.min_seconds = ((s.model->cfg.input_patch_size - 1) * 160 + 400) / 16000.0;
+  sto.rank = dist.rank();
+  sto.ranks = dist.size();
   BatchStream stream(s.data, sto, s.epoch, s.batch);
   // The first batch is loaded before anything is written, so data that cannot be read at all fails cleanly.
   std::optional<TrainBatch> first_batch;
   if (s.step < p.steps) first_batch = stream.next();
 
-  // ---- from here on the run folder is written ----
-  fs::create_directories(s.out);
+  // ---- from here on the run folder is written (by process 0 alone) ----
   const std::string metrics_path = (fs::path(s.out) / kMetricsFile).string();
-  if (resume) {
+  if (!dist.is_root()) {
+    // nothing to write
+  } else if (resume) {
+    fs::create_directories(s.out);
     trim_metrics(metrics_path, s.step);
   } else {
+    fs::create_directories(s.out);
     if (p.force) {
       for (const char* f : {kCheckpointFile, kModelFile, kTokenizerFile, kRunFile}) fs::remove(fs::path(s.out) / f);
     }
@@ -847,9 +714,16 @@ PretrainResult Trainer::run() {
         " clips, " + std::to_string(stream.batches_per_epoch()) + " batches of " + std::to_string(stream.batch_size()) +
         " per epoch, " + std::to_string(stream.crop_frames()) + " frames per crop; tokenizer " + s.tokenizer.kind() +
         " (" + std::to_string(s.tokenizer.num_codes()) + " codes); " + std::to_string(omp_get_max_threads()) +
-        " threads" + (resume ? "; at step " + std::to_string(s.step) + "/" + std::to_string(p.steps) : ""));
+        " threads" + (dist.multi() ? " in each of " + std::to_string(dist.size()) + " processes (" +
+                                         std::to_string(stream.local_batch_size()) + " clips each per batch)"
+                                   : std::string()) +
+        (resume ? "; at step " + std::to_string(s.step) + "/" + std::to_string(p.steps) : ""));
 
   auto save = [&](bool finished) {
+    // Every process's dropout stream (a collective: all processes save at the same steps).
+    const std::vector<int64_t> rngs = dist.allgather(std::vector<int64_t>{
+        static_cast<int64_t>(s.dropout_gen.seed()), static_cast<int64_t>(s.dropout_gen.offset())});
+    if (!dist.is_root()) return;
     beats::SaveExtras ex;
     for (const auto& [k, t] : s.objective->predictor->state_dict()) ex.training_tensors[kPredictorPrefix + k] = t;
     ag::OptimizerState os = s.train_step->optimizer().save_state();
@@ -862,9 +736,16 @@ PretrainResult Trainer::run() {
     ex.metadata["trainer.finished"] = finished ? "1" : "0";
     ex.metadata["trainer.config"] = s.config.dump();
     ex.metadata["trainer.optimizer-scalars"] = sc.dump();
-    ex.metadata["trainer.rng"] = json{{"mask", {s.mask_gen.seed(), s.mask_gen.offset()}},
-                                      {"dropout", {s.dropout_gen.seed(), s.dropout_gen.offset()}}}
-                                     .dump();
+    json rng = json{{"mask", {s.mask_gen.seed(), s.mask_gen.offset()}},
+                     {"dropout", {s.dropout_gen.seed(), s.dropout_gen.offset()}}};
+    if (dist.multi()) {
+      json all = json::array();
+      for (int r = 0; r < dist.size(); ++r)
+        all.push_back({static_cast<uint64_t>(rngs[2 * r]), static_cast<uint64_t>(rngs[2 * r + 1])});
+      rng["dropout-ranks"] = all;
+      ex.metadata["trainer.ranks"] = std::to_string(dist.size());
+    }
+    ex.metadata["trainer.rng"] = rng.dump();
     ex.metadata["trainer.data-position"] = json{{"epoch", stream.epoch()}, {"batch", stream.batch()}}.dump();
     ex.metadata["trainer.schedule"] = json{{"peak_lr", so.peak_lr}, {"warmup_steps", so.warmup_steps},
                                            {"total_steps", so.total_steps}, {"init_lr", so.init_lr},
@@ -894,7 +775,8 @@ PretrainResult Trainer::run() {
   double interval_wait = 0.0, interval_loss = 0.0, interval_acc = 0.0, interval_mlp = 0.0, interval_gn = 0.0;
   int64_t interval_steps = 0, interval_clips = 0, session_steps = 0;
   if (s.step >= p.steps) {  // every step was done but the final save did not complete
-    for (const auto& e : extensions_) e->finish(s.out);
+    if (dist.is_root())
+      for (const auto& e : extensions_) e->finish(s.out);
     save(true);
     result.steps_done = s.step;
     result.finished = true;
@@ -922,22 +804,52 @@ PretrainResult Trainer::run() {
     }
     for (const auto& e : extensions_) e->relabel(sb);
 
+    // The patch masking: drawn over the whole (global) batch, so every process masks its clips as one process
+    // holding all of them would.
+    const int64_t ps = s.model->cfg.input_patch_size;
+    const int64_t P = (sb.fbank.size(1) / ps) * (sb.fbank.size(2) / ps);
+    beats::PatchMasking masking;
+    if (!dist.multi()) {
+      masking = beats::make_patch_masking(sb.fbank.size(0), P, sb.patch_padding, p.mlp.masking, s.mask_gen);
+      sb.global_masked = masking.total_masked();
+    } else {
+      masking = global_masking_rows(sb, P, dist, *s.model, p.mlp, s.mask_gen, &sb.global_masked, &sb.global_visible);
+    }
+    if (!dist.multi())
+      for (int64_t v : masking.num_visible) sb.global_visible += v;
+
     s.train_step->optimizer().set_lr(static_cast<float>(s.schedule->lr_at(s.step)));
     beats::MlpOutput out;
     beats::StepStats st;
     try {
-      st = s.train_step->run([&]() {
-        nn::RngScope scope(s.dropout_gen);
-        out = s.objective->forward(ag::Var(sb.fbank), sb.frame_mask, sb.labels, s.mask_gen);
-        ag::Var loss = out.loss;
-        for (const auto& e : extensions_) {
-          ag::Var extra = e->extra_loss(sb, out);
-          if (extra.defined()) loss = ag::add(loss, extra);
-        }
-        return loss;
-      });
+      st = s.train_step->run(
+          [&]() {
+            nn::RngScope scope(s.dropout_gen);
+            out = s.objective->forward_masked(ag::Var(sb.fbank), sb.patch_padding, sb.labels, masking);
+            ag::Var loss = out.loss;
+            // This process's share of the global mean (exactly 1 with one process: nothing is scaled).
+            if (dist.multi())
+              loss = ag::mul(loss, static_cast<float>(static_cast<double>(out.num_masked) /
+                                                      static_cast<double>(sb.global_masked)));
+            for (const auto& e : extensions_) {
+              ag::Var extra = e->extra_loss(sb, out);
+              if (extra.defined()) loss = ag::add(loss, extra);
+            }
+            return loss;
+          },
+          [&]() { allreduce_gradients(s.train_step->optimizer().params(), dist); });
     } catch (const Error& e) {
       SONAR_FAIL("step ", s.step + 1, " of ", p.steps, ": ", e.what(), " (the last checkpoint is ", s.ckpt_path, ")");
+    }
+    double step_acc = out.masked_accuracy, step_mlp = out.loss.value().item<double>();
+    if (dist.multi()) {
+      // Global numbers for the progress line: the summed scaled losses, masked-patch-weighted accuracy.
+      const double share = static_cast<double>(out.num_masked) / static_cast<double>(sb.global_masked);
+      double v[3] = {st.loss, step_acc * share, step_mlp * share};
+      dist.allreduce_sum(v, 3);
+      st.loss = v[0];
+      step_acc = v[1];
+      step_mlp = v[2];
     }
     for (const auto& e : extensions_) e->after_step(sb, out);
     ++s.step;
@@ -946,15 +858,15 @@ PretrainResult Trainer::run() {
     StepRecord rec;
     rec.step = s.step;
     rec.loss = st.loss;
-    rec.accuracy = out.masked_accuracy;
+    rec.accuracy = step_acc;
     rec.lr = st.lr;
     rec.grad_norm = st.grad_norm;
     result.history.push_back(rec);
     interval_loss += st.loss;
-    interval_acc += out.masked_accuracy;
-    interval_mlp += out.loss.value().item<double>();
+    interval_acc += step_acc;
+    interval_mlp += step_mlp;
     interval_gn += st.grad_norm;
-    interval_clips += sb.fbank.size(0);
+    interval_clips += dist.sum(static_cast<int64_t>(sb.fbank.size(0)));
     ++interval_steps;
 
     if (s.step % p.log_every == 0 || s.step == p.steps) {
@@ -985,14 +897,15 @@ PretrainResult Trainer::run() {
       mline["elapsed_seconds"] = number_or_null(pr.elapsed_seconds);
       mline["steps_averaged"] = interval_steps;
       for (const auto& [k, v] : pr.extra) mline[k] = number_or_null(v);
-      append_line(metrics_path, mline.dump());
+      if (dist.is_root()) append_line(metrics_path, mline.dump());
       interval_start = Clock::now();
       interval_wait = interval_loss = interval_acc = interval_mlp = interval_gn = 0.0;
       interval_steps = interval_clips = 0;
     }
 
     if (s.step == p.steps) {
-      for (const auto& e : extensions_) e->finish(s.out);
+      if (dist.is_root())
+        for (const auto& e : extensions_) e->finish(s.out);
       save(true);
       result.finished = true;
       s.log("finished: " + s.ckpt_path + " and " + (fs::path(s.out) / kModelFile).string() + " after " +
@@ -1004,7 +917,7 @@ PretrainResult Trainer::run() {
       result.stopped = true;
       break;
     }
-    if (p.stop && p.stop->load()) {
+    if (dist.any(p.stop && p.stop->load()) || (p.stop_after >= 0 && session_steps >= p.stop_after)) {
       if (s.step % p.save_every != 0) save(false);
       result.stopped = true;
       s.log("stopped at step " + std::to_string(s.step) + "/" + std::to_string(p.steps) + "; checkpoint " +

@@ -139,6 +139,9 @@ struct PretrainOptions {
   const std::atomic<bool>* stop = nullptr;
   // Tests: return after this many steps of this session WITHOUT saving, as a killed process would (-1: off).
   int64_t halt_after = -1;
+  // Stop after this many steps of this session, saving a checkpoint, as the stop flag does (-1: off): a long
+  // run done in slices on a machine with a time limit (`--stop-after N`).
+  int64_t stop_after = -1;
 };
 
 // ---- progress ----
@@ -188,6 +191,11 @@ struct StepBatch {
   Tensor patch_padding;     // bool [B, P], 1 = padded patch (exact padding), undefined when no frame is padded
   int64_t new_clips = 0;  // clips from the training data (the first rows); the rest were added by extensions
   int64_t step = 0;       // steps done before this one
+  // Data parallelism (sonar/distributed.h): this process holds only its share of the global batch. Terms
+  // that are means over the batch must be scaled by their local share of the global count so that the
+  // summed gradients are those of one process holding everything. With one process: local == global.
+  int64_t global_masked = 0;   // masked patches of the global batch (the MLP loss's denominator)
+  int64_t global_visible = 0;  // real visible patches of the global batch
 };
 
 class Trainer;
@@ -197,6 +205,9 @@ class TrainerExtension {
   virtual ~TrainerExtension() = default;
   // Short name without dots: prefix of its checkpoint entries ("ext.<name>.") and progress fields.
   virtual std::string name() const = 0;
+  // True when the extension is correct under data parallelism (several processes, each with a share of the
+  // batch: see StepBatch::global_*); a multi-process run with an extension that is not is refused.
+  virtual bool data_parallel() const { return false; }
   // Options that must match when a run is resumed (stored in the checkpoint).
   virtual nlohmann::json config() const { return nlohmann::json::object(); }
   // Once, after the model, the objective (label predictor) and the tokenizer exist, before the predictor's
@@ -282,6 +293,7 @@ class Trainer {
 
  private:
   struct State;
+  PretrainResult run_impl();
   PretrainOptions opts_;
   std::vector<std::shared_ptr<TrainerExtension>> extensions_;
   std::unique_ptr<State> st_;

@@ -51,36 +51,42 @@ VisibleEncoding encode_with_masking(BeatsBackbone& model, const ag::Var& fbank, 
   return ve;
 }
 
-VisibleEncoding MaskedLabelPrediction::encode_visible(const ag::Var& fbank, const Tensor& frame_mask, Generator& gen) {
-  int64_t time_patches = 0, freq_patches = 0;
-  // Patch geometry and padding first (cheap: no embedding), then the masking, then the visible half.
+Tensor MaskedLabelPrediction::patch_padding(const ag::Var& fbank, const Tensor& frame_mask) const {
+  // Patch geometry and padding from the shapes alone (no embedding).
   const int64_t p = model->cfg.input_patch_size;
   SONAR_CHECK(fbank.dim() == 3, "MaskedLabelPrediction: fbank must be [B, T, F], got ", shape_str(fbank.shape()));
   SONAR_CHECK(fbank.size(1) >= p && fbank.size(2) >= p, "BEATs: the input has ", fbank.size(1), " frames x ",
               fbank.size(2), " mel bins; a patch needs ", p, " x ", p, " (a clip needs at least ", (p - 1) * 160 + 400,
               " samples at 16 kHz)");
-  time_patches = fbank.size(1) / p;
-  freq_patches = fbank.size(2) / p;
-  const int64_t B = fbank.size(0), P = time_patches * freq_patches;
-  Tensor patch_padding;
-  if (frame_mask.defined()) {
-    SONAR_CHECK(frame_mask.dim() == 2 && frame_mask.size(0) == B && frame_mask.size(1) == fbank.size(1),
-                "MaskedLabelPrediction: frame mask must be [B, T] = ", shape_str({B, fbank.size(1)}), ", got ",
-                shape_str(frame_mask.shape()));
-    patch_padding = model->patch_mask_from_frames(frame_mask, time_patches, freq_patches, opts.padding);
-  }
-  PatchMasking m = make_patch_masking(B, P, patch_padding, opts.masking, gen);
-  VisibleEncoding ve = encode_with_masking(*model, fbank, patch_padding, m, layer_results);
-  SONAR_CHECK(ve.time_patches == time_patches && ve.freq_patches == freq_patches,
-              "MaskedLabelPrediction: patch grid ", ve.time_patches, " x ", ve.freq_patches, " differs from ",
-              time_patches, " x ", freq_patches);
-  return ve;
+  if (!frame_mask.defined()) return Tensor();
+  const int64_t B = fbank.size(0);
+  SONAR_CHECK(frame_mask.dim() == 2 && frame_mask.size(0) == B && frame_mask.size(1) == fbank.size(1),
+              "MaskedLabelPrediction: frame mask must be [B, T] = ", shape_str({B, fbank.size(1)}), ", got ",
+              shape_str(frame_mask.shape()));
+  return model->patch_mask_from_frames(frame_mask, fbank.size(1) / p, fbank.size(2) / p, opts.padding);
+}
+
+VisibleEncoding MaskedLabelPrediction::encode_visible(const ag::Var& fbank, const Tensor& frame_mask, Generator& gen) {
+  const Tensor pad = patch_padding(fbank, frame_mask);
+  const int64_t p = model->cfg.input_patch_size;
+  const int64_t P = (fbank.size(1) / p) * (fbank.size(2) / p);
+  PatchMasking m = make_patch_masking(fbank.size(0), P, pad, opts.masking, gen);
+  return encode_with_masking(*model, fbank, pad, m, layer_results);
 }
 
 MlpOutput MaskedLabelPrediction::forward(const ag::Var& fbank, const Tensor& frame_mask, const Tensor& labels,
                                          Generator& gen) {
+  const Tensor pad = patch_padding(fbank, frame_mask);
+  const int64_t p = model->cfg.input_patch_size;
+  const int64_t P = (fbank.size(1) / p) * (fbank.size(2) / p);
+  const PatchMasking m = make_patch_masking(fbank.size(0), P, pad, opts.masking, gen);
+  return forward_masked(fbank, pad, labels, m);
+}
+
+MlpOutput MaskedLabelPrediction::forward_masked(const ag::Var& fbank, const Tensor& patch_padding,
+                                                const Tensor& labels, const PatchMasking& masking) {
   MlpOutput out;
-  out.visible = encode_visible(fbank, frame_mask, gen);
+  out.visible = encode_with_masking(*model, fbank, patch_padding, masking, layer_results);
   const PatchMasking& m = out.visible.masking;
   SONAR_CHECK(labels.defined() && labels.dtype() == DType::Int64 && labels.shape() == (Shape{m.batch, m.patches}),
               "MaskedLabelPrediction: labels must be int64 ", shape_str({m.batch, m.patches}), ", got ",
@@ -297,7 +303,7 @@ TrainStep::TrainStep(const nn::Module& m, const TrainStepOptions& o) : opts_(o) 
   if (o.schedule) schedule_.emplace(*o.schedule);
 }
 
-StepStats TrainStep::run(const std::function<ag::Var()>& forward_loss) {
+StepStats TrainStep::run(const std::function<ag::Var()>& forward_loss, const std::function<void()>& after_backward) {
   StepStats s;
   s.step = step_;
   opt_->zero_grad();
@@ -307,6 +313,7 @@ StepStats TrainStep::run(const std::function<ag::Var()>& forward_loss) {
   s.loss = loss.value().item_double();
   SONAR_CHECK(std::isfinite(s.loss), "TrainStep: loss is ", s.loss, " at step ", step_);
   loss.backward();
+  if (after_backward) after_backward();
   s.grad_norm = opt_->grad_norm();
   SONAR_CHECK(std::isfinite(s.grad_norm), "TrainStep: gradient norm is ", s.grad_norm, " at step ", step_);
   // clip_grad_norm's rule: scale by max_norm / (norm + 1e-6) when that is below 1.

@@ -88,6 +88,12 @@ class MaskedLabelPrediction : public nn::Module {
   // [B, P] from the tokenizer (only masked real patches are read; each must lie in [0, K)). `gen` draws the
   // masking; dropout draws from nn::rng(). Throws when no patch of the batch is masked.
   MlpOutput forward(const ag::Var& fbank, const Tensor& frame_mask, const Tensor& labels, Generator& gen);
+  // The same with a masking drawn by the caller (make_patch_masking over these clips' patch padding, or the
+  // rows of a larger batch's masking: select_masking_rows). patch_padding bool [B, P] or undefined.
+  MlpOutput forward_masked(const ag::Var& fbank, const Tensor& patch_padding, const Tensor& labels,
+                           const PatchMasking& masking);
+  // The patch padding (exact or official, per opts.padding) of a batch's frame mask; undefined without one.
+  Tensor patch_padding(const ag::Var& fbank, const Tensor& frame_mask) const;
   // The encoder half alone (masking, gather, projection, encoder), for objectives that reuse it.
   VisibleEncoding encode_visible(const ag::Var& fbank, const Tensor& frame_mask, Generator& gen);
 
@@ -181,9 +187,10 @@ class TrainStep {
  public:
   // The optimiser covers m's trainable parameters, grouped by decay_param_groups.
   TrainStep(const nn::Module& m, const TrainStepOptions& opts);
-  // zero_grad, loss = forward_loss(), backward, clip, lr, AdamW step. Throws (before touching any parameter)
-  // when the loss or the gradient norm is not finite. Gradients are left unclipped (the update is clipped).
-  StepStats run(const std::function<ag::Var()>& forward_loss);
+  // zero_grad, loss = forward_loss(), backward, after_backward (e.g. summing gradients across data-parallel
+  // processes), clip, lr, AdamW step. Throws (before touching any parameter) when the loss or the gradient
+  // norm is not finite. Gradients are left unclipped (the update is clipped).
+  StepStats run(const std::function<ag::Var()>& forward_loss, const std::function<void()>& after_backward = {});
   ClippedAdamW& optimizer() { return *opt_; }
   int64_t steps_done() const { return step_; }
   const TrainStepOptions& options() const { return opts_; }

@@ -71,4 +71,48 @@ PatchMasking make_patch_masking(int64_t B, int64_t P, const Tensor& patch_paddin
   return m;
 }
 
+PatchMasking select_masking_rows(const PatchMasking& m, const std::vector<int64_t>& rows) {
+  SONAR_CHECK(!rows.empty(), "select_masking_rows: no rows");
+  const int64_t B = static_cast<int64_t>(rows.size()), P = m.patches;
+  for (int64_t r : rows)
+    SONAR_CHECK(r >= 0 && r < m.batch, "select_masking_rows: row ", r, " outside a batch of ", m.batch);
+  PatchMasking s;
+  s.batch = B;
+  s.patches = P;
+  s.padding = zeros({B, P}, DType::Bool);
+  s.masked = zeros({B, P}, DType::Bool);
+  const Tensor pad_c = m.padding.contiguous(), masked_c = m.masked.contiguous();
+  const Tensor vi_c = m.visible_index.contiguous();
+  for (int64_t b = 0; b < B; ++b) {
+    const int64_t r = rows[b];
+    std::copy(pad_c.bytes() + r * P, pad_c.bytes() + (r + 1) * P, s.padding.bytes() + b * P);
+    std::copy(masked_c.bytes() + r * P, masked_c.bytes() + (r + 1) * P, s.masked.bytes() + b * P);
+    s.num_visible.push_back(m.num_visible[r]);
+    s.num_masked.push_back(m.num_masked[r]);
+    s.any_padding = s.any_padding || m.num_visible[r] + m.num_masked[r] < P;
+  }
+  const int64_t V = std::max<int64_t>(1, *std::max_element(s.num_visible.begin(), s.num_visible.end()));
+  s.visible = V;
+  s.visible_index = zeros({B, V}, DType::Int64);
+  s.visible_padding = zeros({B, V}, DType::Bool);
+  s.visible_flat = zeros({B * V}, DType::Int64);
+  const int64_t* src = vi_c.data<int64_t>();
+  int64_t* vi = s.visible_index.data<int64_t>();
+  int64_t* vf = s.visible_flat.data<int64_t>();
+  uint8_t* vp = s.visible_padding.bytes();
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t j = 0; j < V; ++j) {
+      const bool real_slot = j < s.num_visible[b];
+      vi[b * V + j] = real_slot ? src[rows[b] * m.visible + j] : 0;
+      vp[b * V + j] = real_slot ? 0 : 1;
+      vf[b * V + j] = b * P + vi[b * V + j];
+    }
+  std::vector<int64_t> flat;
+  const uint8_t* masked = s.masked.bytes();
+  for (int64_t i = 0; i < B * P; ++i)
+    if (masked[i]) flat.push_back(i);
+  s.masked_flat = from_vector(flat, {static_cast<int64_t>(flat.size())});
+  return s;
+}
+
 }  // namespace sonar::beats

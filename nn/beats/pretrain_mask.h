@@ -43,4 +43,10 @@ struct PatchMasking {
 PatchMasking make_patch_masking(int64_t batch, int64_t patches, const Tensor& patch_padding,
                                 const MaskingOptions& opts, Generator& gen);
 
+// The masking of some clips of a batch (rows: indices into the batch, in the order wanted), as if it had been
+// drawn for those clips alone with the same visible and masked patches; the visible width is the largest
+// visible count among them. Data parallelism draws one masking for the global batch and gives every process
+// its clips' rows. Throws on a row outside the batch or an empty selection.
+PatchMasking select_masking_rows(const PatchMasking& m, const std::vector<int64_t>& rows);
+
 }  // namespace sonar::beats

@@ -1,0 +1,170 @@
+// `sonar train-tokenizer`: the BEATs tokenizer iteration as a resumable run. A frozen BEATs teacher's last-layer
+// features are distilled into a BEATs tokenizer through an estimator (cosine + commitment loss, EMA codebook with
+// k-means init), with progress lines, atomic checkpoints and exact resume. Thin: parses flags and calls
+// sonar/tokenizer_trainer.h. Ctrl-C (SIGINT) or SIGTERM finishes the current step, saves a checkpoint and exits
+// with status 130; the same command then resumes. Not the model's pre-training (`sonar pretrain`).
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <csignal>
+#include <cstdio>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "apps/command.h"
+#include "sonar/tokenizer_trainer.h"
+#include "tensor/error.h"
+
+namespace {
+
+std::atomic<bool> g_stop{false};
+
+// First signal: finish the step, save, exit 130. A second one ends the process at once (default action).
+// (A C-linkage name is global despite the anonymous namespace: it must differ from cmd_pretrain.cpp's.)
+extern "C" void on_tokenizer_stop_signal(int sig) {
+  if (g_stop.exchange(true)) {
+    std::signal(sig, SIG_DFL);
+    std::raise(sig);
+    return;
+  }
+  static const char msg[] =
+      "\nsonar train-tokenizer: stopping after this step and saving a checkpoint (again to quit at once)\n";
+  ssize_t ignored = ::write(2, msg, sizeof msg - 1);
+  (void)ignored;
+}
+
+std::string usage() {
+  const sonar::method::TokenizerTrainOptions d;
+  std::ostringstream u;
+  u << "usage: sonar train-tokenizer --teacher MODEL --data MANIFEST|DIR|LIST --out RUN_DIR\n"
+       "                             [--init TOKENIZER_CKPT | --preset tiny|base] [--steps N] [--batch B]\n"
+       "                             [--crop-seconds S] [--lr LR] [--warmup N] [--codes K] [--commitment W]\n"
+       "                             [--estimator-layers N] [--seed S] [--log-every N] [--save-every N]\n"
+       "                             [--threads N] [--workers N] [--cache DIR] [--force] [more flags below]\n\n"
+       "Trains a BEATs acoustic tokenizer by distilling a frozen BEATs model (the teacher): the tokenizer encodes\n"
+       "every patch, its codebook quantises it, and a small transformer (the estimator) maps the codes back to the\n"
+       "teacher's last-layer features. Loss: 1 - cosine(estimate, teacher) + W x commitment; AdamW with linear\n"
+       "warm-up and cosine decay, gradient clipping; the codebook follows an EMA of its assigned features (decay\n"
+       "0.99) and a fresh codebook is set by k-means on the first batch. The result, RUN_DIR/tokenizer.safetensors,\n"
+       "gives the targets of `sonar pretrain --tokenizer` (the BEATs loop: model -> tokenizer -> model).\n\n"
+       "Teacher, data and tokenizer:\n"
+       "  --teacher MODEL      BEATs model checkpoint whose last layer is distilled (official .pt or project\n"
+       "                       safetensors, pre-trained or fine-tuned; e.g. a `sonar pretrain` model.safetensors)\n"
+       "  --data SRC           training audio: a CSV/TSV manifest, a folder (searched recursively) or a text file\n"
+       "                       listing one audio file per line; labels, if any, are ignored\n"
+       "  --splits A,B         use only the manifest rows whose split/fold is one of these (e.g. train)\n"
+       "  --out RUN_DIR        run folder: checkpoint.safetensors, run.json, metrics.jsonl and, at the end,\n"
+       "                       tokenizer.safetensors (created)\n"
+       "  --init CKPT          continue training this BEATs tokenizer (official Tokenizer_*.pt or safetensors; its\n"
+       "                       codebook is kept). Without it, a fresh tokenizer of --preset\n"
+       "  --preset NAME        tiny (2 blocks, 64 wide, 256 x 32 codebook) or base (BEATs base, 1024 x 256\n"
+       "                       codebook); default tiny\n"
+       "  --codes K            codebook size of the fresh tokenizer (default: the preset's, 256 tiny, 1024 base)\n"
+       "  --commitment W       weight of the commitment term (default " << d.commitment_weight << ")\n"
+       "  --estimator-layers N transformer blocks of the estimator (default " << d.estimator_layers << ", as BEATs)\n\n"
+       "Training:\n"
+       "  --steps N            optimiser steps (default " << d.steps << ")\n"
+       "  --batch B            clips per batch (default " << d.batch_size << ")\n"
+       "  --crop-seconds S     random window per clip, shorter clips padded (default " << d.crop_seconds << ")\n"
+       "  --max-clip-seconds S longer files are read up to this length (default " << d.max_clip_seconds << ")\n"
+       "  --lr LR              peak learning rate (default " << d.adamw.lr << ")\n"
+       "  --warmup N           linear warm-up steps from 0 (default: 10% of --steps), then cosine decay\n"
+       "  --final-lr LR        learning rate reached at the last step (default 0)\n"
+       "  --weight-decay W     AdamW decoupled weight decay on weight matrices (default " << d.adamw.weight_decay << ")\n"
+       "  --clip-grad G        clip the global gradient norm to G (default " << d.max_grad_norm << "; 0: no clipping)\n"
+       "  --seed S             seeds the fresh tokenizer and estimator, data order, crops, dropout and the k-means\n"
+       "                       initialisation (default 0)\n\n"
+       "Running:\n"
+       "  --log-every N        a progress line every N steps (default " << d.log_every << "): step/total, loss and cosine\n"
+       "                       loss averaged since the last line, codes used and codebook perplexity over those\n"
+       "                       steps, learning rate, clips/s, elapsed, time left, share of time waiting for data\n"
+       "  --save-every N       checkpoint every N steps (default " << d.save_every << ") and at the end\n"
+       "  --threads N          compute threads (default: OpenMP's; OMP_NUM_THREADS)\n"
+       "  --workers N          background loading threads (default " << d.loader_workers << ")\n"
+       "  --cache DIR          fbank cache folder (reused across epochs and runs)\n"
+       "  --force              start over even when RUN_DIR holds a finished run or one with other options\n\n"
+       "Resuming: run the same command again. The run continues from checkpoint.safetensors and takes exactly the\n"
+       "steps it would have taken without the interruption; an interrupted run loses at most --save-every steps.\n"
+       "Ctrl-C saves a checkpoint before exiting (status 130). A finished run is refused unless --force.\n";
+  return u.str();
+}
+
+std::vector<std::string> split_list(const std::string& s) {
+  std::vector<std::string> out;
+  std::string cur;
+  for (char c : s) {
+    if (c == ',') {
+      if (!cur.empty()) out.push_back(cur);
+      cur.clear();
+    } else {
+      cur += c;
+    }
+  }
+  if (!cur.empty()) out.push_back(cur);
+  return out;
+}
+
+int run(int argc, char** argv) {
+  sonar::app::Args args(argc, argv,
+                        {"teacher", "data", "splits", "out", "init", "preset", "codes", "commitment",
+                         "estimator-layers", "steps", "batch", "crop-seconds", "max-clip-seconds", "lr", "warmup",
+                         "final-lr", "weight-decay", "clip-grad", "seed", "log-every", "save-every", "threads",
+                         "workers", "cache"},
+                        {"force"});
+  if (args.help()) {
+    std::printf("%s", usage().c_str());
+    return 0;
+  }
+  SONAR_CHECK(args.positional().empty(), "unexpected argument '", args.positional().empty() ? "" : args.positional()[0],
+              "' (see --help)");
+  SONAR_CHECK(!(args.has("init") && args.has("preset")), "give either --init or --preset, not both");
+  SONAR_CHECK(!(args.has("init") && args.has("codes")), "--codes sizes a fresh tokenizer's codebook; it cannot be "
+              "combined with --init (whose codebook is kept)");
+  sonar::method::TokenizerTrainOptions o;
+  o.teacher = args.require("teacher");
+  o.data = args.require("data");
+  o.out_dir = args.require("out");
+  o.splits = split_list(args.get("splits"));
+  o.init = args.get("init");
+  o.preset = args.get("preset", o.preset);
+  o.codes = args.get_int("codes", 0);
+  SONAR_CHECK(!args.has("codes") || o.codes >= 2, "--codes must be at least 2, got ", o.codes);
+  o.commitment_weight = static_cast<float>(args.get_double("commitment", o.commitment_weight));
+  o.estimator_layers = args.get_int("estimator-layers", o.estimator_layers);
+  o.steps = args.get_int("steps", o.steps);
+  o.batch_size = args.get_int("batch", o.batch_size);
+  o.crop_seconds = args.get_double("crop-seconds", o.crop_seconds);
+  o.max_clip_seconds = args.get_double("max-clip-seconds", std::max(o.max_clip_seconds, o.crop_seconds));
+  o.adamw.lr = static_cast<float>(args.get_double("lr", o.adamw.lr));
+  o.warmup_steps = args.get_int("warmup", -1);
+  SONAR_CHECK(!args.has("warmup") || o.warmup_steps >= 0, "--warmup must be >= 0, got ", o.warmup_steps);
+  o.final_lr = args.get_double("final-lr", 0.0);
+  o.adamw.weight_decay = static_cast<float>(args.get_double("weight-decay", o.adamw.weight_decay));
+  o.max_grad_norm = static_cast<float>(args.get_double("clip-grad", o.max_grad_norm));
+  SONAR_CHECK(o.max_grad_norm >= 0, "--clip-grad must be >= 0, got ", o.max_grad_norm);
+  const long long seed = args.get_int("seed", 0);
+  SONAR_CHECK(seed >= 0, "--seed must be >= 0, got ", seed);
+  o.seed = static_cast<uint64_t>(seed);
+  o.log_every = args.get_int("log-every", o.log_every);
+  o.save_every = args.get_int("save-every", o.save_every);
+  o.num_threads = static_cast<int>(args.get_int("threads", 0));
+  o.loader_workers = static_cast<int>(args.get_int("workers", o.loader_workers));
+  o.cache_dir = args.get("cache");
+  o.force = args.has("force");
+
+  g_stop.store(false);
+  o.stop = &g_stop;
+  std::signal(SIGINT, on_tokenizer_stop_signal);
+  std::signal(SIGTERM, on_tokenizer_stop_signal);
+  sonar::method::TokenizerTrainResult r = sonar::method::train_tokenizer(o);
+  std::signal(SIGINT, SIG_DFL);
+  std::signal(SIGTERM, SIG_DFL);
+  return r.stopped ? 130 : 0;
+}
+
+}  // namespace
+
+SONAR_COMMAND("train-tokenizer", "train a BEATs tokenizer by distilling a BEATs model (the tokenizer iteration)",
+              usage(), run);
