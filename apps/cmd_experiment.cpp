@@ -266,6 +266,9 @@ int run(int argc, char** argv) {
     const std::string plan_file = (fs::path(out) / "plan-demo.json").string();
     sonar::write_file_atomic(plan_file, j.dump(2) + "\n");
     plan = sonar::method::parse_plan(j, out, plan_file);
+    // `sonar train-tokenizer` ran in this process and may have reset the handlers: install them again.
+    std::signal(SIGINT, experiment_on_stop_signal);
+    std::signal(SIGTERM, experiment_on_stop_signal);
   }
   sonar::method::ExperimentOptions eo;
   eo.out_dir = out;
