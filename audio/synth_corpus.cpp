@@ -30,7 +30,7 @@ constexpr double kFadeSeconds = 0.01;       // raised-cosine fade in and out of 
 constexpr double kMaxPartialFraction = 0.45;  // no partial above 0.45 x sample rate (stays below Nyquist)
 constexpr double kTestFraction = 0.15;      // share of groups per class in test, and in val
 constexpr double kValFraction = 0.15;
-constexpr int kStampVersion = 1;            // bump when the signal models change, so old corpora rebuild
+constexpr int kStampVersion = 2;            // bump when the signal models or manifests change, so old corpora rebuild
 const char* const kLicense = "CC0-1.0";
 const char* const kSource = "synthetic";
 
@@ -399,6 +399,7 @@ struct Component {  // one rendered source of a clip
 struct PlannedClip {
   std::string manifest;  // "music.csv"
   std::string path, label, split, group;
+  std::string fine_label;  // prior pool: the classes of its sources, "domain:class" (';'-joined)
   std::vector<Component> parts;
   std::vector<double> part_gains;
   double level = 1;  // peak level of a mixture (single sources keep their own)
@@ -480,6 +481,7 @@ std::vector<PlannedClip> plan_corpus(const SynthCorpusOptions& o, int64_t prior_
       pc.parts.push_back({d, c, mix_seed(s, 2 * j + 1), mix_seed(s, 2 * j + 2)});
       pc.part_gains.push_back(j == 0 ? 1.0 : std::pow(10.0, -rng.uniform(0, 10) / 20));
       pc.label += (j ? ";" : "") + domains[d].name;
+      pc.fine_label += (j ? ";" : "") + domains[d].name + ":" + domains[d].classes[c];
     }
     pc.level = rng.uniform(kMinLevel, kMaxLevel);
     plan.push_back(std::move(pc));
@@ -624,10 +626,13 @@ SynthCorpusResult build_synth_corpus(const std::string& out_dir, const SynthCorp
   std::vector<std::string> names;
   for (const auto& d : synth_domains()) names.push_back(d.name + ".csv");
   names.push_back("prior.csv");
+  names.push_back("prior_fine.csv");
   for (const auto& n : names) res.manifests.push_back((out / n).string());
   res.manifests.push_back((out / "tasks.csv").string());
-  for (const auto& pc : plan)
+  for (const auto& pc : plan) {
     for (const auto& l : split_labels(pc.label)) res.counts[pc.manifest][l][pc.split] += 1;
+    for (const auto& l : split_labels(pc.fine_label)) res.counts["prior_fine.csv"][l][pc.split] += 1;
+  }
 
   bool complete = read_text(stamp_path) == stamp.str();
   for (size_t i = 0; complete && i < res.manifests.size(); ++i) complete = fs::exists(res.manifests[i]);
@@ -662,6 +667,10 @@ SynthCorpusResult build_synth_corpus(const std::string& out_dir, const SynthCorp
     fs::create_directories(file.parent_path(), ec);
     SONAR_CHECK(!ec, "synth corpus: cannot create folder ", file.parent_path().string(), ": ", ec.message());
     synth_write_wav(file.string(), render_planned(pc, o.seconds, o.sample_rate), o.sample_rate, o.float_wav);
+    if (!pc.fine_label.empty())
+      manifests["prior_fine.csv"] << synth_csv_field(pc.path) << ',' << synth_csv_field(pc.fine_label) << ','
+                                  << pc.split << ',' << synth_csv_field(pc.group) << ',' << kSource << ',' << kLicense
+                                  << '\n';
     manifests[pc.manifest] << synth_csv_field(pc.path) << ',' << synth_csv_field(pc.label) << ',' << pc.split << ','
                            << synth_csv_field(pc.group) << ',' << kSource << ',' << kLicense << '\n';
     ++res.clips_written;
@@ -673,6 +682,7 @@ SynthCorpusResult build_synth_corpus(const std::string& out_dir, const SynthCorp
   tasks << "task,manifest,type,splits\n";
   for (const auto& d : synth_domains()) tasks << d.name << ',' << d.name << ".csv,multiclass,train;val;test\n";
   tasks << "prior,prior.csv,multilabel,train;val;test\n";
+  tasks << "prior_fine,prior_fine.csv,multilabel,train;val;test\n";
   write_text_atomic(out / "tasks.csv", tasks.str());
   write_text_atomic(stamp_path, stamp.str());
   return res;

@@ -59,15 +59,16 @@ struct SynthCorpusOptions {
 using SynthCounts = std::map<std::string, std::map<std::string, std::map<std::string, int64_t>>>;
 
 struct SynthCorpusResult {
-  std::vector<std::string> manifests;  // paths of the task manifests, then prior.csv, then tasks.csv
+  std::vector<std::string> manifests;  // paths of the task manifests, then prior.csv, prior_fine.csv, tasks.csv
   SynthCounts counts;
   int64_t clips_written = 0;  // 0 when up to date
   bool up_to_date = false;    // the stamp matched and every listed file existed, so nothing was written
 };
 
 // Builds the corpus into `out_dir` (created if needed): <domain>/<class>/*.wav, prior/*.wav, one manifest per
-// domain, prior.csv (multi-label: ';'-joined domain names of the mixed sources) and tasks.csv (task, manifest,
-// type, splits). Splits are train/val/test assigned per class by group, so no source is on two sides.
+// domain, prior.csv (multi-label: ';'-joined domain names of the mixed sources), prior_fine.csv (the same clips
+// labelled with the classes of their sources, "domain:class", 16 labels: the fine prior task that forgetting is
+// measured on, as AudioSet's 527 classes are) and tasks.csv (task, manifest, type, splits). Splits are train/val/test assigned per class by group, so no source is on two sides.
 // Every file is written to a temporary name and renamed. A stamp file records the options; a second call with
 // the same options finds it and writes nothing, a changed option or a missing file rebuilds. `progress`, when
 // given, receives one line per finished domain.

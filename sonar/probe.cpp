@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <limits>
 #include <map>
+#include <mutex>
 #include <numeric>
 #include <set>
 #include <tuple>
@@ -18,6 +19,7 @@
 #include "autograd/optim.h"
 #include "nn/beats/checkpoint.h"
 #include "sonar/trainer.h"
+#include "tensor/creation.h"
 #include "tensor/index.h"
 #include "tensor/random.h"
 #include "tensor/reduce.h"
@@ -127,26 +129,35 @@ double mean_average_precision(const Tensor& scores, const Tensor& targets, int64
 // ---- features ----
 
 Tensor clip_features(beats::BeatsBackbone& model, const audio::Dataset& ds, const ProbeFeatureOptions& o,
-                     const std::function<void(int64_t, int64_t)>& progress) {
+                     const std::function<void(int64_t, int64_t)>& progress, FeatureSkips* skipped) {
   const int64_t L = model.cfg.encoder_layers;
   SONAR_CHECK(o.layer >= 0 && o.layer <= L, "layer ", o.layer, " outside [0, ", L, "] (0 = the last block)");
   SONAR_CHECK(ds.size() > 0, "clip_features: ", ds.origin, " has no clips");
   SONAR_CHECK(o.max_seconds > 0, "clip_features: max_seconds must be positive, got ", o.max_seconds);
+  FeatureSkips local;
+  FeatureSkips& sk = skipped ? *skipped : local;
+  sk = FeatureSkips();
   audio::LoaderOptions lo;
   lo.batch_size = std::max<int64_t>(1, o.batch_size);
   lo.crop = audio::CropMode::Full;
   lo.clip_seconds = o.max_seconds;
   lo.shuffle = false;
-  lo.strict = true;
+  lo.strict = false;  // a bad clip is recorded and the others still computed
   lo.num_workers = o.workers;
   lo.keep_waveforms = false;
   lo.cache_dir = o.cache_dir;
-  lo.min_seconds = ((model.cfg.input_patch_size - 1) * 160 + 400) / 16000.0;  // one patch
+  // lo.min_seconds stays at one fbank frame: shorter clips are padded to one patch below.
+  std::mutex bad_mutex;
+  lo.on_bad_file = [&](const std::string& path, const std::string& reason) {
+    std::lock_guard<std::mutex> lock(bad_mutex);
+    sk.reasons.emplace_back(path, reason);
+  };
   audio::DataLoader loader(ds, lo);
 
-  const int64_t N = ds.size(), C = model.cfg.encoder_embed_dim;
-  Tensor feats = Tensor::empty({N, C});
+  const int64_t N = ds.size(), C = model.cfg.encoder_embed_dim, patch = model.cfg.input_patch_size;
+  Tensor feats = zeros({N, C});
   float* out = feats.data<float>();
+  std::vector<uint8_t> seen(static_cast<size_t>(N), 0);
   const bool was_training = model.is_training();
   model.eval();
   ag::NoGradGuard no_grad;
@@ -156,9 +167,45 @@ Tensor clip_features(beats::BeatsBackbone& model, const audio::Dataset& ds, cons
   int64_t done = 0;
   try {
     while (auto b = loader.next()) {
-      beats::Features f = model.forward_fbank(ag::Var(b->fbank), b->frame_mask, fo);
+      // Clips with fewer real frames than one patch: extend the batch to at least one patch of frames and mark
+      // the first `patch` frames of such a clip as real (the frames past its end are zeros, the normalised
+      // mean level), so exact padding keeps that one patch.
+      Tensor fbank = b->fbank, mask = b->frame_mask;
+      const int64_t B = fbank.size(0), T = fbank.size(1), F = fbank.size(2);
+      std::vector<int64_t> real_frames(static_cast<size_t>(B), T);
+      if (mask.defined()) {
+        const Tensor mc = mask.contiguous();
+        const uint8_t* mp = mc.bytes();
+        for (int64_t i = 0; i < B; ++i) {
+          int64_t r = 0;
+          for (int64_t t = 0; t < T; ++t) r += mp[i * T + t] ? 0 : 1;
+          real_frames[i] = r;
+        }
+      }
+      bool any_short = false;
+      for (int64_t r : real_frames) any_short = any_short || r < patch;
+      if (any_short) {
+        const int64_t T2 = std::max(T, patch);
+        Tensor f2 = zeros({B, T2, F});
+        Tensor m2 = zeros({B, T2}, DType::Bool);
+        const Tensor fc = fbank.contiguous();
+        const Tensor mc = mask.defined() ? mask.contiguous() : Tensor();
+        for (int64_t i = 0; i < B; ++i) {
+          std::copy(fc.data<float>() + i * T * F, fc.data<float>() + (i + 1) * T * F, f2.data<float>() + i * T2 * F);
+          uint8_t* mrow = m2.bytes() + i * T2;
+          if (real_frames[i] >= patch) {  // unchanged; the added frames are padding
+            for (int64_t t = 0; t < T2; ++t) mrow[t] = t < T ? (mc.defined() ? mc.bytes()[i * T + t] : 0) : 1;
+          } else {  // one real patch
+            for (int64_t t = 0; t < T2; ++t) mrow[t] = t < patch ? 0 : 1;
+            ++sk.padded;
+          }
+        }
+        fbank = f2;
+        mask = m2;
+      }
+      beats::Features f = model.forward_fbank(ag::Var(fbank), mask, fo);
       const Tensor x = f.x.value().contiguous();  // [B, P, C]
-      const int64_t B = x.size(0), P = x.size(1);
+      const int64_t P = x.size(1);
       const Tensor pad = f.padding_mask.defined() ? f.padding_mask.contiguous() : Tensor();
       const uint8_t* pm = pad.defined() ? pad.bytes() : nullptr;
       const float* xp = x.data<float>();
@@ -173,6 +220,7 @@ Tensor clip_features(beats::BeatsBackbone& model, const audio::Dataset& ds, cons
         }
         SONAR_CHECK(real > 0, b->paths[i], ": no unpadded patch to pool");
         float* dst = out + b->indices[i] * C;
+        seen[static_cast<size_t>(b->indices[i])] = 1;
         for (int64_t c = 0; c < C; ++c) dst[c] = static_cast<float>(acc[c] / static_cast<double>(real));
       }
       done += B;
@@ -183,7 +231,17 @@ Tensor clip_features(beats::BeatsBackbone& model, const audio::Dataset& ds, cons
     throw;
   }
   model.train(was_training);
-  SONAR_CHECK(done == N, "clip_features: ", done, " of ", N, " clips were loaded");
+  for (int64_t i = 0; i < N; ++i)
+    if (!seen[static_cast<size_t>(i)]) sk.items.push_back(i);
+  SONAR_CHECK(static_cast<int64_t>(sk.items.size()) == static_cast<int64_t>(sk.reasons.size()), "clip_features: ",
+              N - done, " of ", N, " clips are missing but ", sk.reasons.size(), " were reported bad");
+  if (!skipped && !sk.items.empty()) {
+    std::string first;
+    for (size_t k = 0; k < std::min<size_t>(3, sk.reasons.size()); ++k)
+      first += (k ? "; " : "") + sk.reasons[k].first + ": " + sk.reasons[k].second;
+    SONAR_FAIL(ds.origin, ": ", sk.items.size(), " of ", N, " clips cannot be used (", first,
+               sk.reasons.size() > 3 ? "; ..." : "", ")");
+  }
   return feats;
 }
 
@@ -469,6 +527,10 @@ nlohmann::json ProbeReport::to_json() const {
   j["blocks"] = blocks;
   j["feature_dim"] = feature_dim;
   j["dropped_unlabelled"] = dropped;
+  j["padded_short_clips"] = padded;
+  nlohmann::json sk = nlohmann::json::array();
+  for (const auto& [path, reason] : skipped) sk.push_back({{"path", path}, {"reason", reason}});
+  j["skipped_clips"] = sk;
   if (multi_label) {
     j["test_mAP"] = test.mAP;
     j["val_mAP"] = val.mAP;
@@ -610,6 +672,7 @@ ProbeReport run_probe(const ProbeOptions& o) {
 
   const auto t0 = std::chrono::steady_clock::now();
   auto last_report = t0;
+  FeatureSkips skips;
   Tensor feats = clip_features(*model, ds, o.features, [&](int64_t done, int64_t total) {
     const auto now = std::chrono::steady_clock::now();
     if (done < total && std::chrono::duration<double>(now - last_report).count() >= kFeatureReportSeconds) {
@@ -621,12 +684,31 @@ ProbeReport run_probe(const ProbeOptions& o) {
       log(line);
       last_report = now;
     }
-  });
+  }, &skips);
   rep.feature_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   char buf[160];
   std::snprintf(buf, sizeof buf, "features: %lld clips in %.1f s", static_cast<long long>(ds.size()),
                 rep.feature_seconds);
   log(buf);
+  rep.padded = skips.padded;
+  rep.skipped = skips.reasons;
+  if (skips.padded > 0)
+    log("features: " + std::to_string(skips.padded) + " clips shorter than one patch (" +
+        std::to_string(model->cfg.input_patch_size) + " frames) were padded to one");
+  if (!skips.items.empty()) {
+    // Every clip that could not be used is listed, and the others are evaluated without it.
+    log("features: " + std::to_string(skips.items.size()) + " of " + std::to_string(ds.size()) +
+        " clips cannot be used and are left out:");
+    for (const auto& [path, reason] : skips.reasons) log("  skipped " + path + ": " + reason);
+    const std::set<int64_t> bad(skips.items.begin(), skips.items.end());
+    for (auto& p : plans)
+      for (auto* v : {&p.train, &p.val, &p.test})
+        v->erase(std::remove_if(v->begin(), v->end(), [&](int64_t i) { return bad.count(i) > 0; }), v->end());
+    for (const auto& p : plans) {
+      SONAR_CHECK(!p.train.empty(), o.data, ": no usable training clips when '", p.test_split, "' is the test split");
+      SONAR_CHECK(!p.test.empty(), o.data, ": no usable test clips in split '", p.test_split, "'");
+    }
+  }
 
   Tensor targets;
   if (rep.multi_label) {

@@ -50,11 +50,23 @@ struct ProbeFeatureOptions {
   std::string cache_dir;     // fbank cache ("" = none)
 };
 
+// Clips clip_features could not use, and the short ones it padded.
+struct FeatureSkips {
+  std::vector<int64_t> items;                               // dataset indices of skipped clips, ascending
+  std::vector<std::pair<std::string, std::string>> reasons;  // (path, reason), in the order they were found
+  int64_t padded = 0;  // clips shorter than one patch (16 frames, 0.175 s), padded to one patch
+};
+
 // Mean-pooled features float32 [N, C] of every item of `ds`, in order, computed in eval mode without gradients
-// (the model's mode is restored). A clip that cannot be read is an error naming it. `progress` (optional) gets
-// the number of clips done after each batch.
+// (the model's mode is restored). A clip shorter than one patch (but at least one fbank frame) is padded to one
+// patch: its missing frames are zeros of the normalised fbank (the mean level) and count as real, so it
+// pools over that one patch instead of having none. A clip that cannot be read or has no full fbank frame is
+// skipped: with `skipped` given, it is recorded there (its row is zero) and every other clip is still
+// computed; without it, the whole set is read and then one error names how many failed and the first few.
+// `progress` (optional) gets the number of clips done after each batch.
 Tensor clip_features(beats::BeatsBackbone& model, const audio::Dataset& ds, const ProbeFeatureOptions& opts,
-                     const std::function<void(int64_t done, int64_t total)>& progress = {});
+                     const std::function<void(int64_t done, int64_t total)>& progress = {},
+                     FeatureSkips* skipped = nullptr);
 
 // ---- the classifier ----
 
@@ -119,6 +131,8 @@ struct ProbeReport {
   std::vector<std::string> classes;
   int64_t layer = 0, blocks = 0, feature_dim = 0;
   int64_t dropped = 0;            // clips without a usable label (single-label tasks), left out
+  int64_t padded = 0;             // clips shorter than one patch, padded to one (see clip_features)
+  std::vector<std::pair<std::string, std::string>> skipped;  // unreadable or empty clips, left out (path, reason)
   std::vector<FoldResult> folds;  // one for train/val/test manifests
   SplitMetrics test, val;         // means over the folds
   double feature_seconds = 0.0;

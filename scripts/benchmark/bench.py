@@ -301,6 +301,103 @@ def ber(a, b, max_shift=3):
     return best
 
 
+
+# Excerpts: a clip that is a piece of another recording (e.g. the first 1.4 s of a longer file shipped under a
+# second name) has a fingerprint of another length, so the fingerprint comparison above misses it. The
+# loudness envelope (log energy per 50 ms) of the shorter clip is slid along the longer one's; a window with a
+# Pearson correlation of at least EXCERPT_MIN_ENV_CORR is then checked on the waveforms (normalised
+# correlation at the best sample shift near that window). Compared: clips of one label whose first clip
+# holds at least EXCERPT_MIN_SECONDS with some envelope structure (a flat envelope, e.g. steady noise, says
+# nothing and is not compared).
+EXCERPT_FRAME = 800               # samples per envelope frame (50 ms at 16 kHz)
+EXCERPT_MIN_SECONDS = 0.5
+EXCERPT_MIN_ENV_STD = 0.05        # log10 energy units (0.5 dB): below this the envelope is flat
+EXCERPT_MIN_ENV_CORR = 0.95
+EXCERPT_MIN_WAVE_CORR = 0.9       # measured: crickets2 vs the first 1.40 s of crickets1 correlate at 0.988
+EXCERPT_WAVE_SAMPLES = 4000       # samples compared per waveform check (0.25 s from the middle of the clip)
+
+
+def read_pcm16(path):
+    """Mono 16-bit samples of a WAV file as a list of ints (None when unreadable or another format)."""
+    import array
+    import wave
+    try:
+        with wave.open(path, "rb") as w:
+            if w.getsampwidth() != 2 or w.getnchannels() != 1:
+                return None
+            data = array.array("h", w.readframes(w.getnframes()))
+    except (OSError, EOFError, wave.Error):
+        return None
+    if sys.byteorder == "big":
+        data.byteswap()
+    return data
+
+
+def envelope(samples):
+    env = []
+    for s in range(0, len(samples) - EXCERPT_FRAME + 1, EXCERPT_FRAME):
+        e = sum(x * x for x in samples[s:s + EXCERPT_FRAME]) / EXCERPT_FRAME
+        env.append(math.log10(e + 1.0))
+    return env
+
+
+def pearson(a, b):
+    n = len(a)
+    ma, mb = sum(a) / n, sum(b) / n
+    sab = sum((x - ma) * (y - mb) for x, y in zip(a, b))
+    saa = sum((x - ma) ** 2 for x in a)
+    sbb = sum((y - mb) ** 2 for y in b)
+    return sab / math.sqrt(saa * sbb) if saa > 0 and sbb > 0 else 0.0
+
+
+def std(v):
+    m = sum(v) / len(v)
+    return math.sqrt(sum((x - m) ** 2 for x in v) / len(v))
+
+
+def excerpt_of(short, long_, env_s, env_l):
+    """True when the samples `short` appear inside `long_` (same recording, possibly another gain)."""
+    m = len(env_s)
+    best, best_o = -1.0, 0
+    for o in range(0, len(env_l) - m + 1):
+        c = pearson(env_s, env_l[o:o + m])
+        if c > best:
+            best, best_o = c, o
+    if best < EXCERPT_MIN_ENV_CORR:
+        return False
+    n = min(EXCERPT_WAVE_SAMPLES, len(short))
+    start = (len(short) - n) // 2
+    probe = short[start:start + n]
+    centre = best_o * EXCERPT_FRAME + start
+    for shift in range(max(0, centre - EXCERPT_FRAME), min(len(long_) - n, centre + EXCERPT_FRAME) + 1):
+        if pearson(probe, long_[shift:shift + n]) >= EXCERPT_MIN_WAVE_CORR:
+            return True
+    return False
+
+
+def find_excerpts(clips):
+    """clips: {key: (label, samples)}. Returns [(short_key, long_key)] for every clip found inside another."""
+    envs = {}
+    for k, (label, samples) in clips.items():
+        if samples is None or len(samples) < EXCERPT_MIN_SECONDS * 16000:
+            continue
+        env = envelope(samples)
+        if len(env) >= 2 and std(env) >= EXCERPT_MIN_ENV_STD:
+            envs[k] = env
+    by_label = collections.defaultdict(list)
+    for k in envs:
+        by_label[clips[k][0]].append(k)
+    found = []
+    for label, keys in by_label.items():
+        for i in keys:
+            for j in keys:
+                if i == j or len(clips[i][1]) > len(clips[j][1]) or (len(clips[i][1]) == len(clips[j][1]) and i > j):
+                    continue
+                if excerpt_of(clips[i][1], clips[j][1], envs[i], envs[j]):
+                    found.append((i, j))
+    return found
+
+
 class Union:
     def __init__(self):
         self.p = {}
@@ -371,6 +468,18 @@ def finish(a):
             continue
         if shared >= 2 and ber(fps[i], fps[j]) < (a.max_ber_short if short else a.max_ber):
             uf.join(i, j)
+    # Excerpts (see find_excerpts), within each task.
+    by_task_clips = collections.defaultdict(dict)
+    for n, it in enumerate(items):
+        if not it["source"].startswith("synthetic"):
+            by_task_clips[it["task"]][n] = (it["label"], read_pcm16(os.path.join(out, it["clips"][0])))
+    excerpts = 0
+    for task, clips in by_task_clips.items():
+        for i, j in find_excerpts(clips):
+            if uf.find(i) != uf.find(j):
+                excerpts += 1
+            uf.join(i, j)
+    print("excerpts of other recordings found: %d" % excerpts)
     clusters = collections.defaultdict(list)
     for n in range(len(items)):
         clusters[uf.find(n)].append(n)
@@ -434,6 +543,7 @@ def finish(a):
             it["split"] = split[it["group"]]
     # Manifests.
     counts = collections.defaultdict(collections.Counter)  # (task, label) -> split -> clips
+    manifest_rows = 0  # audio files listed (a clip with two labels is one row)
     for task in TASK_ORDER:
         rows = []
         for it in by_task.get(task, []):
@@ -442,6 +552,7 @@ def finish(a):
                 for l in it["label"].split(";"):
                     counts[(task, l)][it["split"]] += 1
         rows.sort()
+        manifest_rows += len(rows)
         buf = []
         w = csv.writer(_Sink(buf), lineterminator="\n")
         w.writerow(["path", "label", "split", "group", "source", "license"])
@@ -505,8 +616,10 @@ def finish(a):
     if diffs:
         print("WARNING: %d class counts differ from %s (package or tool changed? review, then copy counts.csv "
               "there)" % (diffs, exp_path))
-    info = {"size": a.size, "seed": a.seed, "clips": sum(sum(c.values()) for (t, l), c in counts.items()
-                                                        if True)}
+    # "clips": manifest rows (audio files); "clip_labels": (clip, label) pairs, as the per-class counts count
+    # them (a prior clip with two labels counts twice there).
+    info = {"size": a.size, "seed": a.seed, "clips": manifest_rows,
+            "clip_labels": sum(sum(c.values()) for (t, l), c in counts.items())}
     write_atomic(os.path.join(out, "build_summary.json"), json.dumps(info, indent=1) + "\n")
     if errors:
         for e in errors:

@@ -38,7 +38,8 @@ TEST(CmdSynthCorpus, BuildsPrintsCountsAndIsIdempotent) {
   for (const char* m : {"music.csv", "birds.csv", "noise.csv", "speech.csv"})
     EXPECT_EQ(count_lines(fs::path(dir) / m), 1 + 4 * 3) << m;  // header + 4 classes x 3 clips
   EXPECT_EQ(count_lines(fs::path(dir) / "prior.csv"), 1 + 5);
-  EXPECT_EQ(count_lines(fs::path(dir) / "tasks.csv"), 1 + 5);
+  EXPECT_EQ(count_lines(fs::path(dir) / "tasks.csv"), 1 + 6);
+  EXPECT_EQ(count_lines(fs::path(dir) / "prior_fine.csv"), 1 + 5);
   // One line per class with one clip in each split (3 clips, 3 groups).
   EXPECT_NE(r.out.find("birds.csv  trill                1       1       1"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find(": 53 clips written"), std::string::npos) << r.out;

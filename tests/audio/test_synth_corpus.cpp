@@ -241,7 +241,7 @@ TEST(SynthCorpus, ManifestsAreWellFormedAndSplitByGroup) {
   o.clips_per_class = 7;
   o.prior_clips = 9;
   auto res = sonar::audio::build_synth_corpus(dir, o);
-  ASSERT_EQ(res.manifests.size(), 6u);
+  ASSERT_EQ(res.manifests.size(), 7u);
   EXPECT_EQ(res.clips_written, 16 * 7 + 9);
   const std::set<std::string> splits = {"train", "val", "test"};
   std::set<std::string> all_paths;
@@ -292,9 +292,28 @@ TEST(SynthCorpus, ManifestsAreWellFormedAndSplitByGroup) {
     EXPECT_TRUE(n == 1 || n == 2) << prior[r][1];
     EXPECT_TRUE(all_paths.insert(prior[r][0]).second);
   }
+  // The fine prior task: the same clips and splits, each source's "domain:class", in the order of prior.csv.
+  auto fine = read_csv(fs::path(dir) / "prior_fine.csv");
+  ASSERT_EQ(fine.size(), prior.size());
+  for (size_t r = 1; r < fine.size(); ++r) {
+    EXPECT_EQ(fine[r][0], prior[r][0]);
+    EXPECT_EQ(fine[r][2], prior[r][2]);
+    std::stringstream coarse(prior[r][1]), labels(fine[r][1]);
+    for (std::string c, l; std::getline(coarse, c, ';');) {
+      ASSERT_TRUE(static_cast<bool>(std::getline(labels, l, ';'))) << fine[r][1];
+      const size_t colon = l.find(':');
+      ASSERT_NE(colon, std::string::npos) << l;
+      EXPECT_EQ(l.substr(0, colon), c);
+      bool known = false;
+      for (const auto& d : sonar::audio::synth_domains())
+        for (const auto& k : d.classes) known |= d.name == c && k == l.substr(colon + 1);
+      EXPECT_TRUE(known) << l;
+    }
+  }
   auto tasks = read_csv(fs::path(dir) / "tasks.csv");
-  ASSERT_EQ(tasks.size(), 6u);
+  ASSERT_EQ(tasks.size(), 7u);
   EXPECT_EQ(tasks[5], (std::vector<std::string>{"prior", "prior.csv", "multilabel", "train;val;test"}));
+  EXPECT_EQ(tasks[6], (std::vector<std::string>{"prior_fine", "prior_fine.csv", "multilabel", "train;val;test"}));
   // Every file is a 16 kHz mono WAV of the requested length.
   SF_INFO info{};
   SNDFILE* f = sf_open((fs::path(dir) / *all_paths.begin()).c_str(), SFM_READ, &info);

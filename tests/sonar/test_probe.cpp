@@ -11,7 +11,9 @@
 #include <fstream>
 #include <string>
 
+#include "audio/loader.h"
 #include "audio/synth_corpus.h"
+#include "nn/beats/beats.h"
 #include "nn/beats/checkpoint.h"
 #include "sonar/probe.h"
 #include "sonar/trainer.h"
@@ -233,5 +235,97 @@ TEST(RunProbe, SplitsFoldsAndReport) {
   o.data = dir + "/noise.csv";
   o.features.layer = 3;
   EXPECT_THROW(run_probe(o), Error);
+  fs::remove_all(dir);
+}
+
+// A clip shorter than one patch is padded to one patch (its features equal the model's output on its
+// normalised fbank extended with zero frames), and clips that cannot be read are listed and left out while
+// every other clip is evaluated.
+TEST(RunProbe, ShortClipsArePaddedAndBadClipsListed) {
+  constexpr double kPaddedTolerance = 1e-5;  // same forward pass, batch of one vs batch of several
+  const std::string dir = tmp("short");
+  audio::SynthCorpusOptions co;
+  co.clips_per_class = 6;
+  co.prior_clips = 3;
+  co.seconds = 1.0;
+  co.seed = 4;
+  audio::build_synth_corpus(dir, co);
+  // 0.1 s (1600 samples: 8 fbank frames, half a patch) of a hiss clip, as the Debian benchmark's shortest clips.
+  const audio::SynthClip hiss = audio::synth_render("noise", "hiss", 1, 2, 0.1);
+  audio::synth_write_wav(dir + "/short.wav", hiss.samples, 16000, false);
+  { std::ofstream(dir + "/broken.wav") << "not a wav file"; }
+  {
+    std::ifstream in(dir + "/noise.csv");
+    std::ofstream out(dir + "/mixed.csv");
+    std::string line;
+    while (std::getline(in, line)) out << line << "\n";
+    out << "short.wav,hiss,test,gshort,synthetic,CC0-1.0\n"
+        << "broken.wav,hiss,train,gbroken,synthetic,CC0-1.0\n"
+        << "missing.wav,rumble,test,gmissing,synthetic,CC0-1.0\n";
+  }
+  ProbeOptions o;
+  o.preset = "tiny";
+  o.data = dir + "/mixed.csv";
+  std::vector<std::string> lines;
+  o.log = [&](const std::string& l) { lines.push_back(l); };
+  const ProbeReport r = run_probe(o);
+  EXPECT_EQ(r.padded, 1);
+  ASSERT_EQ(r.skipped.size(), 2u);
+  std::string all;
+  for (const auto& l : lines) all += l + "\n";
+  EXPECT_NE(all.find("2 of 27 clips cannot be used"), std::string::npos) << all;
+  EXPECT_NE(all.find("skipped " + dir + "/broken.wav"), std::string::npos) << all;
+  EXPECT_NE(all.find("skipped " + dir + "/missing.wav"), std::string::npos) << all;
+  EXPECT_NE(all.find("1 clips shorter than one patch"), std::string::npos) << all;
+  ASSERT_EQ(r.folds.size(), 1u);
+  EXPECT_EQ(r.folds[0].train + r.folds[0].val + r.folds[0].test, 25);  // 24 + the short clip
+  EXPECT_EQ(r.to_json().at("skipped_clips").size(), 2u);
+
+  // The short clip's features by hand: its normalised fbank, zero frames up to one patch, no mask.
+  Generator gen(0);
+  beats::BeatsModel model(preset_config("tiny"), &gen);
+  audio::Dataset one = audio::read_source(dir + "/mixed.csv");
+  std::vector<int64_t> idx;
+  for (int64_t i = 0; i < one.size(); ++i)
+    if (one.items[i].path.find("short.wav") != std::string::npos || i < 3) idx.push_back(i);
+  one = one.subset(idx);  // three ordinary clips and the short one, in one batch
+  ProbeFeatureOptions fo;
+  fo.batch_size = 8;
+  FeatureSkips sk;
+  const Tensor feats = clip_features(model, one, fo, {}, &sk);
+  EXPECT_EQ(sk.padded, 1);
+  EXPECT_TRUE(sk.items.empty());
+  audio::LoaderOptions lo;
+  lo.crop = audio::CropMode::Full;
+  const audio::LoadedClip lc = audio::load_clip(dir + "/short.wav", lo);
+  const int64_t T = lc.fbank.size(0), F = lc.fbank.size(1);
+  ASSERT_LT(T, 16);
+  Tensor fb = Tensor::empty({1, 16, F});
+  for (int64_t t = 0; t < 16; ++t)
+    for (int64_t f = 0; f < F; ++f)
+      fb.data<float>()[t * F + f] =
+          t < T ? static_cast<float>((lc.fbank.data<float>()[t * F + f] - audio::kBeatsFbankMean) /
+                                     (2 * audio::kBeatsFbankStd))
+                : 0.0f;
+  model.eval();
+  ag::NoGradGuard ng;
+  beats::FeatureOptions bo;
+  bo.padding = beats::PaddingMode::Exact;
+  const Tensor x = model.forward_fbank(ag::Var(fb), Tensor(), bo).x.value().contiguous();  // [1, P, C]
+  const int64_t P = x.size(1), C = x.size(2);
+  const int64_t row = 3;  // the short clip is the last of the subset
+  for (int64_t c = 0; c < C; ++c) {
+    double m = 0;
+    for (int64_t p = 0; p < P; ++p) m += x.data<float>()[p * C + c];
+    EXPECT_NEAR(feats.data<float>()[row * C + c], m / P, kPaddedTolerance) << c;
+  }
+  // Without a skip list, bad clips are one error counting them all.
+  audio::Dataset mixed = audio::read_source(dir + "/mixed.csv");
+  try {
+    clip_features(model, mixed, fo);
+    ADD_FAILURE() << "bad clips accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("2 of 27 clips cannot be used"), std::string::npos) << e.what();
+  }
   fs::remove_all(dir);
 }

@@ -1,0 +1,1040 @@
+// Experiment grids (see sonar/experiment.h): plan parsing and validation, the grid runner with reuse and
+// resume, probe caching, results aggregation and the figures. Not the training loop, the method or the probe
+// protocol themselves.
+#include "sonar/experiment.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <limits>
+#include <set>
+#include <sstream>
+#include <tuple>
+
+#include "sonar/method.h"
+#include "sonar/plot.h"
+#include "sonar/probe.h"
+#include "sonar/trainer.h"
+#include "tensor/error.h"
+#include "tensor/io.h"
+
+namespace sonar::method {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+namespace {
+
+constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
+constexpr const char* kGridRunFile = "grid_run.json";
+constexpr const char* kStartName = "start";
+constexpr const char* kResultsHeader = "domain,method,seed,task,role,test_clips,accuracy,macro_f1,mAP,score";
+
+// ---- plan parsing ----
+
+void check_keys(const json& j, const std::set<std::string>& allowed, const std::string& where) {
+  SONAR_CHECK(j.is_object(), where, ": expected a JSON object");
+  for (const auto& [k, v] : j.items()) {
+    std::string list;
+    for (const auto& a : allowed) list += (list.empty() ? "" : ", ") + a;
+    SONAR_CHECK(allowed.count(k), where, ": unknown key '", k, "' (known: ", list, ")");
+  }
+}
+
+std::string get_string(const json& j, const std::string& key, const std::string& where, bool required,
+                       const std::string& fallback = "") {
+  if (!j.contains(key)) {
+    SONAR_CHECK(!required, where, ": missing '", key, "'");
+    return fallback;
+  }
+  SONAR_CHECK(j[key].is_string(), where, ": '", key, "' must be a string");
+  return j[key].get<std::string>();
+}
+
+std::vector<std::string> get_strings(const json& j, const std::string& key, const std::string& where) {
+  std::vector<std::string> out;
+  if (!j.contains(key)) return out;
+  SONAR_CHECK(j[key].is_array(), where, ": '", key, "' must be a list of strings");
+  for (const auto& v : j[key]) {
+    SONAR_CHECK(v.is_string(), where, ": '", key, "' must be a list of strings");
+    out.push_back(v.get<std::string>());
+  }
+  return out;
+}
+
+template <class T>
+T get_number(const json& j, const std::string& key, const std::string& where, T fallback) {
+  if (!j.contains(key)) return fallback;
+  SONAR_CHECK(j[key].is_number(), where, ": '", key, "' must be a number");
+  const double d = j[key].get<double>();
+  if constexpr (std::is_integral_v<T>)
+    SONAR_CHECK(std::floor(d) == d, where, ": '", key, "' must be a whole number, got ", d);
+  return static_cast<T>(d);
+}
+
+// A flag value as the command line would give it: strings as they are, numbers printed, booleans as 0/1.
+std::string flag_value(const json& v, const std::string& where, const std::string& key) {
+  if (v.is_string()) return v.get<std::string>();
+  if (v.is_number_integer()) return std::to_string(v.get<int64_t>());
+  if (v.is_number()) {
+    char b[40];
+    std::snprintf(b, sizeof b, "%.17g", v.get<double>());
+    return b;
+  }
+  if (v.is_array()) {
+    std::string s;
+    for (const auto& e : v) s += (s.empty() ? "" : ",") + flag_value(e, where, key);
+    return s;
+  }
+  SONAR_FAIL(where, ": flag '", key, "' must be a string, a number or a list");
+}
+
+std::map<std::string, std::string> get_flags(const json& j, const std::string& where) {
+  std::map<std::string, std::string> out;
+  if (j.is_null()) return out;
+  SONAR_CHECK(j.is_object(), where, ": 'flags' must be an object of SONAR flags");
+  const auto& known = sonar_flag_names();
+  for (const auto& [k, v] : j.items()) {
+    SONAR_CHECK(std::find(known.begin(), known.end(), k) != known.end(), where, ": unknown flag '", k,
+                "' (see `sonar pretrain --help` for the SONAR flags)");
+    SONAR_CHECK(k != "prior" && k != "prior-splits", where, ": '", k, "' comes from the plan's 'prior' entry");
+    out[k] = flag_value(v, where, k);
+  }
+  return out;
+}
+
+std::string resolve(const std::string& base, const std::string& p) {
+  if (p.empty()) return p;
+  const fs::path path(p);
+  return (path.is_absolute() ? path : fs::path(base) / path).lexically_normal().string();
+}
+
+void check_exists(const std::string& path, const std::string& where, const std::string& what) {
+  SONAR_CHECK(fs::exists(path), where, ": ", what, " ", path, " does not exist");
+}
+
+void check_name(const std::string& name, const std::string& where, const std::string& what) {
+  SONAR_CHECK(!name.empty(), where, ": empty ", what, " name");
+  for (char c : name)
+    SONAR_CHECK(std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_' || c == '.', where, ": ", what,
+                " name '", name, "' may only hold letters, digits, '-', '_' and '.' (it names a folder)");
+  SONAR_CHECK(name != "." && name != "..", where, ": ", what, " name '", name, "' is not allowed");
+}
+
+// The flags a cell's run gets: the method's own, the plan's common SONAR flags and the prior pool.
+std::map<std::string, std::string> cell_flags(const ExperimentPlan& plan, const PlanMethod& m) {
+  std::map<std::string, std::string> f = m.flags;
+  const auto it = f.find("method");
+  if (it != f.end() && it->second == "sonar") {
+    for (const auto& [k, v] : plan.sonar_flags) f.emplace(k, v);  // the method's own flags win
+    f["prior"] = plan.prior_data;
+    if (!plan.prior_splits.empty()) {
+      std::string s;
+      for (const auto& x : plan.prior_splits) s += (s.empty() ? "" : ",") + x;
+      f["prior-splits"] = s;
+    }
+  }
+  return f;
+}
+
+}  // namespace
+
+ExperimentPlan parse_plan(const json& j, const std::string& base_dir, const std::string& what) {
+  check_keys(j, {"name", "start", "prior", "domains", "tasks", "methods", "seeds", "flags", "train", "probe"}, what);
+  ExperimentPlan p;
+  p.name = get_string(j, "name", what, false, p.name);
+
+  SONAR_CHECK(j.contains("start"), what, ": missing 'start' (the start model: {\"model\": ..., \"tokenizer\": ...})");
+  const std::string ws = what + ": start";
+  check_keys(j["start"], {"model", "tokenizer"}, ws);
+  p.start_model = resolve(base_dir, get_string(j["start"], "model", ws, true));
+  p.start_tokenizer = resolve(base_dir, get_string(j["start"], "tokenizer", ws, true));
+  check_exists(p.start_model, ws, "model");
+  check_exists(p.start_tokenizer, ws, "tokenizer");
+
+  SONAR_CHECK(j.contains("prior"), what, ": missing 'prior' (the prior pool: {\"data\": ..., \"task\": ...})");
+  const std::string wp = what + ": prior";
+  check_keys(j["prior"], {"data", "splits", "task"}, wp);
+  p.prior_data = resolve(base_dir, get_string(j["prior"], "data", wp, true));
+  p.prior_splits = get_strings(j["prior"], "splits", wp);
+  p.prior_task = resolve(base_dir, get_string(j["prior"], "task", wp, false, get_string(j["prior"], "data", wp, true)));
+  check_exists(p.prior_data, wp, "data");
+  check_exists(p.prior_task, wp, "task manifest");
+
+  std::set<std::string> task_names = {"prior"};
+  SONAR_CHECK(j.contains("domains") && j["domains"].is_array() && !j["domains"].empty(), what,
+              ": 'domains' must be a non-empty list of {\"name\", \"data\", \"splits\", \"task\"}");
+  for (const auto& d : j["domains"]) {
+    const std::string wd = what + ": domain";
+    check_keys(d, {"name", "data", "splits", "task"}, wd);
+    PlanDomain pd;
+    pd.name = get_string(d, "name", wd, true);
+    check_name(pd.name, wd, "domain");
+    const std::string wn = what + ": domain '" + pd.name + "'";
+    SONAR_CHECK(task_names.insert(pd.name).second, what, ": duplicate run name: domain '", pd.name,
+                "' is listed twice (or clashes with the 'prior' task)");
+    pd.data = resolve(base_dir, get_string(d, "data", wn, true));
+    pd.splits = get_strings(d, "splits", wn);
+    pd.task = resolve(base_dir, get_string(d, "task", wn, false, get_string(d, "data", wn, true)));
+    check_exists(pd.data, wn, "data manifest");
+    check_exists(pd.task, wn, "task manifest");
+    p.domains.push_back(pd);
+  }
+  if (j.contains("tasks")) {
+    SONAR_CHECK(j["tasks"].is_object(), what, ": 'tasks' must be an object {name: manifest}");
+    for (const auto& [k, v] : j["tasks"].items()) {
+      check_name(k, what + ": tasks", "task");
+      SONAR_CHECK(v.is_string(), what, ": tasks: '", k, "' must name a manifest");
+      SONAR_CHECK(task_names.insert(k).second, what, ": duplicate task name '", k, "'");
+      p.extra_tasks[k] = resolve(base_dir, v.get<std::string>());
+      check_exists(p.extra_tasks[k], what + ": task '" + k + "'", "manifest");
+    }
+  }
+
+  if (j.contains("flags")) p.sonar_flags = get_flags(j["flags"], what + ": flags");
+  SONAR_CHECK(!p.sonar_flags.count("method"), what, ": flags: 'method' is chosen per method, not for all");
+
+  SONAR_CHECK(j.contains("methods") && j["methods"].is_array() && !j["methods"].empty(), what,
+              ": 'methods' must be a non-empty list (names such as \"dcpt\", \"sonar\", or {\"name\", \"base\", \"flags\"})");
+  std::set<std::string> method_names_seen;
+  for (const auto& m : j["methods"]) {
+    PlanMethod pm;
+    if (m.is_string()) {
+      pm.name = m.get<std::string>();
+      SONAR_CHECK(pm.name != kStartName, what, ": 'start' is always in the grid; do not list it as a method");
+      try {
+        pm.flags = method_flags(pm.name);
+      } catch (const Error& e) {
+        SONAR_FAIL(what, ": ", e.what());
+      }
+    } else {
+      const std::string wm = what + ": method";
+      check_keys(m, {"name", "base", "flags"}, wm);
+      pm.name = get_string(m, "name", wm, true);
+      const std::string base = get_string(m, "base", wm, false, "sonar");
+      try {
+        pm.flags = method_flags(base);
+      } catch (const Error& e) {
+        SONAR_FAIL(wm, " '", pm.name, "': ", e.what());
+      }
+      for (const auto& [k, v] : get_flags(m.value("flags", json()), wm + " '" + pm.name + "'")) pm.flags[k] = v;
+    }
+    check_name(pm.name, what + ": method", "method");
+    SONAR_CHECK(pm.name != kStartName, what, ": the method name 'start' is reserved for the start model");
+    SONAR_CHECK(method_names_seen.insert(pm.name).second, what, ": duplicate run name: method '", pm.name,
+                "' is listed twice");
+    p.methods.push_back(pm);
+  }
+
+  SONAR_CHECK(j.contains("seeds") && j["seeds"].is_array() && !j["seeds"].empty(), what,
+              ": 'seeds' must be a non-empty list of whole numbers >= 0");
+  std::set<uint64_t> seeds_seen;
+  for (const auto& s : j["seeds"]) {
+    SONAR_CHECK(s.is_number_integer() && s.get<int64_t>() >= 0, what, ": seeds must be whole numbers >= 0, got ",
+                s.dump());
+    const uint64_t v = static_cast<uint64_t>(s.get<int64_t>());
+    SONAR_CHECK(seeds_seen.insert(v).second, what, ": duplicate run name: seed ", v, " is listed twice");
+    p.seeds.push_back(v);
+  }
+
+  if (j.contains("train")) {
+    const json& t = j["train"];
+    const std::string wt = what + ": train";
+    check_keys(t, {"steps", "batch", "warmup", "log_every", "save_every", "crop_seconds", "lr", "final_lr",
+                   "max_clip_seconds", "threads", "workers"}, wt);
+    PlanTraining& r = p.train;
+    r.steps = get_number(t, "steps", wt, r.steps);
+    r.batch = get_number(t, "batch", wt, r.batch);
+    r.warmup = get_number(t, "warmup", wt, r.warmup);
+    r.log_every = get_number(t, "log_every", wt, r.log_every);
+    r.save_every = get_number(t, "save_every", wt, r.save_every);
+    r.crop_seconds = get_number(t, "crop_seconds", wt, r.crop_seconds);
+    r.lr = get_number(t, "lr", wt, r.lr);
+    r.final_lr = get_number(t, "final_lr", wt, r.final_lr);
+    r.max_clip_seconds = get_number(t, "max_clip_seconds", wt, r.max_clip_seconds);
+    r.threads = get_number(t, "threads", wt, r.threads);
+    r.workers = get_number(t, "workers", wt, r.workers);
+    SONAR_CHECK(r.steps > 0 && r.batch > 0 && r.log_every > 0 && r.save_every > 0 && r.crop_seconds > 0 && r.lr > 0 &&
+                r.threads >= 0 && r.workers >= 0, wt, ": steps, batch, log_every, save_every, crop_seconds and lr "
+                "must be positive, threads and workers >= 0");
+  }
+  if (j.contains("probe")) {
+    const json& t = j["probe"];
+    const std::string wt = what + ": probe";
+    check_keys(t, {"epochs", "patience", "layer", "batch", "max_seconds"}, wt);
+    PlanProbe& r = p.probe;
+    r.epochs = get_number(t, "epochs", wt, r.epochs);
+    r.patience = get_number(t, "patience", wt, r.patience);
+    r.layer = get_number(t, "layer", wt, r.layer);
+    r.batch = get_number(t, "batch", wt, r.batch);
+    r.max_seconds = get_number(t, "max_seconds", wt, r.max_seconds);
+    SONAR_CHECK(r.epochs > 0 && r.patience > 0 && r.layer >= 0 && r.batch > 0 && r.max_seconds > 0, wt,
+                ": epochs, patience, batch and max_seconds must be positive, layer >= 0");
+  }
+
+  // Every method's flags must make valid options (the same check `sonar pretrain` does), before anything runs.
+  for (const auto& m : p.methods) {
+    try {
+      // Building the extensions checks what only they know (and that each part exists in this build).
+      (void)make_extensions(sonar_options_from_flags(cell_flags(p, m)), 0);
+    } catch (const Error& e) {
+      SONAR_FAIL(what, ": method '", m.name, "': ", e.what());
+    }
+  }
+  return p;
+}
+
+ExperimentPlan read_plan(const std::string& path) {
+  SONAR_CHECK(fs::exists(path), "plan ", path, " does not exist");
+  json j;
+  try {
+    j = json::parse(read_file(path));
+  } catch (const json::exception& e) {
+    SONAR_FAIL("plan ", path, ": not valid JSON: ", e.what());
+  }
+  return parse_plan(j, fs::absolute(path).parent_path().string(), "plan " + path);
+}
+
+json ExperimentPlan::to_json() const {
+  json j;
+  j["name"] = name;
+  j["start"] = {{"model", start_model}, {"tokenizer", start_tokenizer}};
+  j["prior"] = {{"data", prior_data}, {"splits", prior_splits}, {"task", prior_task}};
+  j["domains"] = json::array();
+  for (const auto& d : domains)
+    j["domains"].push_back({{"name", d.name}, {"data", d.data}, {"splits", d.splits}, {"task", d.task}});
+  j["tasks"] = json::object();
+  for (const auto& [k, v] : extra_tasks) j["tasks"][k] = v;
+  j["methods"] = json::array();
+  for (const auto& m : methods) {
+    json f = json::object();
+    for (const auto& [k, v] : m.flags)
+      if (k != "method") f[k] = v;
+    j["methods"].push_back({{"name", m.name}, {"base", m.flags.count("method") ? m.flags.at("method") : "dcpt"},
+                            {"flags", f}});
+  }
+  j["seeds"] = seeds;
+  j["flags"] = json::object();
+  for (const auto& [k, v] : sonar_flags) j["flags"][k] = v;
+  j["train"] = {{"steps", train.steps},         {"batch", train.batch},
+                {"warmup", train.warmup},       {"log_every", train.log_every},
+                {"save_every", train.save_every}, {"crop_seconds", train.crop_seconds},
+                {"lr", train.lr},               {"final_lr", train.final_lr},
+                {"max_clip_seconds", train.max_clip_seconds}, {"threads", train.threads},
+                {"workers", train.workers}};
+  j["probe"] = {{"epochs", probe.epochs}, {"patience", probe.patience}, {"layer", probe.layer},
+                {"batch", probe.batch}, {"max_seconds", probe.max_seconds}};
+  return j;
+}
+
+std::vector<GridCell> grid_cells(const ExperimentPlan& plan, const std::string& out_dir) {
+  std::vector<GridCell> cells;
+  for (const auto& d : plan.domains)
+    for (uint64_t s : plan.seeds)
+      for (const auto& m : plan.methods)
+        cells.push_back({d.name, m.name, s,
+                         (fs::path(out_dir) / "runs" / d.name / m.name / ("seed" + std::to_string(s))).string()});
+  return cells;
+}
+
+// ---- results ----
+
+namespace {
+
+std::string fmt_number(double v) {
+  if (!std::isfinite(v)) return "nan";
+  char b[40];
+  std::snprintf(b, sizeof b, "%.6f", v);
+  return b;
+}
+
+double parse_double_field(const std::string& s, const std::string& where) {
+  if (s == "nan" || s == "NaN" || s.empty()) return kNaN;
+  char* end = nullptr;
+  const double d = std::strtod(s.c_str(), &end);
+  SONAR_CHECK(end && *end == '\0', where, ": '", s, "' is not a number");
+  return d;
+}
+
+std::vector<std::string> split_csv_line(const std::string& line) {
+  std::vector<std::string> f;
+  std::string cur;
+  for (char c : line) {
+    if (c == ',') {
+      f.push_back(cur);
+      cur.clear();
+    } else if (c != '\r') {
+      cur += c;
+    }
+  }
+  f.push_back(cur);
+  return f;
+}
+
+}  // namespace
+
+std::string results_csv(const std::vector<ResultRow>& rows) {
+  std::ostringstream o;
+  o << kResultsHeader << "\n";
+  for (const auto& r : rows)
+    o << r.domain << ',' << r.method << ',' << r.seed << ',' << r.task << ',' << r.role << ',' << r.test_clips << ','
+      << fmt_number(r.accuracy) << ',' << fmt_number(r.macro_f1) << ',' << fmt_number(r.mAP) << ','
+      << fmt_number(r.score) << "\n";
+  return o.str();
+}
+
+std::vector<ResultRow> parse_results_csv(const std::string& text, const std::string& what) {
+  std::istringstream in(text);
+  std::string line;
+  SONAR_CHECK(std::getline(in, line), what, ": empty");
+  if (!line.empty() && line.back() == '\r') line.pop_back();
+  SONAR_CHECK(line == kResultsHeader, what, ": the header must be '", kResultsHeader, "', got '", line, "'");
+  std::vector<ResultRow> rows;
+  for (int64_t n = 2; std::getline(in, line); ++n) {
+    if (line.empty() || line == "\r") continue;
+    const std::string where = what + " line " + std::to_string(n);
+    const auto f = split_csv_line(line);
+    SONAR_CHECK(f.size() == 10, where, ": ", f.size(), " fields, expected 10");
+    ResultRow r;
+    r.domain = f[0];
+    r.method = f[1];
+    const double seed = parse_double_field(f[2], where);
+    SONAR_CHECK(std::isfinite(seed) && seed >= 0 && std::floor(seed) == seed, where, ": bad seed '", f[2], "'");
+    r.seed = static_cast<uint64_t>(seed);
+    r.task = f[3];
+    r.role = f[4];
+    SONAR_CHECK(r.role == "new" || r.role == "prior" || r.role == "other", where, ": role must be new, prior or "
+                "other, got '", r.role, "'");
+    const double clips = parse_double_field(f[5], where);
+    r.test_clips = std::isfinite(clips) ? static_cast<int64_t>(clips) : 0;
+    r.accuracy = parse_double_field(f[6], where);
+    r.macro_f1 = parse_double_field(f[7], where);
+    r.mAP = parse_double_field(f[8], where);
+    r.score = parse_double_field(f[9], where);
+    rows.push_back(r);
+  }
+  return rows;
+}
+
+Stat stat_of(const std::vector<double>& v) {
+  Stat s;
+  double sum = 0;
+  for (double x : v)
+    if (std::isfinite(x)) {
+      sum += x;
+      ++s.n;
+    }
+  if (s.n == 0) {
+    s.mean = s.std = kNaN;
+    return s;
+  }
+  s.mean = sum / static_cast<double>(s.n);
+  if (s.n < 2) {
+    s.std = kNaN;
+    return s;
+  }
+  double ss = 0;
+  for (double x : v)
+    if (std::isfinite(x)) ss += (x - s.mean) * (x - s.mean);
+  s.std = std::sqrt(ss / static_cast<double>(s.n - 1));
+  return s;
+}
+
+std::vector<SummaryRow> summarise(const std::vector<ResultRow>& rows) {
+  // (domain, method, seed, task) -> row
+  std::map<std::tuple<std::string, std::string, uint64_t, std::string>, const ResultRow*> at;
+  std::vector<std::pair<std::string, std::string>> order;
+  std::set<std::pair<std::string, std::string>> seen;
+  std::map<std::pair<std::string, std::string>, std::set<uint64_t>> seeds;
+  for (const auto& r : rows) {
+    at[{r.domain, r.method, r.seed, r.task}] = &r;
+    if (seen.insert({r.domain, r.method}).second) order.emplace_back(r.domain, r.method);
+    seeds[{r.domain, r.method}].insert(r.seed);
+  }
+  auto start_of = [&](const ResultRow& r) -> const ResultRow* {
+    const auto it = at.find({r.domain, kStartName, r.seed, r.task});
+    return it == at.end() ? nullptr : it->second;
+  };
+  std::vector<SummaryRow> out;
+  for (const auto& [domain, method] : order) {
+    SummaryRow s;
+    s.domain = domain;
+    s.method = method;
+    s.seeds = static_cast<int64_t>(seeds[{domain, method}].size());
+    std::vector<double> f1, acc, gain, prior, forget, rel, general;
+    for (uint64_t seed : seeds[{domain, method}]) {
+      std::vector<double> drops;
+      for (const auto& r : rows) {
+        if (r.domain != domain || r.method != method || r.seed != seed) continue;
+        const ResultRow* st = start_of(r);
+        const double drop = st ? st->score - r.score : kNaN;
+        if (r.role == "new") {
+          f1.push_back(r.macro_f1);
+          acc.push_back(r.accuracy);
+          gain.push_back(st ? r.score - st->score : kNaN);
+        } else if (r.role == "prior") {
+          prior.push_back(r.score);
+          forget.push_back(drop);
+          rel.push_back(st && st->score != 0 ? drop / st->score : kNaN);
+        } else {
+          drops.push_back(drop);
+        }
+      }
+      if (!drops.empty()) {
+        double sum = 0;
+        bool all_finite = true;
+        for (double d : drops) {
+          all_finite = all_finite && std::isfinite(d);
+          sum += d;
+        }
+        general.push_back(all_finite ? sum / static_cast<double>(drops.size()) : kNaN);
+      }
+    }
+    s.new_f1 = stat_of(f1);
+    s.new_acc = stat_of(acc);
+    s.new_gain = stat_of(gain);
+    s.prior = stat_of(prior);
+    s.forgetting = stat_of(forget);
+    s.relative_forgetting = stat_of(rel);
+    s.general_drop = stat_of(general);
+    out.push_back(s);
+  }
+  return out;
+}
+
+namespace {
+
+json stat_json(const Stat& s) {
+  auto n = [](double v) { return std::isfinite(v) ? json(v) : json(nullptr); };
+  return {{"mean", n(s.mean)}, {"std", n(s.std)}, {"n", s.n}};
+}
+
+std::string pm(const Stat& s, int digits = 4) {
+  if (s.n == 0 || !std::isfinite(s.mean)) return "-";
+  char b[64];
+  if (std::isfinite(s.std))
+    std::snprintf(b, sizeof b, "%.*f ± %.*f", digits, s.mean, digits, s.std);
+  else
+    std::snprintf(b, sizeof b, "%.*f", digits, s.mean);
+  return b;
+}
+
+std::string pm_percent(const Stat& s) {
+  Stat p = s;
+  p.mean *= 100;
+  p.std *= 100;
+  const std::string v = pm(p, 1);
+  return v == "-" ? v : v + " %";
+}
+
+}  // namespace
+
+json results_json(const std::vector<ResultRow>& rows, const std::vector<SummaryRow>& summary) {
+  auto n = [](double v) { return std::isfinite(v) ? json(v) : json(nullptr); };
+  json j;
+  j["rows"] = json::array();
+  for (const auto& r : rows)
+    j["rows"].push_back({{"domain", r.domain}, {"method", r.method}, {"seed", r.seed}, {"task", r.task},
+                         {"role", r.role}, {"test_clips", r.test_clips}, {"accuracy", n(r.accuracy)},
+                         {"macro_f1", n(r.macro_f1)}, {"mAP", n(r.mAP)}, {"score", n(r.score)}});
+  j["summary"] = json::array();
+  for (const auto& s : summary)
+    j["summary"].push_back({{"domain", s.domain}, {"method", s.method}, {"seeds", s.seeds},
+                            {"new_macro_f1", stat_json(s.new_f1)}, {"new_accuracy", stat_json(s.new_acc)},
+                            {"new_gain", stat_json(s.new_gain)}, {"prior_score", stat_json(s.prior)},
+                            {"forgetting", stat_json(s.forgetting)},
+                            {"relative_forgetting", stat_json(s.relative_forgetting)},
+                            {"general_drop", stat_json(s.general_drop)}});
+  return j;
+}
+
+std::string results_markdown(const std::vector<SummaryRow>& summary, const std::string& title) {
+  std::ostringstream o;
+  o << "# " << title << "\n\n"
+    << "Mean ± sample standard deviation over seeds. New domain: linear-probe macro-F1 and accuracy on its test "
+       "split; gain = score - the start model's score. Prior: the prior pool's probe score (mAP when multi-label); "
+       "forgetting = start score - score (positive = forgotten), relative = forgetting / start score. General "
+       "drop: the mean forgetting over the other domains' tasks.\n";
+  std::string domain;
+  for (const auto& s : summary) {
+    if (s.domain != domain) {
+      domain = s.domain;
+      o << "\n## New domain: " << domain << "\n\n"
+        << "| method | seeds | new F1 | new acc | F1 gain | prior score | forgetting | relative | general drop |\n"
+        << "| --- | --- | --- | --- | --- | --- | --- | --- | --- |\n";
+    }
+    o << "| " << s.method << " | " << s.seeds << " | " << pm(s.new_f1) << " | " << pm(s.new_acc) << " | "
+      << pm(s.new_gain) << " | " << pm(s.prior) << " | " << pm(s.forgetting) << " | "
+      << pm_percent(s.relative_forgetting) << " | " << pm(s.general_drop) << " |\n";
+  }
+  return o.str();
+}
+
+// ---- training curves ----
+
+MetricsLog read_metrics(const std::string& path) {
+  std::ifstream in(path);
+  SONAR_CHECK(in.good(), "cannot read ", path);
+  MetricsLog log;
+  std::string line;
+  for (int64_t n = 1; std::getline(in, line); ++n) {
+    if (line.empty()) continue;
+    nlohmann::ordered_json j;  // keeps the order the trainer logged the keys in
+    try {
+      j = nlohmann::ordered_json::parse(line);
+    } catch (const json::exception& e) {
+      SONAR_FAIL(path, " line ", n, ": not a JSON object: ", e.what());
+    }
+    SONAR_CHECK(j.is_object() && j.contains("step") && j["step"].is_number(), path, " line ", n,
+                ": expected an object with a numeric 'step'");
+    const double step = j["step"].get<double>();
+    for (const auto& [k, v] : j.items()) {
+      if (k == "step" || !v.is_number()) continue;
+      if (!log.values.count(k)) log.keys.push_back(k);
+      log.steps[k].push_back(step);
+      log.values[k].push_back(v.get<double>());
+    }
+  }
+  return log;
+}
+
+MetricsLog mean_metrics(const std::vector<MetricsLog>& logs) {
+  MetricsLog out;
+  if (logs.empty()) return out;
+  out.keys = logs[0].keys;
+  for (const auto& k : out.keys) {
+    // Average step by step over the logs that have the key at that step.
+    std::map<double, std::pair<double, int>> acc;
+    for (const auto& l : logs) {
+      const auto it = l.values.find(k);
+      if (it == l.values.end()) continue;
+      for (size_t i = 0; i < it->second.size(); ++i) {
+        auto& a = acc[l.steps.at(k)[i]];
+        a.first += it->second[i];
+        a.second += 1;
+      }
+    }
+    for (const auto& [step, a] : acc) {
+      out.steps[k].push_back(step);
+      out.values[k].push_back(a.first / a.second);
+    }
+  }
+  return out;
+}
+
+std::vector<std::pair<std::string, std::vector<std::string>>> curve_panels(const std::vector<std::string>& keys) {
+  auto has = [](const std::string& k, const char* s) { return k.find(s) != std::string::npos; };
+  std::vector<std::pair<std::string, std::vector<std::string>>> panels = {
+      {"loss terms", {}}, {"accuracy", {}}, {"codebook", {}}, {"replay", {}}, {"learning rate", {}},
+      {"gradient norm", {}}};
+  for (const auto& k : keys) {
+    if (k == "clips_per_second" || k == "elapsed_seconds" || k == "steps_averaged") continue;
+    if (k == "lr") panels[4].second.push_back(k);
+    else if (k == "grad_norm") panels[5].second.push_back(k);
+    else if (has(k, "codebook") || has(k, "code") || has(k, "perplexity") || has(k, "dead") || has(k, "reinit") ||
+             has(k, "added"))
+      panels[2].second.push_back(k);
+    else if (has(k, "replay")) panels[3].second.push_back(k);
+    else if (has(k, "acc")) panels[1].second.push_back(k);
+    else panels[0].second.push_back(k);  // loss, mlp_loss, distill terms and anything else
+  }
+  std::vector<std::pair<std::string, std::vector<std::string>>> out;
+  for (auto& p : panels)
+    if (!p.second.empty()) out.push_back(std::move(p));
+  return out;
+}
+
+std::string run_curves_svg(const MetricsLog& log, const std::string& title) {
+  std::vector<std::string> groups;
+  for (const auto& [name, keys] : curve_panels(log.keys)) {
+    plot::LineChart c;
+    c.title = name;
+    c.x_label = "step";
+    for (const auto& k : keys) c.series.push_back({k, log.steps.at(k), log.values.at(k), {}, {}});
+    groups.push_back(plot::line_chart_group(c));
+  }
+  SONAR_CHECK(!groups.empty(), title, ": no metrics to plot");
+  return plot::svg_document(groups, 2, title);
+}
+
+std::string compare_curves_svg(const std::vector<std::pair<std::string, MetricsLog>>& logs, const std::string& title) {
+  std::vector<std::string> keys;
+  for (const auto& [name, l] : logs)
+    for (const auto& k : l.keys)
+      if (std::find(keys.begin(), keys.end(), k) == keys.end()) keys.push_back(k);
+  std::vector<std::string> groups;
+  for (const auto& [panel, pkeys] : curve_panels(keys))
+    for (const auto& k : pkeys) {
+      plot::LineChart c;
+      c.title = k;
+      c.x_label = "step";
+      for (size_t r = 0; r < logs.size(); ++r)
+        if (logs[r].second.values.count(k))
+          c.series.push_back({logs[r].first, logs[r].second.steps.at(k), logs[r].second.values.at(k), {}, {},
+                              plot::series_colour(r)});  // a run keeps its colour in every panel
+      groups.push_back(plot::line_chart_group(c));
+    }
+  SONAR_CHECK(!groups.empty(), title, ": no metrics to plot");
+  return plot::svg_document(groups, 3, title);
+}
+
+std::vector<std::string> write_results(const std::vector<ResultRow>& rows, const std::string& out_dir,
+                                       const std::string& title) {
+  const auto summary = summarise(rows);
+  const fs::path out(out_dir);
+  fs::create_directories(out / "figures");
+  std::vector<std::string> files;
+  auto put = [&](const fs::path& p, const std::string& text) {
+    write_file_atomic(p.string(), text);
+    files.push_back(p.string());
+  };
+  put(out / "results.csv", results_csv(rows));
+  put(out / "results.json", results_json(rows, summary).dump(2) + "\n");
+  put(out / "results.md", results_markdown(summary, title));
+
+  std::vector<std::string> domains, methods;
+  for (const auto& s : summary) {
+    if (std::find(domains.begin(), domains.end(), s.domain) == domains.end()) domains.push_back(s.domain);
+    if (std::find(methods.begin(), methods.end(), s.method) == methods.end()) methods.push_back(s.method);
+  }
+  auto find = [&](const std::string& d, const std::string& m) -> const SummaryRow* {
+    for (const auto& s : summary)
+      if (s.domain == d && s.method == m) return &s;
+    return nullptr;
+  };
+  plot::BarChart f1, prior, general;
+  f1.title = "new-domain macro-F1";
+  f1.y_label = "macro-F1 (test)";
+  prior.title = "prior pool score (start - this = forgetting)";
+  prior.y_label = "score (test)";
+  general.title = "general drop (other domains' tasks)";
+  general.y_label = "start score - score";
+  f1.categories = prior.categories = general.categories = domains;
+  plot::ScatterChart sc, sg;
+  sc.title = "adaptation vs forgetting (prior task)";
+  sc.x_label = "forgetting (start - after, prior score)";
+  sc.y_label = "new-domain F1 gain";
+  sg.title = "adaptation vs general drop";
+  sg.x_label = "mean drop over the other domains' tasks";
+  sg.y_label = "new-domain F1 gain";
+  for (size_t mi = 0; mi < methods.size(); ++mi) {
+    const std::string& m = methods[mi];
+    const std::string colour = plot::series_colour(mi);  // a method keeps its colour in every panel
+    plot::Series a{m, {}, {}, {}, {}, colour}, b{m, {}, {}, {}, {}, colour}, g{m, {}, {}, {}, {}, colour};
+    plot::Series pa{m, {}, {}, {}, {}, colour}, pg{m, {}, {}, {}, {}, colour};
+    for (const auto& d : domains) {
+      const SummaryRow* s = find(d, m);
+      a.y.push_back(s ? s->new_f1.mean : kNaN);
+      a.y_err.push_back(s ? s->new_f1.std : kNaN);
+      b.y.push_back(s ? s->prior.mean : kNaN);
+      b.y_err.push_back(s ? s->prior.std : kNaN);
+      g.y.push_back(s ? s->general_drop.mean : kNaN);
+      g.y_err.push_back(s ? s->general_drop.std : kNaN);
+      if (s && m != kStartName) {
+        pa.x.push_back(s->forgetting.mean);
+        pa.x_err.push_back(s->forgetting.std);
+        pa.y.push_back(s->new_gain.mean);
+        pa.y_err.push_back(s->new_gain.std);
+        pg.x.push_back(s->general_drop.mean);
+        pg.x_err.push_back(s->general_drop.std);
+        pg.y.push_back(s->new_gain.mean);
+        pg.y_err.push_back(s->new_gain.std);
+      }
+    }
+    f1.series.push_back(a);
+    prior.series.push_back(b);
+    general.series.push_back(g);
+    if (m != kStartName) {
+      sc.series.push_back(pa);
+      sg.series.push_back(pg);
+    }
+  }
+  put(out / "figures" / "bars.svg", plot::svg_document({plot::bar_chart_group(f1), plot::bar_chart_group(prior),
+                                                        plot::bar_chart_group(general)}, 3, title));
+  put(out / "figures" / "scatter.svg",
+      plot::svg_document({plot::scatter_chart_group(sc), plot::scatter_chart_group(sg)}, 2, title));
+  return files;
+}
+
+// ---- the runner ----
+
+namespace {
+
+double seconds_since(std::chrono::steady_clock::time_point t) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
+}
+
+// A content fingerprint of a file (size and FNV-1a 64 of the bytes), so a probe is redone when its model or
+// manifest changed.
+std::string file_fingerprint(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  SONAR_CHECK(in.good(), "cannot read ", path);
+  uint64_t h = 0xCBF29CE484222325ull, size = 0;
+  std::vector<char> buf(1 << 20);
+  while (in) {
+    in.read(buf.data(), static_cast<std::streamsize>(buf.size()));
+    const std::streamsize n = in.gcount();
+    for (std::streamsize i = 0; i < n; ++i) {
+      h ^= static_cast<unsigned char>(buf[i]);
+      h *= 0x100000001B3ull;
+    }
+    size += static_cast<uint64_t>(n);
+  }
+  char b[48];
+  std::snprintf(b, sizeof b, "%llu-%016llx", static_cast<unsigned long long>(size), static_cast<unsigned long long>(h));
+  return b;
+}
+
+json cell_spec(const ExperimentPlan& plan, const GridCell& c, const PlanMethod& m, const PlanDomain& d) {
+  json f = json::object();
+  for (const auto& [k, v] : cell_flags(plan, m)) f[k] = v;
+  return {{"domain", d.name},       {"data", d.data},           {"splits", d.splits},
+          {"method", m.name},       {"flags", f},               {"seed", c.seed},
+          {"init", plan.start_model}, {"tokenizer", plan.start_tokenizer},
+          {"steps", plan.train.steps}, {"batch", plan.train.batch}, {"warmup", plan.train.warmup},
+          {"crop_seconds", plan.train.crop_seconds}, {"lr", plan.train.lr}, {"final_lr", plan.train.final_lr},
+          {"max_clip_seconds", plan.train.max_clip_seconds}};
+}
+
+std::string first_difference(const json& a, const json& b) {
+  for (const auto& [k, v] : b.items())
+    if (!a.contains(k) || a[k] != v) return k + ": " + (a.contains(k) ? a[k].dump() : "absent") + " there, " + v.dump() + " now";
+  for (const auto& [k, v] : a.items())
+    if (!b.contains(k)) return k + ": " + v.dump() + " there, absent now";
+  return "";
+}
+
+struct ProbeSpec {
+  std::string model;  // checkpoint path
+  std::string task, manifest;
+  uint64_t seed = 0;
+};
+
+}  // namespace
+
+ExperimentReport run_experiment(const ExperimentPlan& plan, const ExperimentOptions& o) {
+  auto log = o.log ? o.log : [](const std::string& s) {
+    std::printf("%s\n", s.c_str());
+    std::fflush(stdout);
+  };
+  SONAR_CHECK(!o.out_dir.empty(), "experiment: no output folder");
+  const auto t0 = std::chrono::steady_clock::now();
+  ExperimentReport rep;
+  const fs::path out(o.out_dir);
+  const auto cells = grid_cells(plan, o.out_dir);
+  rep.cells = static_cast<int64_t>(cells.size());
+
+  // Refuse a folder holding another plan's cells before anything is written: every existing cell must match.
+  std::map<std::string, const PlanMethod*> method_of;
+  for (const auto& m : plan.methods) method_of[m.name] = &m;
+  std::map<std::string, const PlanDomain*> domain_of;
+  for (const auto& d : plan.domains) domain_of[d.name] = &d;
+  for (const auto& c : cells) {
+    const fs::path spec_path = fs::path(c.dir) / kGridRunFile;
+    if (!fs::exists(spec_path)) continue;
+    json old;
+    try {
+      old = json::parse(read_file(spec_path.string()));
+    } catch (const json::exception&) {
+      SONAR_FAIL(spec_path.string(), ": unreadable; delete the run folder ", c.dir, " to redo it");
+    }
+    const std::string diff = first_difference(old, cell_spec(plan, c, *method_of[c.method], *domain_of[c.domain]));
+    SONAR_CHECK(diff.empty(), c.dir, " was made with other settings (", diff, "); use another --out, or delete that "
+                "run folder to redo it");
+  }
+  fs::create_directories(out);
+  write_file_atomic((out / "plan.json").string(), plan.to_json().dump(2) + "\n");
+
+  // ---- training ----
+  int64_t trained_steps = 0;
+  double training_seconds = 0.0;
+  int64_t steps_left = 0;
+  for (const auto& c : cells)
+    if (!fs::exists(fs::path(c.dir) / kModelFile)) steps_left += plan.train.steps;
+  for (size_t i = 0; i < cells.size(); ++i) {
+    const GridCell& c = cells[i];
+    const PlanMethod& m = *method_of[c.method];
+    const PlanDomain& d = *domain_of[c.domain];
+    const fs::path dir(c.dir);
+    const std::string head = "run " + std::to_string(i + 1) + " of " + std::to_string(cells.size()) + ": " + c.domain +
+                             " / " + c.method + " / seed " + std::to_string(c.seed);
+    if (fs::exists(dir / kModelFile) && fs::exists(dir / kGridRunFile)) {
+      ++rep.reused;
+      log(head + ": finished earlier, reused");
+      continue;
+    }
+    const std::string left = trained_steps > 0
+                                 ? format_duration(training_seconds / static_cast<double>(trained_steps) *
+                                                   static_cast<double>(steps_left))
+                                 : std::string("?");
+    log(head + " (" + std::to_string(plan.train.steps) + " steps; time left for training about " + left + ")");
+    PretrainOptions po;
+    po.data = d.data;
+    po.splits = d.splits;
+    po.out_dir = c.dir;
+    po.init = plan.start_model;
+    po.tokenizer = plan.start_tokenizer;
+    po.crop_seconds = plan.train.crop_seconds;
+    po.max_clip_seconds = std::max(plan.train.max_clip_seconds, plan.train.crop_seconds);
+    po.batch_size = plan.train.batch;
+    po.steps = plan.train.steps;
+    po.adamw.lr = static_cast<float>(plan.train.lr);
+    po.warmup_steps = plan.train.warmup;
+    po.final_lr = plan.train.final_lr;
+    po.seed = c.seed;
+    po.log_every = plan.train.log_every;
+    po.save_every = plan.train.save_every;
+    po.num_threads = plan.train.threads;
+    po.loader_workers = plan.train.workers;
+    po.cache_dir = (out / "cache").string();
+    po.stop = o.stop;
+    po.log = [&](const std::string& s) { log("  " + s); };
+    const SonarOptions so = sonar_options_from_flags(cell_flags(plan, m));
+    fs::create_directories(dir);
+    write_file_atomic((dir / kGridRunFile).string(), cell_spec(plan, c, m, d).dump(2) + "\n");
+    const auto tr = std::chrono::steady_clock::now();
+    const PretrainResult r = pretrain(po, make_extensions(so, c.seed));
+    const int64_t done = r.steps_done - r.start_step;
+    trained_steps += done;
+    steps_left -= plan.train.steps;
+    training_seconds += seconds_since(tr);
+    ++rep.trained;
+    if (!r.finished) {
+      rep.stopped = true;
+      log("stopped in " + head + "; run the same command again to resume");
+      rep.seconds = seconds_since(t0);
+      return rep;
+    }
+  }
+
+  // ---- probes ----
+  std::vector<std::pair<std::string, std::string>> tasks;  // name, manifest
+  for (const auto& d : plan.domains) tasks.emplace_back(d.name, d.task);
+  if (!plan.prior_task.empty()) tasks.emplace_back("prior", plan.prior_task);
+  for (const auto& [k, v] : plan.extra_tasks) tasks.emplace_back(k, v);
+  std::map<std::string, std::string> fingerprints;
+  auto fingerprint = [&](const std::string& path) {
+    auto it = fingerprints.find(path);
+    if (it == fingerprints.end()) it = fingerprints.emplace(path, file_fingerprint(path)).first;
+    return it->second;
+  };
+  const int64_t total_probes =
+      static_cast<int64_t>((cells.size() + plan.seeds.size()) * tasks.size());
+  int64_t probe_i = 0;
+  double probe_seconds = 0.0;
+  int64_t probes_run = 0;
+  auto probe = [&](const std::string& model_name, const std::string& model, const std::string& task,
+                   const std::string& manifest, uint64_t seed) -> json {
+    ++probe_i;
+    const fs::path cache = out / "probes" / model_name / (task + "-seed" + std::to_string(seed) + ".json");
+    json key = {{"model", fingerprint(model)},
+                {"manifest", manifest},
+                {"manifest_fingerprint", fingerprint(manifest)},
+                {"seed", seed},
+                {"epochs", plan.probe.epochs},
+                {"patience", plan.probe.patience},
+                {"layer", plan.probe.layer},
+                {"max_seconds", plan.probe.max_seconds}};
+    if (fs::exists(cache)) {
+      try {
+        json c = json::parse(read_file(cache.string()));
+        if (c.contains("key") && c["key"] == key) {
+          ++rep.probes_reused;
+          return c["report"];
+        }
+      } catch (const json::exception&) {
+        // an unreadable cache entry is recomputed
+      }
+    }
+    ProbeOptions po;
+    po.checkpoint = model;
+    po.data = manifest;
+    po.features.layer = plan.probe.layer;
+    po.features.max_seconds = plan.probe.max_seconds;
+    po.features.batch_size = plan.probe.batch;
+    po.features.workers = plan.train.workers;
+    po.classifier.epochs = plan.probe.epochs;
+    po.classifier.patience = plan.probe.patience;
+    po.classifier.seed = seed;
+    po.log = [](const std::string&) {};
+    const auto tp = std::chrono::steady_clock::now();
+    const ProbeReport pr = run_probe(po);
+    probe_seconds += seconds_since(tp);
+    ++probes_run;
+    ++rep.probes;
+    const json report = pr.to_json();
+    fs::create_directories(cache.parent_path());
+    write_file_atomic(cache.string(), json({{"key", key}, {"report", report}}).dump(2) + "\n");
+    char line[256];
+    const double left = probe_seconds / static_cast<double>(probes_run) * static_cast<double>(total_probes - probe_i);
+    std::snprintf(line, sizeof line, "probe %lld of %lld: %s on %s (seed %llu): %s %.4f; time left about %s",
+                  static_cast<long long>(probe_i), static_cast<long long>(total_probes), model_name.c_str(),
+                  task.c_str(), static_cast<unsigned long long>(seed), pr.multi_label ? "mAP" : "macro-F1",
+                  pr.multi_label ? pr.test.mAP : pr.test.macro_f1, format_duration(left).c_str());
+    log(line);
+    return report;
+  };
+  auto row_of = [](const std::string& domain, const std::string& method, uint64_t seed, const std::string& task,
+                   const std::string& role, const json& r) {
+    auto num = [&](const char* k) { return r.contains(k) && r[k].is_number() ? r[k].get<double>() : kNaN; };
+    ResultRow row;
+    row.domain = domain;
+    row.method = method;
+    row.seed = seed;
+    row.task = task;
+    row.role = role;
+    row.test_clips = r.value("test_clips", int64_t{0});
+    row.accuracy = num("test_accuracy");
+    row.macro_f1 = num("test_macro_f1");
+    row.mAP = num("test_mAP");
+    row.score = r.value("task", std::string()) == "multi-label" ? row.mAP : row.macro_f1;
+    return row;
+  };
+  auto role_of = [](const std::string& domain, const std::string& task) {
+    return task == domain ? "new" : task == "prior" ? "prior" : "other";
+  };
+
+  std::vector<ResultRow> rows;
+  std::map<std::pair<uint64_t, std::string>, json> start_reports;
+  for (uint64_t s : plan.seeds)
+    for (const auto& [task, manifest] : tasks)
+      start_reports[{s, task}] = probe(kStartName, plan.start_model, task, manifest, s);
+  for (const auto& d : plan.domains)
+    for (uint64_t s : plan.seeds) {
+      for (const auto& [task, manifest] : tasks)
+        rows.push_back(row_of(d.name, kStartName, s, task, role_of(d.name, task), start_reports[{s, task}]));
+      for (const auto& c : cells) {
+        if (c.domain != d.name || c.seed != s) continue;
+        const std::string model = (fs::path(c.dir) / kModelFile).string();
+        const std::string name = c.domain + "/" + c.method + "/seed" + std::to_string(c.seed);
+        for (const auto& [task, manifest] : tasks)
+          rows.push_back(row_of(d.name, c.method, s, task, role_of(d.name, task),
+                                probe(name, model, task, manifest, s)));
+      }
+    }
+
+  // ---- results and figures ----
+  rep.outputs = write_results(rows, o.out_dir, plan.name);
+  for (const auto& d : plan.domains) {
+    std::vector<std::pair<std::string, MetricsLog>> logs;
+    for (const auto& m : plan.methods) {
+      std::vector<MetricsLog> per_seed;
+      for (const auto& c : cells)
+        if (c.domain == d.name && c.method == m.name && fs::exists(fs::path(c.dir) / kMetricsFile))
+          per_seed.push_back(read_metrics((fs::path(c.dir) / kMetricsFile).string()));
+      if (!per_seed.empty()) logs.emplace_back(m.name, mean_metrics(per_seed));
+    }
+    if (logs.empty()) continue;
+    const fs::path f = out / "figures" / ("curves-" + d.name + ".svg");
+    write_file_atomic(f.string(), compare_curves_svg(logs, plan.name + ": training on " + d.name +
+                                                               " (mean over seeds)"));
+    rep.outputs.push_back(f.string());
+  }
+  rep.seconds = seconds_since(t0);
+  return rep;
+}
+
+}  // namespace sonar::method

@@ -1,0 +1,177 @@
+// Experiment grids: which continual pre-training method adapts to a new domain and which forgets. A plan
+// (JSON) names a start model (BEATs checkpoint plus its tokenizer), a prior pool (the data the start model was
+// pre-trained on: it stands for AudioSet, is replayed by SONAR and has a probe task), new domains (unlabelled
+// training data plus a labelled probe task each), the methods (named variants of sonar/method.h, or custom
+// flag sets), the seeds and the training and probe settings. The grid is domains x seeds x methods; each cell
+// is an ordinary `sonar pretrain` run folder, and each model (the start model too, as method "start") is
+// linear-probed (sonar/probe.h) on every task: its new domain's ("new"), the prior pool's ("prior") and the
+// other domains' ("other"). Finished runs and probes are reused; an interrupted grid resumes.
+//
+// Output folder:
+//   plan.json                     the plan as run (paths absolute)
+//   runs/<domain>/<method>/seed<S>/   pretrain run folders (plus grid_run.json: the settings the cell was made with)
+//   probes/<model>/<task>-seed<S>.json  probe reports with the key they were computed for (cache)
+//   results.csv                   one row per (domain, method, seed, task)
+//   results.json, results.md      the summary: mean and sample std over seeds per (domain, method)
+//   figures/curves-<domain>.svg   training curves per method (metrics.jsonl, mean over seeds)
+//   figures/bars.svg              new-domain macro-F1 and prior score per method and domain, error bars = std
+//   figures/scatter.svg           adaptation (new-domain F1 gain) against forgetting (prior drop)
+//
+// Scores: macro-F1 for single-label tasks, mAP for multi-label ones. Forgetting of a model on a task = the start
+// model's score - the model's score (paired by seed: the probe classifier of seed S is trained the same way for
+// both); relative forgetting = forgetting / start score; the "general" drop = the mean forgetting over the
+// "other" tasks (the domains not adapted to), which a coarse prior task can hide.
+//
+// Not here: the training loop (sonar/trainer.h), the method's parts (sonar/method.h), the probe protocol
+// (sonar/probe.h), the SVG writer (sonar/plot.h), the command line (apps/cmd_experiment.cpp).
+#pragma once
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+namespace sonar::method {
+
+// ---- the plan ----
+
+struct PlanDomain {
+  std::string name;                 // also the name of its probe task
+  std::string data;                 // unlabelled training data (manifest, folder or list)
+  std::vector<std::string> splits;  // rows of `data` used for training (e.g. train, val); empty: all
+  std::string task;                 // labelled probe manifest (default: `data`)
+};
+
+struct PlanMethod {
+  std::string name;                          // run folder name; "start" is reserved
+  std::map<std::string, std::string> flags;  // SONAR flags (sonar/method.h), "method" included
+};
+
+struct PlanTraining {
+  int64_t steps = 400, batch = 16, warmup = -1, log_every = 25, save_every = 100;
+  double crop_seconds = 2.0, lr = 5e-4, final_lr = 0.0, max_clip_seconds = 60.0;
+  int threads = 0, workers = 1;
+};
+
+struct PlanProbe {
+  int64_t epochs = 200, patience = 30, layer = 0, batch = 8;
+  double max_seconds = 10.0;
+};
+
+struct ExperimentPlan {
+  std::string name = "experiment";
+  std::string start_model, start_tokenizer;  // the start checkpoint and its tokenizer
+  std::string prior_data;                    // the prior pool (replay source)
+  std::vector<std::string> prior_splits;     // its rows replay may use (e.g. train, val)
+  std::string prior_task;                    // its labelled probe manifest ("" = no prior task)
+  std::vector<PlanDomain> domains;
+  std::map<std::string, std::string> extra_tasks;  // more probe tasks (name -> manifest), scored as "other"
+  std::vector<PlanMethod> methods;
+  std::vector<uint64_t> seeds;
+  std::map<std::string, std::string> sonar_flags;  // common to every method with method sonar
+  PlanTraining train;
+  PlanProbe probe;
+  nlohmann::json to_json() const;  // the normalised plan (absolute paths), as written to plan.json
+};
+
+// A plan from JSON; relative paths are taken from `base_dir`. Everything is checked before anything runs:
+// unknown keys, unknown methods or flags (each method's flags go through sonar_options_from_flags), missing
+// files, duplicate domain, method, task or seed names (they would make two cells share a run folder), names
+// unfit for a folder. Throws one line naming the plan file and the problem.
+ExperimentPlan parse_plan(const nlohmann::json& j, const std::string& base_dir, const std::string& what = "plan");
+ExperimentPlan read_plan(const std::string& path);
+
+// ---- the grid ----
+
+struct GridCell {
+  std::string domain, method;
+  uint64_t seed = 0;
+  std::string dir;  // the run folder
+};
+// The cells in run order: domain, then seed, then method.
+std::vector<GridCell> grid_cells(const ExperimentPlan& plan, const std::string& out_dir);
+
+struct ExperimentOptions {
+  std::string out_dir;
+  std::function<void(const std::string&)> log;  // progress lines (default: stdout)
+  const std::atomic<bool>* stop = nullptr;      // finish the current step, save, return
+};
+
+struct ExperimentReport {
+  int64_t cells = 0, trained = 0, reused = 0;  // runs trained (or resumed) in this session / found finished
+  int64_t probes = 0, probes_reused = 0;
+  bool stopped = false;
+  double seconds = 0.0;
+  std::vector<std::string> outputs;  // result files and figures written
+};
+
+// Runs (or resumes) the grid, probes every model on every task, writes the results and the figures.
+ExperimentReport run_experiment(const ExperimentPlan& plan, const ExperimentOptions& opts);
+
+// ---- results ----
+
+struct ResultRow {
+  std::string domain, method;
+  uint64_t seed = 0;
+  std::string task, role;  // role: new, prior or other
+  int64_t test_clips = 0;
+  double accuracy = 0, macro_f1 = 0, mAP = 0;  // NaN where the task has no such metric
+  double score = 0;                            // macro-F1 (single-label) or mAP (multi-label)
+};
+
+std::string results_csv(const std::vector<ResultRow>& rows);
+// Parses results.csv (the header and columns results_csv writes). Throws naming the file and line.
+std::vector<ResultRow> parse_results_csv(const std::string& text, const std::string& what = "results.csv");
+
+struct Stat {
+  double mean = 0, std = 0;  // std: sample standard deviation (n - 1); NaN for n < 2
+  int64_t n = 0;             // finite values used
+};
+Stat stat_of(const std::vector<double>& v);  // NaN entries are left out
+
+struct SummaryRow {
+  std::string domain, method;
+  int64_t seeds = 0;
+  Stat new_f1, new_acc;          // on the new domain's task
+  Stat new_gain;                 // new-domain score - the start model's (same seed)
+  Stat prior;                    // prior task score (mAP for a multi-label pool)
+  Stat forgetting;               // start prior score - this prior score, per seed
+  Stat relative_forgetting;      // forgetting / start prior score
+  Stat general_drop;             // per seed: mean over "other" tasks of (start score - score)
+};
+// One row per (domain, method) in the order they first appear; "start" rows have zero forgetting. Methods
+// without a "start" row of the same domain and seed get NaN for the paired numbers.
+std::vector<SummaryRow> summarise(const std::vector<ResultRow>& rows);
+
+nlohmann::json results_json(const std::vector<ResultRow>& rows, const std::vector<SummaryRow>& summary);
+std::string results_markdown(const std::vector<SummaryRow>& summary, const std::string& title);
+
+// ---- training curves ----
+
+struct MetricsLog {
+  std::vector<std::string> keys;                    // in first-seen order, "step" left out
+  std::map<std::string, std::vector<double>> steps, values;  // per key
+};
+// Reads a run's metrics.jsonl (one JSON object per logged step; null values are skipped). Throws naming the
+// file and line on a malformed line.
+MetricsLog read_metrics(const std::string& path);
+// The same key averaged point-wise over several logs (same steps), e.g. over seeds.
+MetricsLog mean_metrics(const std::vector<MetricsLog>& logs);
+
+// The panels drawn for training curves: loss terms, accuracies, codebook health, replay, learning rate and
+// gradient norm; each returns the keys of a log that belong to it (empty panels are not drawn).
+std::vector<std::pair<std::string, std::vector<std::string>>> curve_panels(const std::vector<std::string>& keys);
+// One run: every panel, each key a line.
+std::string run_curves_svg(const MetricsLog& log, const std::string& title);
+// Several runs (e.g. methods): one panel per key, each run a line.
+std::string compare_curves_svg(const std::vector<std::pair<std::string, MetricsLog>>& logs, const std::string& title);
+
+// Writes results.csv, results.json, results.md and figures/bars.svg, figures/scatter.svg into out_dir
+// (atomically); returns the paths.
+std::vector<std::string> write_results(const std::vector<ResultRow>& rows, const std::string& out_dir,
+                                       const std::string& title);
+
+}  // namespace sonar::method

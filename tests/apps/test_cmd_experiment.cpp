@@ -1,0 +1,177 @@
+// Tests of `sonar experiment` and `sonar plot` as a user runs them: a tiny grid (2 methods x 1 domain x 1 seed,
+// a few steps, on a tiny synthetic corpus and a start model pre-trained for 4 steps) runs end to end and writes
+// the three result files and the figures (well-formed SVG); the same command again trains nothing and probes
+// nothing; a folder made with other settings is refused; bad plans fail with one line and write nothing;
+// `sonar plot` draws a run. The library parts are tested in tests/sonar/test_experiment.cpp.
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+#include "tensor/io.h"
+#include "tests/sonar/xml_check.h"
+#include "tests/test_util.h"
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+using sonar::testutil::run_sonar;
+
+namespace {
+
+std::string tmp_dir(const std::string& name) {
+  return sonar::testutil::fresh_tmp_path("sonar_test_cmd_experiment_", name);
+}
+
+int lines_of(const std::string& text) {
+  int n = 0;
+  for (char c : text) n += c == '\n';
+  return n;
+}
+
+// A tiny corpus and start model shared by the tests of this file (made once).
+struct GridSetup {
+  std::string root, corpus, start;
+  GridSetup() {
+    root = tmp_dir("setup");
+    corpus = root + "/corpus";
+    start = root + "/start";
+    auto c = run_sonar("synth-corpus --out " + corpus + " --clips-per-class 4 --prior-clips 8 --seconds 1 --seed 5");
+    EXPECT_EQ(c.code, 0) << c.out;
+    auto p = run_sonar("pretrain --data " + corpus + "/prior.csv --out " + start +
+                       " --preset tiny --codes 32 --steps 4 --batch 4 --crop-seconds 1 --lr 2e-3 --warmup 1"
+                       " --log-every 2 --save-every 4 --seed 1 --threads 2");
+    EXPECT_EQ(p.code, 0) << p.out;
+  }
+  json plan() const {
+    return json::parse(R"({
+      "name": "tiny grid",
+      "start": {"model": ")" + start + R"(/checkpoint.safetensors", "tokenizer": ")" + start + R"(/tokenizer.safetensors"},
+      "prior": {"data": ")" + corpus + R"(/prior.csv", "splits": ["train", "val"]},
+      "domains": [{"name": "birds", "data": ")" + corpus + R"(/birds.csv", "splits": ["train", "val"]}],
+      "tasks": {"music": ")" + corpus + R"(/music.csv"},
+      "methods": ["dcpt", {"name": "distill", "base": "sonar", "flags": {"replay": "none", "codebook": "frozen"}}],
+      "seeds": [3],
+      "train": {"steps": 3, "batch": 4, "crop_seconds": 1, "log_every": 1, "save_every": 3, "threads": 2},
+      "probe": {"epochs": 5, "patience": 5}
+    })");
+  }
+};
+
+const GridSetup& setup() {
+  static GridSetup s;
+  return s;
+}
+
+std::string write_plan(const std::string& dir, const json& j) {
+  fs::create_directories(dir);
+  const std::string path = dir + "/plan.json";
+  std::ofstream(path) << j.dump(2);
+  return path;
+}
+
+}  // namespace
+
+TEST(CmdExperiment, TinyGridEndToEndThenReusedOnRerun) {
+  const GridSetup& s = setup();
+  const std::string dir = tmp_dir("grid");
+  const std::string plan = write_plan(dir + "-plans", s.plan());
+  const std::string out = dir + "/out";
+  auto r = run_sonar("experiment --plan " + plan + " --out " + out);
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("run 1 of 2: birds / dcpt / seed 3"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("run 2 of 2: birds / distill / seed 3"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("probe 9 of 9"), std::string::npos) << r.out;  // (start + 2 runs) x 3 tasks
+  EXPECT_NE(r.out.find("2 trained now, 0 reused"), std::string::npos) << r.out;
+  for (const char* f : {"results.csv", "results.json", "results.md", "plan.json", "figures/bars.svg",
+                        "figures/scatter.svg", "figures/curves-birds.svg", "runs/birds/dcpt/seed3/model.safetensors",
+                        "runs/birds/distill/seed3/metrics.jsonl"})
+    EXPECT_TRUE(fs::exists(fs::path(out) / f)) << f;
+  const std::string csv = sonar::read_file(out + "/results.csv");
+  EXPECT_EQ(lines_of(csv), 1 + 9) << csv;  // header + 3 models x 3 tasks
+  EXPECT_NE(csv.find("birds,distill,3,prior,prior,"), std::string::npos) << csv;
+  EXPECT_NE(csv.find("birds,start,3,music,other,"), std::string::npos) << csv;
+  const json res = json::parse(sonar::read_file(out + "/results.json"));
+  ASSERT_EQ(res["summary"].size(), 3u);
+  EXPECT_EQ(res["summary"][0]["method"], "start");
+  EXPECT_EQ(res["summary"][0]["forgetting"]["mean"].get<double>(), 0.0);
+  const std::string md = sonar::read_file(out + "/results.md");
+  EXPECT_NE(md.find("| distill | 1 |"), std::string::npos) << md;
+  EXPECT_NE(r.out.find("| dcpt | 1 |"), std::string::npos) << "the table is printed";
+  for (const char* f : {"figures/bars.svg", "figures/scatter.svg", "figures/curves-birds.svg"}) {
+    const auto x = sonar::testutil::check_xml(sonar::read_file(out + "/" + f));
+    EXPECT_TRUE(x.ok) << f << ": " << x.error;
+  }
+
+  // The same command again: nothing is trained or probed, the results are the same.
+  const auto stamp = fs::last_write_time(fs::path(out) / "runs/birds/dcpt/seed3/checkpoint.safetensors");
+  auto again = run_sonar("experiment --plan " + plan + " --out " + out);
+  ASSERT_EQ(again.code, 0) << again.out;
+  EXPECT_NE(again.out.find("0 trained now, 2 reused"), std::string::npos) << again.out;
+  EXPECT_NE(again.out.find("9 probes (9 reused)"), std::string::npos) << again.out;
+  EXPECT_EQ(again.out.find("step 1/3"), std::string::npos) << again.out;
+  EXPECT_EQ(fs::last_write_time(fs::path(out) / "runs/birds/dcpt/seed3/checkpoint.safetensors"), stamp);
+  EXPECT_EQ(sonar::read_file(out + "/results.csv"), csv);
+
+  // The same folder with other training settings is refused before anything is touched.
+  json changed = s.plan();
+  changed["train"]["lr"] = 1e-3;
+  auto refused = run_sonar("experiment --plan " + write_plan(dir + "-changed", changed) + " --out " + out);
+  EXPECT_NE(refused.code, 0);
+  EXPECT_NE(refused.out.find("was made with other settings (lr:"), std::string::npos) << refused.out;
+  EXPECT_EQ(fs::last_write_time(fs::path(out) / "runs/birds/dcpt/seed3/checkpoint.safetensors"), stamp);
+
+  // sonar plot draws one run.
+  auto p = run_sonar("plot " + out + "/runs/birds/distill/seed3");
+  ASSERT_EQ(p.code, 0) << p.out;
+  const auto x = sonar::testutil::check_xml(sonar::read_file(out + "/runs/birds/distill/seed3/curves.svg"));
+  EXPECT_TRUE(x.ok) << x.error;
+  const std::string svg = sonar::read_file(out + "/runs/birds/distill/seed3/curves.svg");
+  for (const char* k : {">loss terms<", ">accuracy<", ">distill_model<", ">masked_accuracy<"})
+    EXPECT_NE(svg.find(k), std::string::npos) << k;
+  auto nometrics = run_sonar("plot " + dir + "-plans");
+  EXPECT_NE(nometrics.code, 0);
+  EXPECT_NE(nometrics.out.find("has no metrics.jsonl"), std::string::npos) << nometrics.out;
+}
+
+TEST(CmdExperiment, BadPlansFailWithOneLineAndWriteNothing) {
+  const GridSetup& s = setup();
+  const std::string dir = tmp_dir("bad");
+  auto expect_refused = [&](const std::string& name, const json& plan, const std::string& needle) {
+    const std::string out = dir + "/out-" + name;
+    auto r = run_sonar("experiment --plan " + write_plan(dir + "/" + name, plan) + " --out " + out);
+    EXPECT_NE(r.code, 0) << name;
+    EXPECT_NE(r.out.find(needle), std::string::npos) << name << ": " << r.out;
+    EXPECT_LE(lines_of(r.out), 1) << name << ": " << r.out;
+    EXPECT_FALSE(fs::exists(out)) << name << ": the output folder was created";
+  };
+  json p = s.plan();
+  p["methods"].push_back("sonar-extra-strong");
+  expect_refused("method", p, "unknown method 'sonar-extra-strong'");
+  p = s.plan();
+  p["methods"][1]["flags"]["replay-sped"] = 1;
+  expect_refused("flag", p, "unknown flag 'replay-sped'");
+  p = s.plan();
+  p["domains"][0]["data"] = s.corpus + "/owls.csv";
+  expect_refused("manifest", p, "owls.csv does not exist");
+  p = s.plan();
+  p["methods"].push_back({{"name", "dcpt"}, {"base", "dcpt"}});
+  expect_refused("duplicate", p, "duplicate run name: method 'dcpt'");
+  auto notjson = run_sonar("experiment --plan " + s.corpus + "/prior.csv --out " + dir + "/out-csv");
+  EXPECT_NE(notjson.code, 0);
+  EXPECT_NE(notjson.out.find("not valid JSON"), std::string::npos) << notjson.out;
+  EXPECT_FALSE(fs::exists(dir + "/out-csv"));
+}
+
+TEST(CmdExperiment, HelpNamesEveryFlag) {
+  auto r = run_sonar("experiment --help");
+  ASSERT_EQ(r.code, 0);
+  for (const char* f : {"--plan", "--preset", "--out", "--domain", "--seeds", "--steps", "--threads"})
+    EXPECT_NE(r.out.find(f), std::string::npos) << f;
+  auto p = run_sonar("plot --help");
+  ASSERT_EQ(p.code, 0);
+  EXPECT_NE(p.out.find("--output"), std::string::npos);
+}

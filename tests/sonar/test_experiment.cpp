@@ -1,0 +1,279 @@
+// Tests of the experiment library (sonar/experiment.h) that need no training: results aggregation against a
+// hand computation on a made-up results.csv (means, sample std, forgetting paired by seed, relative forgetting,
+// the general drop), the CSV round trip and its errors, the tables and figures written from it, metrics.jsonl
+// reading and averaging, and plan validation (every bad plan is one error line naming the problem). The grid
+// end to end (training, probes, reuse) is tested through the command in tests/apps/test_cmd_experiment.cpp.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <limits>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+#include "sonar/experiment.h"
+#include "tensor/io.h"
+#include "tests/sonar/xml_check.h"
+#include "tests/test_util.h"
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+using namespace sonar::method;
+
+namespace {
+
+constexpr double kTol = 1e-12;  // the aggregation is plain double arithmetic on 6-decimal inputs
+
+// Two seeds; new domain birds; prior task; two other tasks. Values chosen so the hand computation is short.
+const char* kResults =
+    "domain,method,seed,task,role,test_clips,accuracy,macro_f1,mAP,score\n"
+    "birds,start,0,birds,new,60,0.55,0.50,nan,0.50\n"
+    "birds,start,0,prior,prior,60,nan,nan,0.80,0.80\n"
+    "birds,start,0,music,other,60,0.71,0.70,nan,0.70\n"
+    "birds,start,0,speech,other,60,0.61,0.60,nan,0.60\n"
+    "birds,start,1,birds,new,60,0.57,0.54,nan,0.54\n"
+    "birds,start,1,prior,prior,60,nan,nan,0.82,0.82\n"
+    "birds,start,1,music,other,60,0.73,0.72,nan,0.72\n"
+    "birds,start,1,speech,other,60,0.63,0.62,nan,0.62\n"
+    "birds,dcpt,0,birds,new,60,0.72,0.70,nan,0.70\n"
+    "birds,dcpt,0,prior,prior,60,nan,nan,0.60,0.60\n"
+    "birds,dcpt,0,music,other,60,0.51,0.50,nan,0.50\n"
+    "birds,dcpt,0,speech,other,60,0.51,0.50,nan,0.50\n"
+    "birds,dcpt,1,birds,new,60,0.76,0.74,nan,0.74\n"
+    "birds,dcpt,1,prior,prior,60,nan,nan,0.66,0.66\n"
+    "birds,dcpt,1,music,other,60,0.57,0.56,nan,0.56\n"
+    "birds,dcpt,1,speech,other,60,0.49,0.48,nan,0.48\n"
+    "birds,sonar,0,birds,new,60,0.70,0.68,nan,0.68\n"
+    "birds,sonar,0,prior,prior,60,nan,nan,0.79,0.79\n"
+    "birds,sonar,0,music,other,60,0.70,0.69,nan,0.69\n"
+    "birds,sonar,0,speech,other,60,0.62,0.61,nan,0.61\n"
+    "birds,sonar,1,birds,new,60,0.74,0.72,nan,0.72\n"
+    "birds,sonar,1,prior,prior,60,nan,nan,0.80,0.80\n"
+    "birds,sonar,1,music,other,60,0.70,0.70,nan,0.70\n"
+    "birds,sonar,1,speech,other,60,0.60,0.60,nan,0.60\n";
+
+const SummaryRow& row(const std::vector<SummaryRow>& s, const std::string& method) {
+  for (const auto& r : s)
+    if (r.method == method) return r;
+  ADD_FAILURE() << "no summary row for " << method;
+  return s.front();
+}
+
+std::string tmp_dir(const std::string& name) { return sonar::testutil::fresh_tmp_path("sonar_test_experiment_", name); }
+
+void write(const std::string& path, const std::string& text) {
+  fs::create_directories(fs::path(path).parent_path());
+  std::ofstream(path) << text;
+}
+
+}  // namespace
+
+TEST(ExperimentResults, StatIsMeanAndSampleStd) {
+  const Stat s = stat_of({1, 2, 3, std::numeric_limits<double>::quiet_NaN()});
+  EXPECT_EQ(s.n, 3);
+  EXPECT_NEAR(s.mean, 2.0, kTol);
+  EXPECT_NEAR(s.std, 1.0, kTol);  // sqrt(((1-2)^2 + 0 + (3-2)^2) / (3 - 1))
+  const Stat one = stat_of({5});
+  EXPECT_EQ(one.n, 1);
+  EXPECT_EQ(one.mean, 5);
+  EXPECT_TRUE(std::isnan(one.std));
+  EXPECT_EQ(stat_of({}).n, 0);
+}
+
+TEST(ExperimentResults, SummaryMatchesAHandComputation) {
+  const auto rows = parse_results_csv(kResults);
+  ASSERT_EQ(rows.size(), 24u);
+  const auto s = summarise(rows);
+  ASSERT_EQ(s.size(), 3u);
+  EXPECT_EQ(s[0].method, "start");
+  EXPECT_EQ(s[1].method, "dcpt");
+  EXPECT_EQ(s[2].method, "sonar");
+
+  const SummaryRow& st = row(s, "start");
+  EXPECT_NEAR(st.new_f1.mean, 0.52, kTol);
+  EXPECT_NEAR(st.forgetting.mean, 0.0, kTol);
+  EXPECT_NEAR(st.general_drop.mean, 0.0, kTol);
+
+  const SummaryRow& d = row(s, "dcpt");
+  EXPECT_EQ(d.seeds, 2);
+  // new F1: 0.70, 0.74 -> mean 0.72, std sqrt(0.02^2 + 0.02^2) = 0.028284271247461926
+  EXPECT_NEAR(d.new_f1.mean, 0.72, kTol);
+  EXPECT_NEAR(d.new_f1.std, 0.028284271247461926, kTol);
+  EXPECT_NEAR(d.new_acc.mean, 0.74, kTol);
+  // gain per seed: 0.70 - 0.50, 0.74 - 0.54 -> 0.20 both
+  EXPECT_NEAR(d.new_gain.mean, 0.20, kTol);
+  EXPECT_NEAR(d.new_gain.std, 0.0, kTol);
+  // prior: 0.60, 0.66; forgetting: 0.80 - 0.60 = 0.20, 0.82 - 0.66 = 0.16
+  EXPECT_NEAR(d.prior.mean, 0.63, kTol);
+  EXPECT_NEAR(d.forgetting.mean, 0.18, kTol);
+  EXPECT_NEAR(d.forgetting.std, 0.028284271247461926, kTol);
+  // relative: 0.20 / 0.80 = 0.25, 0.16 / 0.82 = 0.1951219512...
+  EXPECT_NEAR(d.relative_forgetting.mean, 0.2225609756097561, kTol);
+  EXPECT_NEAR(d.relative_forgetting.std, 0.03880464043096907, kTol);
+  // general: seed 0 ((0.70-0.50) + (0.60-0.50)) / 2 = 0.15; seed 1 ((0.72-0.56) + (0.62-0.48)) / 2 = 0.15
+  EXPECT_NEAR(d.general_drop.mean, 0.15, kTol);
+  EXPECT_NEAR(d.general_drop.std, 0.0, kTol);
+
+  const SummaryRow& so = row(s, "sonar");
+  // forgetting 0.01, 0.02; general: seed 0 (0.01 - 0.01) / 2 = 0, seed 1 (0.02 + 0.02) / 2 = 0.02
+  EXPECT_NEAR(so.forgetting.mean, 0.015, kTol);
+  EXPECT_NEAR(so.forgetting.std, 0.007071067811865475, kTol);
+  EXPECT_NEAR(so.general_drop.mean, 0.01, kTol);
+  EXPECT_NEAR(so.general_drop.std, 0.01414213562373095, kTol);
+  EXPECT_NEAR(so.new_f1.mean, 0.70, kTol);
+
+  // Without the start rows, the paired numbers are unknown, the unpaired ones are not.
+  std::vector<ResultRow> no_start;
+  for (const auto& r : rows)
+    if (r.method != "start") no_start.push_back(r);
+  const auto s2 = summarise(no_start);
+  EXPECT_NEAR(row(s2, "dcpt").new_f1.mean, 0.72, kTol);
+  EXPECT_EQ(row(s2, "dcpt").forgetting.n, 0);
+}
+
+TEST(ExperimentResults, CsvRoundTripAndErrors) {
+  const auto rows = parse_results_csv(kResults);
+  EXPECT_EQ(results_csv(rows), results_csv(parse_results_csv(results_csv(rows))));
+  EXPECT_TRUE(std::isnan(rows[0].mAP));
+  sonar::testutil::expect_error([] { parse_results_csv("domain,method\n"); }, {"results.csv", "header"});
+  sonar::testutil::expect_error(
+      [] { parse_results_csv(std::string(kResults) + "birds,dcpt,0,x,sideways,1,0,0,0,0\n"); },
+      {"line 26", "role must be new, prior or other", "sideways"});
+  sonar::testutil::expect_error([] { parse_results_csv(std::string(kResults) + "birds,dcpt,0\n"); },
+                                {"line 26", "3 fields"});
+  sonar::testutil::expect_error(
+      [] { parse_results_csv(std::string(kResults) + "birds,dcpt,0,x,new,1,abc,0,0,0\n"); }, {"'abc' is not a number"});
+}
+
+TEST(ExperimentResults, TablesAndFiguresFromResults) {
+  const auto rows = parse_results_csv(kResults);
+  const auto summary = summarise(rows);
+  const std::string md = results_markdown(summary, "made-up");
+  EXPECT_NE(md.find("## New domain: birds"), std::string::npos) << md;
+  EXPECT_NE(md.find("| dcpt | 2 | 0.7200 ± 0.0283 | 0.7400 ± 0.0283 | 0.2000 ± 0.0000 | 0.6300 ± 0.0424 | "
+                    "0.1800 ± 0.0283 | 22.3 ± 3.9 % | 0.1500 ± 0.0000 |"),
+            std::string::npos)
+      << md;
+  const json j = results_json(rows, summary);
+  EXPECT_EQ(j["rows"].size(), 24u);
+  EXPECT_TRUE(j["rows"][0]["mAP"].is_null());
+  EXPECT_NEAR(j["summary"][1]["forgetting"]["mean"].get<double>(), 0.18, kTol);
+
+  const std::string dir = tmp_dir("figures");
+  const auto files = write_results(rows, dir, "made-up <grid>");
+  ASSERT_EQ(files.size(), 5u);
+  EXPECT_EQ(sonar::read_file(dir + "/results.csv"), results_csv(rows));
+  for (const char* f : {"figures/bars.svg", "figures/scatter.svg"}) {
+    const auto x = sonar::testutil::check_xml(sonar::read_file(dir + "/" + f));
+    ASSERT_TRUE(x.ok) << f << ": " << x.error;
+  }
+  // The bars carry their values in a tooltip: dcpt's new-domain bar is the mean 0.72.
+  const std::string bars = sonar::read_file(dir + "/figures/bars.svg");
+  EXPECT_NE(bars.find("<title>dcpt, birds: 0.72</title>"), std::string::npos);
+  EXPECT_NE(bars.find("made-up &lt;grid&gt;"), std::string::npos);
+}
+
+TEST(ExperimentMetrics, ReadsAveragesAndGroupsCurves) {
+  const std::string dir = tmp_dir("metrics");
+  write(dir + "/a.jsonl",
+        "{\"step\":10,\"loss\":4.0,\"masked_accuracy\":0.1,\"lr\":1e-3,\"codebook_size\":256,\"distill_tok\":null}\n"
+        "{\"step\":20,\"loss\":3.0,\"masked_accuracy\":0.2,\"lr\":5e-4,\"codebook_size\":260,\"distill_tok\":2.5}\n");
+  write(dir + "/b.jsonl", "{\"step\":10,\"loss\":6.0,\"masked_accuracy\":0.3}\n{\"step\":20,\"loss\":5.0}\n");
+  const MetricsLog a = read_metrics(dir + "/a.jsonl");
+  EXPECT_EQ(a.keys, (std::vector<std::string>{"loss", "masked_accuracy", "lr", "codebook_size", "distill_tok"}));
+  EXPECT_EQ(a.values.at("distill_tok"), (std::vector<double>{2.5}));  // the null is skipped
+  EXPECT_EQ(a.steps.at("distill_tok"), (std::vector<double>{20}));
+  const MetricsLog m = mean_metrics({a, read_metrics(dir + "/b.jsonl")});
+  EXPECT_EQ(m.values.at("loss"), (std::vector<double>{5.0, 4.0}));
+  EXPECT_EQ(m.values.at("masked_accuracy"), (std::vector<double>{0.2, 0.2}));  // (0.1 + 0.3) / 2, then 0.2 alone
+  const auto panels = curve_panels(a.keys);
+  ASSERT_EQ(panels.size(), 4u);
+  EXPECT_EQ(panels[0].first, "loss terms");
+  EXPECT_EQ(panels[0].second, (std::vector<std::string>{"loss", "distill_tok"}));
+  EXPECT_EQ(panels[1].second, (std::vector<std::string>{"masked_accuracy"}));
+  EXPECT_EQ(panels[2].second, (std::vector<std::string>{"codebook_size"}));
+  EXPECT_EQ(panels[3].second, (std::vector<std::string>{"lr"}));
+  const auto x = sonar::testutil::check_xml(run_curves_svg(a, "run a"));
+  EXPECT_TRUE(x.ok) << x.error;
+  write(dir + "/bad.jsonl", "{\"step\":1}\nnot json\n");
+  sonar::testutil::expect_error([&] { read_metrics(dir + "/bad.jsonl"); }, {"bad.jsonl line 2"});
+}
+
+// ---- plans ----
+
+namespace {
+
+struct PlanFixture {
+  std::string dir;
+  json plan;
+  PlanFixture() {
+    dir = tmp_dir("plan");
+    for (const char* f : {"start.safetensors", "tok.safetensors", "prior.csv", "speech.csv", "music.csv"})
+      write(dir + "/" + f, "x\n");
+    plan = json::parse(R"({
+      "name": "p",
+      "start": {"model": "start.safetensors", "tokenizer": "tok.safetensors"},
+      "prior": {"data": "prior.csv", "splits": ["train"]},
+      "domains": [{"name": "speech", "data": "speech.csv", "splits": ["train", "val"]}],
+      "tasks": {"music": "music.csv"},
+      "methods": ["dcpt", {"name": "distill-only", "base": "sonar",
+                           "flags": {"replay": "none", "codebook": "frozen", "distill-model": 2}}],
+      "seeds": [0, 1],
+      "train": {"steps": 5, "batch": 4},
+      "probe": {"epochs": 3}
+    })");
+  }
+  std::string error(const std::function<void(json&)>& edit) {
+    json j = plan;
+    edit(j);
+    return sonar::testutil::error_of([&] { parse_plan(j, dir, "plan.json"); });
+  }
+};
+
+}  // namespace
+
+TEST(ExperimentPlan, ParsesAndResolvesPaths) {
+  PlanFixture f;
+  const ExperimentPlan p = parse_plan(f.plan, f.dir);
+  EXPECT_EQ(p.start_model, (fs::path(f.dir) / "start.safetensors").string());
+  EXPECT_EQ(p.prior_task, (fs::path(f.dir) / "prior.csv").string());  // defaults to the prior data
+  ASSERT_EQ(p.methods.size(), 2u);
+  EXPECT_EQ(p.methods[0].flags.at("method"), "dcpt");
+  EXPECT_EQ(p.methods[1].flags.at("method"), "sonar");
+  EXPECT_EQ(p.methods[1].flags.at("distill-model"), "2");
+  EXPECT_EQ(p.train.steps, 5);
+  EXPECT_EQ(p.train.lr, PlanTraining().lr);
+  const auto cells = grid_cells(p, "/out");
+  ASSERT_EQ(cells.size(), 4u);  // 1 domain x 2 seeds x 2 methods
+  EXPECT_EQ(cells[1].dir, "/out/runs/speech/distill-only/seed0");
+  EXPECT_EQ(cells[2].seed, 1u);
+  // The normalised plan parses to the same grid.
+  const ExperimentPlan again = parse_plan(p.to_json(), "/elsewhere");
+  EXPECT_EQ(again.to_json(), p.to_json());
+}
+
+TEST(ExperimentPlan, BadPlansGiveOneLineNamingTheProblem) {
+  PlanFixture f;
+  auto expect = [&](const std::function<void(json&)>& edit, const std::vector<std::string>& parts) {
+    const std::string e = f.error(edit);
+    ASSERT_FALSE(e.empty()) << "no error for: " << parts[0];
+    EXPECT_EQ(e.find('\n'), std::string::npos) << e;
+    for (const auto& p : parts) EXPECT_NE(e.find(p), std::string::npos) << e << "\nmissing: " << p;
+  };
+  expect([](json& j) { j["methods"].push_back("sonar-turbo"); }, {"plan.json", "unknown method 'sonar-turbo'"});
+  expect([](json& j) { j["methods"][1]["flags"]["replay-speed"] = 2; }, {"plan.json", "unknown flag 'replay-speed'"});
+  expect([](json& j) { j["flags"] = {{"distill-loss", "l7"}}; }, {"method 'distill-only'", "--distill-loss", "l7"});
+  expect([](json& j) { j["domains"][0]["data"] = "nowhere/birds.csv"; }, {"domain 'speech'", "nowhere/birds.csv",
+                                                                        "does not exist"});
+  expect([](json& j) { j["domains"].push_back(j["domains"][0]); }, {"duplicate run name", "domain 'speech'"});
+  expect([](json& j) { j["methods"].push_back("dcpt"); }, {"duplicate run name", "method 'dcpt'"});
+  expect([](json& j) { j["seeds"] = {0, 0}; }, {"duplicate run name", "seed 0"});
+  expect([](json& j) { j["methods"].push_back("start"); }, {"'start' is always in the grid"});
+  expect([](json& j) { j["stepz"] = 3; }, {"unknown key 'stepz'"});
+  expect([](json& j) { j["train"]["steps"] = 0; }, {"train", "must be positive"});
+  expect([](json& j) { j["methods"][1]["name"] = "a/b"; }, {"method name 'a/b'"});
+  expect([](json& j) { j.erase("start"); }, {"missing 'start'"});
+  expect([](json& j) { j["tasks"]["speech"] = "music.csv"; }, {"duplicate task name 'speech'"});
+}
