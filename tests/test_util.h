@@ -116,8 +116,9 @@ struct Run {
   std::string out;  // stdout and stderr together
 };
 
-inline Run run_sonar(const std::string& args) {
-  std::string cmd = std::string(SONAR_BINARY_DIR) + "/sonar " + args + " 2>&1";
+// ... with `prefix` before the program's path (environment settings, a launcher).
+inline Run run_sonar_with_prefix(const std::string& prefix, const std::string& args) {
+  std::string cmd = prefix + std::string(SONAR_BINARY_DIR) + "/sonar " + args + " 2>&1";
   Run r;
   FILE* p = popen(cmd.c_str(), "r");
   if (!p) return r;
@@ -127,6 +128,15 @@ inline Run run_sonar(const std::string& args) {
   int status = pclose(p);
   r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
   return r;
+}
+
+inline Run run_sonar(const std::string& args) { return run_sonar_with_prefix("", args); }
+
+// The built `sonar` program run under `mpirun -np n` with `args`, 1 OpenMP thread per process (as root in CI:
+// --allow-run-as-root; more processes than cores: --oversubscribe): exit code and output.
+inline Run run_sonar_mpi(int n, const std::string& args) {
+  return run_sonar_with_prefix("OMP_NUM_THREADS=1 mpirun --allow-run-as-root --oversubscribe -np " + std::to_string(n) +
+                               " -x OMP_NUM_THREADS -x OMP_WAIT_POLICY ", args);
 }
 
 // A path under the temporary folder, `prefix` + pid + `name`, emptied (not created).
