@@ -444,12 +444,13 @@ void OnlineCodebookExtension::after_step(const StepBatch& batch, const beats::Ml
   // Re-initialise dead codes, then grow (one search of the codebook serves both unless codes were replaced).
   const std::vector<int64_t> dead = m.dead_codes();
   const bool may_grow = std::min<int64_t>(m.o.max_new_per_step, m.max_codes - m.K()) > 0;
-  if (dead.empty() && !may_grow) return;
+  if (!group.multi() && dead.empty() && !may_grow) return;
   if (group.multi()) {
     // Every process holds the same codebook; the draws need the global batch's real features in one
     // process's order. They are gathered only when an event can happen: some code is dead, or the global
-    // share of novel features exceeds novelty_share (decided with one all-reduce of two counts, so every
-    // process takes the same branch).
+    // share of novel features exceeds novelty_share (decided with one all-reduce of two counts, made on every
+    // step after the warm-up so that processes whose codebooks went apart fail here instead of waiting for
+    // each other in different collectives).
     int64_t flags[2] = {dead.empty() ? 0 : 1, 0};  // processes with dead codes, novel features
     if (may_grow && N_local > 0) {
       const BestCode local = best_codes(x, m.weight);
