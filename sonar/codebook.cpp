@@ -13,6 +13,7 @@
 #include "nn/beats/checkpoint.h"
 #include "nn/beats/label_predictor.h"
 #include "nn/init.h"
+#include "sonar/distributed.h"
 #include "tensor/creation.h"
 #include "tensor/index.h"
 #include "tensor/matmul.h"
@@ -108,6 +109,36 @@ void reset_head_moments(ag::Optimizer& opt, const beats::GrowableLinear& head, c
   opt.load_state(st);
 }
 
+// Data parallelism: replaces this process's real features x [n, D] and their labels by the global batch's, in
+// the order one process would hold them: the new clips' rows of process 0, 1, ..., then the added clips' rows
+// of process 0, 1, ... (n_new_real: how many of this process's rows come from new clips). Every process gets
+// the same x and labels.
+void gather_global(const Distributed& group, int64_t n_new_real, Tensor& x, std::vector<int64_t>& labels) {
+  const std::vector<int64_t> counts = group.allgather(std::vector<int64_t>{n_new_real, x.size(0)});
+  const Tensor rows = group.allgather_rows(x.contiguous());
+  const std::vector<int64_t> all_labels = group.allgather(labels);
+  const int R = group.size();
+  std::vector<int64_t> starts(R);
+  int64_t total = 0;
+  for (int r = 0; r < R; ++r) {
+    starts[r] = total;
+    total += counts[2 * r + 1];
+  }
+  SONAR_CHECK(rows.size(0) == total && static_cast<int64_t>(all_labels.size()) == total,
+              "online codebook: gathered ", rows.size(0), " features and ", all_labels.size(), " labels, expected ",
+              total);
+  std::vector<int64_t> order;
+  order.reserve(static_cast<size_t>(total));
+  for (int pass = 0; pass < 2; ++pass)
+    for (int r = 0; r < R; ++r) {
+      const int64_t lo = pass == 0 ? 0 : counts[2 * r], hi = pass == 0 ? counts[2 * r] : counts[2 * r + 1];
+      for (int64_t i = lo; i < hi; ++i) order.push_back(starts[r] + i);
+    }
+  x = total > 0 ? index_select(rows, 0, from_vector(order, {total})).contiguous() : rows;
+  labels.resize(static_cast<size_t>(total));
+  for (int64_t g = 0; g < total; ++g) labels[g] = all_labels[order[g]];
+}
+
 }  // namespace
 
 void validate(const CodebookOptions& o) {
@@ -190,17 +221,29 @@ struct OnlineCodebookExtension::Impl {
     return total / static_cast<double>(K());
   }
 
-  // The EMA step on the real features x [N, D] with their nearest codes a (before the step).
-  void ema(const Tensor& x, const std::vector<int64_t>& a) {
-    const int64_t N = x.size(0), k = K(), D = dim;
+  // The EMA step on the real features x [N, D] with their nearest codes a (before the step). With several
+  // processes the statistics are the global batch's: the feature count, per-code counts and per-code feature
+  // sums are summed across processes (one all-reduce of 1 + K + K D doubles: double because the one-process
+  // step accumulates in double, so the global sums equal its sums up to the order of two partial sums; the
+  // bytes are under 1% of the gradient all-reduce's). Returns the global number of real features (0: nothing
+  // moved).
+  int64_t ema(const Tensor& x, const std::vector<int64_t>& a, const Distributed& group) {
+    const int64_t N_local = x.size(0), k = K(), D = dim;
     const float d = o.decay;
     const double dd = static_cast<double>(d);
-    std::vector<double> counts(k, 0.0), sums(k * D, 0.0);
-    const float* xp = x.data<float>();
-    for (int64_t n = 0; n < N; ++n) {
+    // stats = [N, counts (K), sums (K x D)]
+    std::vector<double> stats(static_cast<size_t>(1 + k + k * D), 0.0);
+    double* counts = stats.data() + 1;
+    double* sums = stats.data() + 1 + k;
+    stats[0] = static_cast<double>(N_local);
+    const float* xp = N_local > 0 ? x.data<float>() : nullptr;
+    for (int64_t n = 0; n < N_local; ++n) {
       counts[a[n]] += 1.0;
       for (int64_t j = 0; j < D; ++j) sums[a[n] * D + j] += xp[n * D + j];
     }
+    group.allreduce_sum(stats.data(), static_cast<int64_t>(stats.size()));
+    const int64_t N = static_cast<int64_t>(stats[0]);
+    if (N == 0) return 0;  // nothing real in the (global) batch: no statistic moves
     float* u = usage.data<float>();
     if (updates == 0) {
       // The carried-over usage keeps its shares but takes this run's scale (features per step).
@@ -221,6 +264,7 @@ struct OnlineCodebookExtension::Impl {
       for (int64_t j = 0; j < D; ++j) w[i * D + j] = static_cast<float>(v[j]);
     }
     ++updates;
+    return N;
   }
 
   // Anchors for the dead codes, k-means++ style over D(x_n) = |x_n - nearest code|^2. Returns the feature row
@@ -377,24 +421,49 @@ void OnlineCodebookExtension::after_step(const StepBatch& batch, const beats::Ml
     pc = pad.contiguous();
     pp = pc.bytes();
   }
+  // Real rows of the new clips come first (the batch's first new_clips clips), then those of added clips.
+  int64_t n_new_real = 0;
   for (int64_t i = 0; i < B * P; ++i)
-    if (!pp || !pp[i]) real_rows.push_back(i);
-  const int64_t N = static_cast<int64_t>(real_rows.size());
-  if (N == 0) return;  // nothing real in this batch: no statistic moves
-  const Tensor x = index_select(all, 0, from_vector(real_rows, {N})).contiguous();
-  std::vector<int64_t> assigned(N);
+    if (!pp || !pp[i]) {
+      real_rows.push_back(i);
+      if (i < batch.new_clips * P) ++n_new_real;
+    }
+  const int64_t N_local = static_cast<int64_t>(real_rows.size());
+  Tensor x = N_local > 0 ? index_select(all, 0, from_vector(real_rows, {N_local})).contiguous() : zeros({0, D});
+  std::vector<int64_t> assigned(N_local);
   {
     const Tensor lc = all_labels.contiguous();
     const int64_t* lp = lc.data<int64_t>();
-    for (int64_t n = 0; n < N; ++n) assigned[n] = lp[real_rows[n]];
+    for (int64_t n = 0; n < N_local; ++n) assigned[n] = lp[real_rows[n]];
   }
-  m.ema(x, assigned);
+  const Distributed& group = Distributed::world();
+  const int64_t N = m.ema(x, assigned, group);  // global count of real features
+  if (N == 0) return;
   if (batch.step < m.o.warmup_steps) return;
 
   // Re-initialise dead codes, then grow (one search of the codebook serves both unless codes were replaced).
   const std::vector<int64_t> dead = m.dead_codes();
   const bool may_grow = std::min<int64_t>(m.o.max_new_per_step, m.max_codes - m.K()) > 0;
-  if (dead.empty() && !may_grow) return;
+  if (!group.multi() && dead.empty() && !may_grow) return;
+  if (group.multi()) {
+    // Every process holds the same codebook; the draws need the global batch's real features in one
+    // process's order. They are gathered only when an event can happen: some code is dead, or the global
+    // share of novel features exceeds novelty_share (decided with one all-reduce of two counts, made on every
+    // step after the warm-up so that processes whose codebooks went apart fail here instead of waiting for
+    // each other in different collectives).
+    int64_t flags[2] = {dead.empty() ? 0 : 1, 0};  // processes with dead codes, novel features
+    if (may_grow && N_local > 0) {
+      const BestCode local = best_codes(x, m.weight);
+      for (float c : local.cos) flags[1] += static_cast<double>(c) < m.o.novelty_cos ? 1 : 0;
+    }
+    group.allreduce_sum(flags, 2);
+    SONAR_CHECK(flags[0] == 0 || flags[0] == group.size(), "online codebook, step ", batch.step + 1, ": ", flags[0],
+                " of ", group.size(), " processes see dead codes: their codebooks differ (non-deterministic sums?)");
+    const bool novel = may_grow && static_cast<double>(flags[1]) > m.o.novelty_share * static_cast<double>(N);
+    if (dead.empty() && !novel) return;
+    gather_global(group, n_new_real, x, assigned);
+    SONAR_CHECK(x.size(0) == N, "online codebook: gathered ", x.size(0), " features, the global count is ", N);
+  }
   BestCode best = best_codes(x, m.weight);
   const double start_usage = m.mean_usage();
   const std::vector<std::pair<int64_t, int64_t>> reinit = m.draw_anchors(x, best, dead, batch.step);
@@ -418,6 +487,22 @@ void OnlineCodebookExtension::after_step(const StepBatch& batch, const beats::Ml
     m.weight = cat({m.weight, rows}, 0);
     m.embed_avg = cat({m.embed_avg, rows}, 0);
     m.usage = cat({m.usage, full({n_new}, start_usage)}, 0);
+  }
+  if (group.multi()) {
+    // The decisions must be the same everywhere (same inputs, same generators): checked, because processes that
+    // went apart would train different heads silently.
+    std::vector<int64_t> mine = {static_cast<int64_t>(reinit.size()), n_new};
+    uint64_t h = 1469598103934665603ULL;
+    auto mix = [&](int64_t v) { h = (h ^ static_cast<uint64_t>(v)) * 1099511628211ULL; };
+    for (const auto& [code, row] : reinit) mix(code), mix(row);
+    for (int64_t g : grow) mix(g);
+    mine.push_back(static_cast<int64_t>(h));
+    const std::vector<int64_t> all_decisions = group.allgather(mine);
+    for (int r = 1; r < group.size(); ++r)
+      SONAR_CHECK(std::equal(all_decisions.begin() + 3 * r, all_decisions.begin() + 3 * r + 3, all_decisions.begin()),
+                  "online codebook, step ", batch.step + 1, ": process ", r, " chose ", all_decisions[3 * r],
+                  " re-initialisations and ", all_decisions[3 * r + 1], " new codes, process 0 ", all_decisions[0],
+                  " and ", all_decisions[1], " (or other anchors): the processes' codebooks differ");
   }
   if (reinit.empty() && n_new == 0) return;
 

@@ -31,6 +31,12 @@
 //    assigned to in this step (the nearest old meaning is the best first guess), with new_rows = fresh a new
 //    draw (BEiT head init: truncated normal std 0.02, bias 0).
 // All draws come from generators seeded by (seed, step), so a resumed run makes the same choices.
+// Data parallelism (sonar/distributed.h): every process holds the whole codebook and only its share of the
+// batch. The EMA's counts and feature sums are summed across processes (double all-reduce), and on steps where
+// a code is dead or the global novel share exceeds novelty_share the real features and their labels are
+// gathered in one process's global order (new clips by rank, then added clips by rank), so every process draws
+// the same anchors and new codes and changes the same predictor rows and moments (checked with an all-gather of
+// the decisions).
 //
 // Health, on the progress line and in metrics.jsonl: codebook_size, perplexity (exp of the entropy of the usage
 // share u / sum(u)), dead (codes under the threshold now), reinit and added (codes re-initialised and added since
@@ -69,6 +75,9 @@ class OnlineCodebookExtension : public TrainerExtension {
  public:
   explicit OnlineCodebookExtension(CodebookOptions o);
   std::string name() const override { return "codebook"; }
+  // Data-parallel: the EMA statistics are summed across processes and the draws see the global batch's
+  // features (gathered on steps that can re-initialise or grow), so every process keeps the same codebook.
+  bool data_parallel() const override { return true; }
   nlohmann::json config() const override;
   void attach(Trainer& trainer) override;  // throws when the run's tokenizer has no trained codebook
   void relabel(StepBatch& batch) override;

@@ -129,8 +129,18 @@ inline Run run_shell(const std::string& cmd) {
   return r;
 }
 
-inline Run run_sonar(const std::string& args) {
-  return run_shell(std::string(SONAR_BINARY_DIR) + "/sonar " + args + " 2>&1");
+// The built `sonar` program with `prefix` before its path (environment settings, a launcher).
+inline Run run_sonar_with_prefix(const std::string& prefix, const std::string& args) {
+  return run_shell(prefix + std::string(SONAR_BINARY_DIR) + "/sonar " + args + " 2>&1");
+}
+
+inline Run run_sonar(const std::string& args) { return run_sonar_with_prefix("", args); }
+
+// The built `sonar` program run under `mpirun -np n` with `args`, 1 OpenMP thread per process (as root in CI:
+// --allow-run-as-root; more processes than cores: --oversubscribe): exit code and output.
+inline Run run_sonar_mpi(int n, const std::string& args) {
+  return run_sonar_with_prefix("OMP_NUM_THREADS=1 mpirun --allow-run-as-root --oversubscribe -np " + std::to_string(n) +
+                               " -x OMP_NUM_THREADS -x OMP_WAIT_POLICY ", args);
 }
 
 // A path under the temporary folder, `prefix` + pid + `name`, emptied (not created).

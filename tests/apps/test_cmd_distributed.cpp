@@ -4,7 +4,8 @@
 // agree within a float tolerance (only summation orders differ), for DCPT and for SONAR with self-distillation;
 // a 2-process run stopped and resumed ends bit-identical to a straight 2-process run; a 2-process checkpoint is
 // refused by a single process with one line; a batch that does not split evenly is refused.
-// The parts that do not run data-parallel yet (replay, online codebook) are refused by name.
+// A part that does not run data-parallel is refused by name (the online codebook's own test:
+// test_cmd_distributed_codebook.cpp).
 #include <gtest/gtest.h>
 #include <unistd.h>
 
@@ -84,15 +85,8 @@ std::string common_args(const std::string& out, int steps) {
 
 // `mpirun -np N` of the built sonar program (as root in CI: --allow-run-as-root; 2 processes on 2 cores or
 // fewer: --oversubscribe), 1 thread each.
-testutil::Run run_mpi(int n, const std::string& args) {
-  return run_shell("OMP_NUM_THREADS=1 mpirun --allow-run-as-root --oversubscribe -np " + std::to_string(n) +
-                   " -x OMP_NUM_THREADS -x OMP_WAIT_POLICY " + std::string(SONAR_BINARY_DIR) + "/sonar " + args +
-                   " 2>&1");
-}
-
-testutil::Run run_single(const std::string& args) {
-  return run_shell("OMP_NUM_THREADS=1 " + std::string(SONAR_BINARY_DIR) + "/sonar " + args + " 2>&1");
-}
+testutil::Run run_mpi(int n, const std::string& args) { return run_sonar_mpi(n, args); }
+testutil::Run run_single(const std::string& args) { return run_sonar_with_prefix("OMP_NUM_THREADS=1 ", args); }
 
 // Compares the BEATs weights (not the optimiser moments) of two model files.
 void expect_close_models(const std::string& a, const std::string& b) {
