@@ -3,6 +3,7 @@
 // Each process appends its rank's slots of the step's replayed clips, so the global batch is the one-process
 // batch: the weights after 16 steps agree within the data-parallel tolerances (tests/test_util.h), the logged
 // losses and replay share within 1e-3, and replay_plan.csv, written by process 0 alone, is the one-process plan.
+// A stopped and resumed 2-process run ends bit-identical to a straight one.
 // Two processes given different prior pools (so different plans) stop before training with one line naming the
 // plan fingerprints. Not here: the replay draws and plan themselves (tests/sonar/test_replay.cpp), data
 // parallelism without replay (tests/apps/test_cmd_distributed.cpp).
@@ -27,6 +28,8 @@ using namespace sonar;
 using namespace sonar::testutil;
 
 namespace {
+
+constexpr float kResumeTolerance = 0.0f;  // same process count and threads: bit-identical
 
 fs::path base() { return fs::temp_directory_path() / ("sonar_test_dist_replay_" + std::to_string(::getpid())); }
 
@@ -128,6 +131,28 @@ TEST(DistributedReplay, TwoProcessesMatchOneProcess) {
     if (m1[i].at("steps_averaged").get<int64_t>() == 0) continue;
     EXPECT_NEAR(m1[i].at("replay_share").get<double>(), 3.0 / 11.0, kDataParallelLossRelTol);
     EXPECT_NEAR(m2[i].at("replay_share").get<double>(), 3.0 / 11.0, kDataParallelLossRelTol);
+  }
+}
+
+TEST(DistributedReplay, StoppedTwoProcessRunResumesBitIdentically) {
+  // Each process reloads its slots of the steps after the stop (its replay loader restarts at the resumed step)
+  // and checks the checkpoint's plan fingerprint.
+  const std::string prior = corpus() + "/prior.csv";
+  const std::string straight = (base() / "straight").string(), sliced = (base() / "sliced").string();
+  testutil::Run a = run_mpi(2, replay_args(straight, prior, 8));
+  ASSERT_EQ(a.code, 0) << a.out;
+  testutil::Run s1 = run_mpi(2, replay_args(sliced, prior, 8) + " --stop-after 3");
+  EXPECT_EQ(s1.code, 130) << s1.out;
+  testutil::Run s2 = run_mpi(2, replay_args(sliced, prior, 8));
+  ASSERT_EQ(s2.code, 0) << s2.out;
+  EXPECT_NE(s2.out.find("resuming"), std::string::npos) << s2.out;
+  EXPECT_NE(s2.out.find("replay: 15 prior clips replayed this session"), std::string::npos) << s2.out;
+  const SafeTensorsFile fa = load_safetensors(straight + "/model.safetensors"),
+                        fb = load_safetensors(sliced + "/model.safetensors");
+  ASSERT_EQ(fa.tensors.size(), fb.tensors.size());
+  for (const auto& [name, t] : fa.tensors) {
+    ASSERT_TRUE(fb.tensors.count(name)) << name;
+    EXPECT_LE(max_abs_diff(t.to(DType::Float32), fb.tensors.at(name).to(DType::Float32)), kResumeTolerance) << name;
   }
 }
 
