@@ -16,6 +16,7 @@
 #include "audio/fbank_cache.h"
 #include "audio/loader.h"
 #include "autograd/var.h"
+#include "sonar/distributed.h"
 #include "tensor/index.h"
 #include "tensor/io.h"
 #include "tensor/random.h"
@@ -400,7 +401,11 @@ struct ReplayExtension::Impl {
 
   // run settings (from the trainer)
   double crop_seconds = 10.0, max_clip_seconds = 60.0;
-  int64_t nominal_batch = 0, nominal_replay = 0, total_steps = 0;
+  int64_t nominal_batch = 0, nominal_replay = 0, total_steps = 0;  // global (all processes)
+  // Data parallelism: this process loads and appends the slots [slot_begin, slot_begin + local_replay) of
+  // every step's nominal_replay slots (all of them with one process).
+  int rank = 0, ranks = 1;
+  int64_t slot_begin = 0, local_replay = 0;
   int workers = 1, prefetch = 4;
   std::string fbank_cache, out_dir;
 
@@ -445,13 +450,13 @@ struct ReplayExtension::Impl {
     audio::Dataset ds;
     ds.origin = prior.origin + " (replayed)";
     for (int64_t t = first; t < first + sg.steps; ++t)
-      for (int64_t j = 0; j < nominal_replay; ++j) {
+      for (int64_t j = slot_begin; j < slot_begin + local_replay; ++j) {
         audio::AudioItem it;
         it.path = prior.items[draw(t, j).item].path;
         ds.items.push_back(std::move(it));
       }
     audio::LoaderOptions lo;
-    lo.batch_size = nominal_replay;
+    lo.batch_size = local_replay;
     lo.clip_seconds = max_clip_seconds;
     lo.crop = audio::CropMode::Full;
     lo.shuffle = false;
@@ -466,7 +471,7 @@ struct ReplayExtension::Impl {
     return sg;
   }
 
-  // The nominal_replay crops of `step`, [R, Tc, F] and [R, Tc].
+  // The local_replay crops of `step` (slots slot_begin...), [local_replay, Tc, F] and [local_replay, Tc].
   CropBatch crops(int64_t step) {
     const bool in_cur = cur.loader && step >= cur.next && step < cur.first + cur.steps;
     if (!in_cur) {
@@ -489,16 +494,18 @@ struct ReplayExtension::Impl {
       cur.next = cur.first + b->index + 1;
       if (cur.first + b->index == step) break;
     }
-    SONAR_CHECK(b->size() == nominal_replay, "replay: step ", step, " loaded ", b->size(), " clips, expected ",
-                nominal_replay);
+    SONAR_CHECK(b->size() == local_replay, "replay: step ", step, " loaded ", b->size(), " clips, expected ",
+                local_replay);
     const int64_t end = cur.first + cur.steps;
     if (!ahead.loader && end < total_steps && end - cur.next <= prefetch) ahead = open(end);
-    std::vector<uint64_t> seeds(nominal_replay);
-    for (int64_t j = 0; j < nominal_replay; ++j) seeds[j] = draw(step, j).crop_seed;
+    std::vector<uint64_t> seeds(local_replay);
+    for (int64_t j = 0; j < local_replay; ++j) seeds[j] = draw(step, slot_begin + j).crop_seed;
     return crop_windows(*b, crop_seconds, seeds);
   }
 
+  // Process 0 alone writes (the others never collect deferred cache entries).
   void write_outputs() {
+    if (rank != 0) return;
     for (const auto& [path, t] : deferred) {
       fs::create_directories(fs::path(path).parent_path());
       save_npy(path, t);
@@ -575,6 +582,11 @@ void ReplayExtension::attach(Trainer& trainer) {
   m.out_dir = p.out_dir;
   m.nominal_batch = std::min<int64_t>(p.batch_size, trainer.data().size());
   m.nominal_replay = std::llround(o.ratio * static_cast<double>(m.nominal_batch));
+  const Distributed& dist = Distributed::world();
+  m.rank = dist.rank();
+  m.ranks = dist.size();
+  m.slot_begin = m.nominal_replay * m.rank / m.ranks;
+  m.local_replay = m.nominal_replay * (m.rank + 1) / m.ranks - m.slot_begin;
 
   // The pool, and the checks that need no model.
   m.prior = audio::read_source(o.prior);
@@ -598,6 +610,9 @@ void ReplayExtension::attach(Trainer& trainer) {
   const std::string cache = o.cache_dir.empty() ? (fs::path(p.out_dir) / "embeddings").string() : o.cache_dir;
   const bool defer = o.cache_dir.empty() && !fs::exists(p.out_dir);
   m.deferred.clear();
+  // Every process computes (or reads) the same embeddings; only process 0 writes cache entries: the others
+  // hand theirs to this list, which is dropped.
+  std::vector<std::pair<std::string, Tensor>> not_written;
 
   if (o.mode == "uniform") {
     // No embeddings: read every clip once to leave out the unusable ones.
@@ -645,7 +660,7 @@ void ReplayExtension::attach(Trainer& trainer) {
     eo.cache_dir = cache;
     eo.fbank_cache_dir = p.cache_dir;
     eo.workers = p.loader_workers;
-    eo.deferred_writes = defer ? &m.deferred : nullptr;
+    eo.deferred_writes = m.rank != 0 ? &not_written : defer ? &m.deferred : nullptr;
     ClipEmbeddings pe = embed_clips(*model, m.prior, eo);
     m.prior_skipped = pe.skipped;
     SONAR_CHECK(!pe.items.empty(), "--prior ", o.prior, ": no usable clip among ", m.prior.size(),
@@ -771,6 +786,14 @@ void ReplayExtension::attach(Trainer& trainer) {
   double cum = 0;
   for (const auto& s : m.strata) m.cumulative.push_back(cum += s.share);
   m.compute_fingerprint();
+  if (dist.multi()) {
+    // The draws assume one plan: every process must have built the same one.
+    const std::string root_plan = dist.broadcast(m.fingerprint);
+    const bool differs = dist.any(root_plan != m.fingerprint);
+    SONAR_CHECK(!differs, "replay: the processes built different replay plans (process 0: ", root_plan,
+                ", process ", m.rank, ": ", m.fingerprint, "); the prior pool's files, the cache or the embeddings "
+                "differ between processes (run every process with the same files and thread count)");
+  }
 
   // The summary line.
   std::vector<size_t> order(m.strata.size());
@@ -795,21 +818,30 @@ void ReplayExtension::on_batch(StepBatch& batch) {
   SONAR_CHECK(m.trainer != nullptr, "replay: on_batch before attach");
   m.write_outputs();  // the run folder exists from the first step on
   const int64_t B = batch.fbank.size(0);
-  const int64_t R = std::llround(m.o.ratio * static_cast<double>(batch.new_clips));
-  SONAR_CHECK(R <= m.nominal_replay, "replay: ", batch.new_clips, " new clips in a step of a run whose batches hold ",
+  // The global batch: every process holds the same number of new clips (the trainer splits full batches).
+  const int64_t global_new = batch.new_clips * m.ranks;
+  SONAR_CHECK(m.ranks == 1 || global_new == m.nominal_batch, "replay: process ", m.rank, " of ", m.ranks, " holds ",
+              batch.new_clips, " new clips in step ", batch.step, ", expected ", m.nominal_batch / m.ranks,
+              " (data parallelism needs equal shares of full batches)");
+  const int64_t R = std::llround(m.o.ratio * static_cast<double>(global_new));
+  SONAR_CHECK(R <= m.nominal_replay, "replay: ", global_new, " new clips in a step of a run whose batches hold ",
               m.nominal_batch);
-  m.interval_clips += B + R;
-  m.interval_replayed += R;
+  // This process's slots of the R: [lo, hi), a part of the slots it loads (all of them at full batches).
+  const int64_t lo = R * m.rank / m.ranks, hi = R * (m.rank + 1) / m.ranks, local = hi - lo;
+  SONAR_CHECK(lo >= m.slot_begin && hi <= m.slot_begin + m.local_replay, "replay: slots [", lo, ", ", hi,
+              ") of step ", batch.step, " are not among the slots process ", m.rank, " loads");
+  m.interval_clips += B + local;
+  m.interval_replayed += local;
   m.stats.replayed += R;
-  if (R == 0) return;
+  if (local == 0) return;
   const Clock::time_point t0 = Clock::now();
   CropBatch c = m.crops(batch.step);
   m.stats.wait_seconds += seconds_since(t0);
   SONAR_CHECK(c.fbank.size(1) == batch.fbank.size(1) && c.fbank.size(2) == batch.fbank.size(2),
               "replay: crops of ", shape_str(c.fbank.shape()), " do not fit the batch ", shape_str(batch.fbank.shape()));
-  if (R < m.nominal_replay) {
-    c.fbank = c.fbank.narrow(0, 0, R).contiguous();
-    c.frame_mask = c.frame_mask.narrow(0, 0, R).contiguous();
+  if (local < m.local_replay) {
+    c.fbank = c.fbank.narrow(0, lo - m.slot_begin, local).contiguous();
+    c.frame_mask = c.frame_mask.narrow(0, lo - m.slot_begin, local).contiguous();
   }
   Tensor mask = batch.frame_mask;
   if (!mask.defined()) {
@@ -822,9 +854,10 @@ void ReplayExtension::on_batch(StepBatch& batch) {
 
 std::vector<std::pair<std::string, double>> ReplayExtension::progress() {
   Impl& m = *impl_;
-  const double share = m.interval_clips > 0 ? static_cast<double>(m.interval_replayed) /
-                                                  static_cast<double>(m.interval_clips)
-                                            : 0.0;
+  // Global: summed over the processes (every process calls progress at the same steps).
+  int64_t counts[2] = {m.interval_replayed, m.interval_clips};
+  Distributed::world().allreduce_sum(counts, 2);
+  const double share = counts[1] > 0 ? static_cast<double>(counts[0]) / static_cast<double>(counts[1]) : 0.0;
   m.interval_clips = m.interval_replayed = 0;
   return {{"replay_share", share}};
 }

@@ -42,11 +42,18 @@
 // clips of the coming steps ahead of the training thread (the trainer's loader_workers and prefetch_batches;
 // strict: a prior file that vanished mid-run stops the run naming it).
 //
+// Data parallelism (sonar/distributed.h): every process builds the plan itself (same embeddings, same k-means;
+// the plan fingerprints are compared across processes and a difference is an error), and only process 0
+// writes cache entries and replay_plan.csv. With N processes holding B/N new clips each, the step's R =
+// round(ratio * B) slots are split by rank: process r loads and appends slots [floor(r R / N),
+// floor((r + 1) R / N)), drawn as above, so the global batch (new clips of every process, then the appended
+// clips by rank) is one process's batch [new..., slot 0..R-1].
+//
 // Outputs: replay_plan.csv in the run folder (stratum, size, relevance, share, up to 3 example files), written
 // atomically at the first step; log lines at start (embedding counts and time, left-out clips, then one
 // summary: strata count, top 3 strata by share, replayed clips per step) and at the end (clips replayed, time
 // the training thread waited for them). progress(): replay_share = replayed clips / all clips of the steps
-// since the last call.
+// since the last call, over all processes.
 //
 // Not here: the other SONAR parts (sonar/distill.h, sonar/codebook.h), the loop (sonar/trainer.h).
 #pragma once
@@ -160,7 +167,7 @@ struct ReplayStats {
   int64_t prior_clips = 0, prior_usable = 0, new_embedded = 0;
   int64_t computed = 0, cached = 0;   // embeddings computed / read from the cache (prior and new)
   double embed_seconds = 0.0;         // wall time of the computed ones
-  int64_t replayed = 0;               // clips appended so far (this session)
+  int64_t replayed = 0;               // clips appended so far (this session; by all processes)
   double wait_seconds = 0.0;          // training-thread time spent waiting for replayed clips (this session)
 };
 
@@ -168,6 +175,7 @@ class ReplayExtension : public TrainerExtension {
  public:
   explicit ReplayExtension(ReplayOptions o);
   std::string name() const override { return "replay"; }
+  bool data_parallel() const override { return true; }
   nlohmann::json config() const override;
   void attach(Trainer& trainer) override;
   void on_batch(StepBatch& batch) override;

@@ -1,8 +1,8 @@
 // Helpers shared by test programs of several layers: error-message checks, seeded uniform tensors, a strict
-// float closeness check, max-abs difference, a per-test temporary folder, and running the built `sonar`
-// program. Header-only and test-only (the build turns only tests/*/test_*.cpp into programs); not a test
-// itself. Kernel-reference helpers for the tensor tests live in tests/tensor/kernel_ref.h, audio signal
-// makers in tests/audio/audio_test_util.h.
+// float closeness check, max-abs difference, a per-test temporary folder, running the built `sonar`
+// program, and the one-process vs `mpirun` comparisons of the data-parallel tests. Header-only and test-only
+// (the build turns only tests/*/test_*.cpp into programs); not a test itself. Kernel-reference helpers for
+// the tensor tests live in tests/tensor/kernel_ref.h, audio signal makers in tests/audio/audio_test_util.h.
 #pragma once
 #include <gtest/gtest.h>
 #include <sys/wait.h>
@@ -14,9 +14,13 @@
 #include <cstdio>
 #include <filesystem>
 #include <functional>
+#include <sstream>
 #include <string>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
+#include "tensor/io.h"
 #include "tensor/tensor.h"
 
 namespace sonar::testutil {
@@ -148,6 +152,70 @@ inline std::string fresh_tmp_path(const std::string& prefix, const std::string& 
   std::filesystem::path p = std::filesystem::temp_directory_path() / (prefix + std::to_string(::getpid()) + "_" + name);
   std::filesystem::remove_all(p);
   return p.string();
+}
+
+// ---- data-parallel runs (tests/apps/test_cmd_distributed*.cpp): one process vs `mpirun -np N` ----
+
+// 20 AdamW steps from the same start, one process vs two: every weight within this distance of the
+// one-process weight, relative to the largest magnitude of its tensor. Float sums in another order
+// (the gradient all-reduce, smaller matrix products) move a weight by ~1e-6 relative per step; AdamW's
+// normalised update can turn a near-zero gradient component's sign, which moves it by up to lr per step.
+inline constexpr double kDataParallelWeightRelTol = 2e-2;
+// ...and the mean absolute difference over all weights stays far smaller.
+inline constexpr double kDataParallelMeanAbsTol = 2e-4;
+// Absolute floor: the key projections' biases have an exactly zero true gradient (a shift of every key's score
+// by the same q.b leaves the softmax unchanged), so they move only by AdamW-normalised float noise, which
+// differs between the runs (seen: 2e-5 after 20 steps at lr 2e-3).
+inline constexpr double kDataParallelNoiseFloor = 1e-4;
+
+// `mpirun -np N` of the built sonar program, 1 thread each (run_sonar_mpi), and one process with 1 thread.
+inline Run run_mpi(int n, const std::string& args) { return run_sonar_mpi(n, args); }
+inline Run run_single(const std::string& args) { return run_sonar_with_prefix("OMP_NUM_THREADS=1 ", args); }
+
+// Compares the BEATs weights (not the optimiser moments) of two model files.
+inline void expect_close_models(const std::string& a, const std::string& b) {
+  SafeTensorsFile fa = load_safetensors(a), fb = load_safetensors(b);
+  ASSERT_EQ(fa.tensors.size(), fb.tensors.size());
+  double sum_abs = 0.0;
+  int64_t count = 0;
+  for (const auto& [name, t] : fa.tensors) {
+    ASSERT_TRUE(fb.tensors.count(name)) << name;
+    const Tensor x = t.to(DType::Float32).contiguous(), y = fb.tensors.at(name).to(DType::Float32).contiguous();
+    ASSERT_EQ(x.shape(), y.shape()) << name;
+    double mag = 0.0, diff = 0.0;
+    for (int64_t i = 0; i < x.numel(); ++i) {
+      mag = std::max(mag, std::fabs(double(x.data<float>()[i])));
+      const double d = std::fabs(double(x.data<float>()[i]) - y.data<float>()[i]);
+      diff = std::max(diff, d);
+      sum_abs += d;
+    }
+    count += x.numel();
+    EXPECT_LE(diff, kDataParallelWeightRelTol * mag + kDataParallelNoiseFloor)
+        << name << ": max |diff| " << diff << ", max |w| " << mag;
+  }
+  EXPECT_LE(sum_abs / static_cast<double>(count), kDataParallelMeanAbsTol);
+}
+
+// The logged loss terms of both runs (metrics.jsonl) agree: the global loss of two processes is the one-process
+// loss, so a wrong share of the global mean (which AdamW's scale invariance would hide in the weights) shows.
+inline constexpr double kDataParallelLossRelTol = 1e-3;
+inline void expect_same_losses(const std::string& a, const std::string& b) {
+  auto lines = [](const std::string& dir) {
+    std::vector<nlohmann::json> v;
+    std::istringstream in(read_file(dir + "/metrics.jsonl"));
+    std::string l;
+    while (std::getline(in, l)) v.push_back(nlohmann::json::parse(l));
+    return v;
+  };
+  const auto la = lines(a), lb = lines(b);
+  ASSERT_EQ(la.size(), lb.size());
+  ASSERT_FALSE(la.empty());
+  for (size_t i = 0; i < la.size(); ++i)
+    for (const char* k : {"loss", "mlp_loss", "masked_accuracy"}) {
+      const double x = la[i].at(k).get<double>(), y = lb[i].at(k).get<double>();
+      EXPECT_NEAR(x, y, kDataParallelLossRelTol * std::max(1.0, std::fabs(x)))
+          << k << " at step " << la[i].at("step");
+    }
 }
 
 }  // namespace sonar::testutil
