@@ -3,11 +3,6 @@
 // codebook; sonar/method.h), with progress lines, metrics.jsonl, atomic checkpoints and exact resume.
 // Thin: parses flags and calls sonar/trainer.h and sonar/method.h. Ctrl-C (SIGINT) or SIGTERM finishes the
 // current step, saves a checkpoint and exits with status 130; the same command then resumes.
-#include <unistd.h>
-
-#include <algorithm>
-#include <atomic>
-#include <csignal>
 #include <cstdio>
 #include <sstream>
 #include <map>
@@ -15,26 +10,12 @@
 #include <string>
 
 #include "apps/command.h"
+#include "apps/run_flags.h"
 #include "sonar/method.h"
 #include "sonar/trainer.h"
 #include "tensor/error.h"
-#include "tensor/precision.h"
 
 namespace {
-
-std::atomic<bool> g_stop{false};
-
-// First signal: finish the step, save, exit 130. A second one ends the process at once (default action).
-extern "C" void on_stop_signal(int sig) {
-  if (g_stop.exchange(true)) {
-    std::signal(sig, SIG_DFL);
-    std::raise(sig);
-    return;
-  }
-  static const char msg[] = "\nsonar pretrain: stopping after this step and saving a checkpoint (again to quit at once)\n";
-  ssize_t ignored = ::write(2, msg, sizeof msg - 1);
-  (void)ignored;
-}
 
 std::string usage() {
   const sonar::method::PretrainOptions d;
@@ -106,26 +87,10 @@ std::string usage() {
   return u.str();
 }
 
-std::vector<std::string> split_list(const std::string& s) {
-  std::vector<std::string> out;
-  std::string cur;
-  for (char c : s) {
-    if (c == ',') {
-      if (!cur.empty()) out.push_back(cur);
-      cur.clear();
-    } else {
-      cur += c;
-    }
-  }
-  if (!cur.empty()) out.push_back(cur);
-  return out;
-}
-
 int run(int argc, char** argv) {
-  std::set<std::string> options = {"data", "splits", "out", "init", "preset", "tokenizer", "codes", "steps", "batch",
-                                   "crop-seconds", "max-clip-seconds", "lr", "warmup", "final-lr", "weight-decay",
-                                   "beta2", "clip-grad", "mask-ratio", "seed", "log-every", "save-every", "threads",
-                                   "workers", "cache", "precision", "stop-after"};
+  std::set<std::string> options = {"data", "splits", "out", "init", "preset", "tokenizer", "codes", "beta2",
+                                   "mask-ratio", "stop-after"};
+  options.insert(sonar::app::run_flag_names().begin(), sonar::app::run_flag_names().end());
   for (const auto& f : sonar::method::sonar_flag_names()) options.insert(f);
   sonar::app::Args args(argc, argv, options, {"force", "fresh-predictor"});
   if (args.help()) {
@@ -138,7 +103,7 @@ int run(int argc, char** argv) {
   sonar::method::PretrainOptions o;
   o.data = args.require("data");
   o.out_dir = args.require("out");
-  o.splits = split_list(args.get("splits"));
+  o.splits = sonar::app::split_list(args.get("splits"));
   o.init = args.get("init");
   o.preset = args.get("preset", o.preset);
   o.tokenizer = args.get("tokenizer");
@@ -146,31 +111,10 @@ int run(int argc, char** argv) {
   SONAR_CHECK(!(args.has("codes") && args.has("tokenizer")), "--codes sizes a fresh random-projection tokenizer; "
               "it cannot be combined with --tokenizer");
   o.reuse_predictor = !args.has("fresh-predictor");
-  o.steps = args.get_int("steps", o.steps);
-  o.batch_size = args.get_int("batch", o.batch_size);
-  o.crop_seconds = args.get_double("crop-seconds", o.crop_seconds);
-  o.max_clip_seconds = args.get_double("max-clip-seconds", std::max(o.max_clip_seconds, o.crop_seconds));
-  o.adamw.lr = static_cast<float>(args.get_double("lr", o.adamw.lr));
-  o.warmup_steps = args.get_int("warmup", -1);
-  SONAR_CHECK(!args.has("warmup") || o.warmup_steps >= 0, "--warmup must be >= 0, got ", o.warmup_steps);
-  o.final_lr = args.get_double("final-lr", 0.0);
-  o.adamw.weight_decay = static_cast<float>(args.get_double("weight-decay", o.adamw.weight_decay));
+  sonar::app::read_run_flags(args, o);
   o.adamw.beta2 = static_cast<float>(args.get_double("beta2", o.adamw.beta2));
   SONAR_CHECK(o.adamw.beta2 > 0 && o.adamw.beta2 < 1, "--beta2 must be in (0, 1), got ", o.adamw.beta2);
-  o.max_grad_norm = static_cast<float>(args.get_double("clip-grad", o.max_grad_norm));
-  SONAR_CHECK(o.max_grad_norm >= 0, "--clip-grad must be >= 0, got ", o.max_grad_norm);
   o.mlp.masking.mask_ratio = args.get_double("mask-ratio", o.mlp.masking.mask_ratio);
-  const long long seed = args.get_int("seed", 0);
-  SONAR_CHECK(seed >= 0, "--seed must be >= 0, got ", seed);
-  o.seed = static_cast<uint64_t>(seed);
-  o.log_every = args.get_int("log-every", o.log_every);
-  o.save_every = args.get_int("save-every", o.save_every);
-  o.num_threads = static_cast<int>(args.get_int("threads", 0));
-  o.loader_workers = static_cast<int>(args.get_int("workers", o.loader_workers));
-  o.cache_dir = args.get("cache");
-  o.force = args.has("force");
-  o.precision = sonar::parse_precision(args.get("precision", "f32"));
-  sonar::require_precision_supported(o.precision);
   o.stop_after = args.get_int("stop-after", -1);
   SONAR_CHECK(!args.has("stop-after") || o.stop_after > 0, "--stop-after must be positive, got ", o.stop_after);
 
@@ -179,13 +123,9 @@ int run(int argc, char** argv) {
     if (args.has(f)) sonar_flags[f] = args.get(f);
   const sonar::method::SonarOptions so = sonar::method::sonar_options_from_flags(sonar_flags);
 
-  g_stop.store(false);
-  o.stop = &g_stop;
-  std::signal(SIGINT, on_stop_signal);
-  std::signal(SIGTERM, on_stop_signal);
+  sonar::app::StopOnSignal stop_on_signal("sonar pretrain");
+  o.stop = stop_on_signal.flag();
   sonar::method::PretrainResult r = sonar::method::pretrain(o, sonar::method::make_extensions(so, o.seed));
-  std::signal(SIGINT, SIG_DFL);
-  std::signal(SIGTERM, SIG_DFL);
   return r.stopped ? 130 : 0;
 }
 

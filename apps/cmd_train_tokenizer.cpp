@@ -3,38 +3,18 @@
 // k-means init), with progress lines, atomic checkpoints and exact resume. Thin: parses flags and calls
 // sonar/tokenizer_trainer.h. Ctrl-C (SIGINT) or SIGTERM finishes the current step, saves a checkpoint and exits
 // with status 130; the same command then resumes. Not the model's pre-training (`sonar pretrain`).
-#include <unistd.h>
-
-#include <algorithm>
-#include <atomic>
-#include <csignal>
 #include <cstdio>
+#include <set>
 #include <sstream>
 #include <string>
 #include <vector>
 
 #include "apps/command.h"
+#include "apps/run_flags.h"
 #include "sonar/tokenizer_trainer.h"
 #include "tensor/error.h"
-#include "tensor/precision.h"
 
 namespace {
-
-std::atomic<bool> g_stop{false};
-
-// First signal: finish the step, save, exit 130. A second one ends the process at once (default action).
-// (A C-linkage name is global despite the anonymous namespace: it must differ from cmd_pretrain.cpp's.)
-extern "C" void on_tokenizer_stop_signal(int sig) {
-  if (g_stop.exchange(true)) {
-    std::signal(sig, SIG_DFL);
-    std::raise(sig);
-    return;
-  }
-  static const char msg[] =
-      "\nsonar train-tokenizer: stopping after this step and saving a checkpoint (again to quit at once)\n";
-  ssize_t ignored = ::write(2, msg, sizeof msg - 1);
-  (void)ignored;
-}
 
 std::string usage() {
   const sonar::method::TokenizerTrainOptions d;
@@ -94,28 +74,11 @@ std::string usage() {
   return u.str();
 }
 
-std::vector<std::string> split_list(const std::string& s) {
-  std::vector<std::string> out;
-  std::string cur;
-  for (char c : s) {
-    if (c == ',') {
-      if (!cur.empty()) out.push_back(cur);
-      cur.clear();
-    } else {
-      cur += c;
-    }
-  }
-  if (!cur.empty()) out.push_back(cur);
-  return out;
-}
-
 int run(int argc, char** argv) {
-  sonar::app::Args args(argc, argv,
-                        {"teacher", "data", "splits", "out", "init", "preset", "codes", "commitment",
-                         "estimator-layers", "steps", "batch", "crop-seconds", "max-clip-seconds", "lr", "warmup",
-                         "final-lr", "weight-decay", "clip-grad", "seed", "log-every", "save-every", "threads",
-                         "workers", "cache", "precision"},
-                        {"force"});
+  std::set<std::string> options = {"teacher", "data",  "splits",     "out",              "init",
+                                   "preset",  "codes", "commitment", "estimator-layers"};
+  options.insert(sonar::app::run_flag_names().begin(), sonar::app::run_flag_names().end());
+  sonar::app::Args args(argc, argv, options, {"force"});
   if (args.help()) {
     std::printf("%s", usage().c_str());
     return 0;
@@ -129,43 +92,18 @@ int run(int argc, char** argv) {
   o.teacher = args.require("teacher");
   o.data = args.require("data");
   o.out_dir = args.require("out");
-  o.splits = split_list(args.get("splits"));
+  o.splits = sonar::app::split_list(args.get("splits"));
   o.init = args.get("init");
   o.preset = args.get("preset", o.preset);
   o.codes = args.get_int("codes", 0);
   SONAR_CHECK(!args.has("codes") || o.codes >= 2, "--codes must be at least 2, got ", o.codes);
   o.commitment_weight = static_cast<float>(args.get_double("commitment", o.commitment_weight));
   o.estimator_layers = args.get_int("estimator-layers", o.estimator_layers);
-  o.steps = args.get_int("steps", o.steps);
-  o.batch_size = args.get_int("batch", o.batch_size);
-  o.crop_seconds = args.get_double("crop-seconds", o.crop_seconds);
-  o.max_clip_seconds = args.get_double("max-clip-seconds", std::max(o.max_clip_seconds, o.crop_seconds));
-  o.adamw.lr = static_cast<float>(args.get_double("lr", o.adamw.lr));
-  o.warmup_steps = args.get_int("warmup", -1);
-  SONAR_CHECK(!args.has("warmup") || o.warmup_steps >= 0, "--warmup must be >= 0, got ", o.warmup_steps);
-  o.final_lr = args.get_double("final-lr", 0.0);
-  o.adamw.weight_decay = static_cast<float>(args.get_double("weight-decay", o.adamw.weight_decay));
-  o.max_grad_norm = static_cast<float>(args.get_double("clip-grad", o.max_grad_norm));
-  SONAR_CHECK(o.max_grad_norm >= 0, "--clip-grad must be >= 0, got ", o.max_grad_norm);
-  const long long seed = args.get_int("seed", 0);
-  SONAR_CHECK(seed >= 0, "--seed must be >= 0, got ", seed);
-  o.seed = static_cast<uint64_t>(seed);
-  o.log_every = args.get_int("log-every", o.log_every);
-  o.save_every = args.get_int("save-every", o.save_every);
-  o.num_threads = static_cast<int>(args.get_int("threads", 0));
-  o.loader_workers = static_cast<int>(args.get_int("workers", o.loader_workers));
-  o.cache_dir = args.get("cache");
-  o.force = args.has("force");
-  o.precision = sonar::parse_precision(args.get("precision", "f32"));
-  sonar::require_precision_supported(o.precision);
+  sonar::app::read_run_flags(args, o);
 
-  g_stop.store(false);
-  o.stop = &g_stop;
-  std::signal(SIGINT, on_tokenizer_stop_signal);
-  std::signal(SIGTERM, on_tokenizer_stop_signal);
+  sonar::app::StopOnSignal stop_on_signal("sonar train-tokenizer");
+  o.stop = stop_on_signal.flag();
   sonar::method::TokenizerTrainResult r = sonar::method::train_tokenizer(o);
-  std::signal(SIGINT, SIG_DFL);
-  std::signal(SIGTERM, SIG_DFL);
   return r.stopped ? 130 : 0;
 }
 

@@ -128,6 +128,35 @@ double mean_average_precision(const Tensor& scores, const Tensor& targets, int64
 
 // ---- features ----
 
+std::vector<std::vector<float>> mean_pooled_features(beats::BeatsBackbone& model, const audio::Batch& batch,
+                                                     int64_t num_layers, std::vector<int64_t>* real_patches) {
+  beats::FeatureOptions fo;
+  fo.padding = beats::PaddingMode::Exact;
+  fo.num_layers = num_layers;
+  beats::Features f = model.forward_fbank(ag::Var(batch.fbank), batch.frame_mask, fo);
+  const Tensor x = f.x.value().contiguous();  // [B, P, C]
+  const int64_t B = x.size(0), P = x.size(1), C = x.size(2);
+  const Tensor pad = f.padding_mask.defined() ? f.padding_mask.contiguous() : Tensor();
+  const uint8_t* pm = pad.defined() ? pad.bytes() : nullptr;
+  const float* xp = x.data<float>();
+  std::vector<std::vector<float>> rows(B, std::vector<float>(C, 0.0f));
+  real_patches->assign(B, 0);
+  for (int64_t i = 0; i < B; ++i) {
+    std::vector<double> acc(C, 0.0);
+    int64_t real = 0;
+    for (int64_t p = 0; p < P; ++p) {
+      if (pm && pm[i * P + p]) continue;
+      ++real;
+      const float* row = xp + (i * P + p) * C;
+      for (int64_t c = 0; c < C; ++c) acc[c] += row[c];
+    }
+    (*real_patches)[i] = real;
+    if (real == 0) continue;
+    for (int64_t c = 0; c < C; ++c) rows[i][c] = static_cast<float>(acc[c] / static_cast<double>(real));
+  }
+  return rows;
+}
+
 Tensor clip_features(beats::BeatsBackbone& model, const audio::Dataset& ds, const ProbeFeatureOptions& o,
                      const std::function<void(int64_t, int64_t)>& progress, FeatureSkips* skipped) {
   const int64_t L = model.cfg.encoder_layers;
@@ -161,9 +190,6 @@ Tensor clip_features(beats::BeatsBackbone& model, const audio::Dataset& ds, cons
   const bool was_training = model.is_training();
   model.eval();
   ag::NoGradGuard no_grad;
-  beats::FeatureOptions fo;
-  fo.padding = beats::PaddingMode::Exact;
-  fo.num_layers = o.layer;
   int64_t done = 0;
   try {
     while (auto b = loader.next()) {
@@ -203,25 +229,15 @@ Tensor clip_features(beats::BeatsBackbone& model, const audio::Dataset& ds, cons
         fbank = f2;
         mask = m2;
       }
-      beats::Features f = model.forward_fbank(ag::Var(fbank), mask, fo);
-      const Tensor x = f.x.value().contiguous();  // [B, P, C]
-      const int64_t P = x.size(1);
-      const Tensor pad = f.padding_mask.defined() ? f.padding_mask.contiguous() : Tensor();
-      const uint8_t* pm = pad.defined() ? pad.bytes() : nullptr;
-      const float* xp = x.data<float>();
+      audio::Batch padded = *b;
+      padded.fbank = fbank;
+      padded.frame_mask = mask;
+      std::vector<int64_t> real;
+      const std::vector<std::vector<float>> rows = mean_pooled_features(model, padded, o.layer, &real);
       for (int64_t i = 0; i < B; ++i) {
-        std::vector<double> acc(C, 0.0);
-        int64_t real = 0;
-        for (int64_t p = 0; p < P; ++p) {
-          if (pm && pm[i * P + p]) continue;
-          ++real;
-          const float* row = xp + (i * P + p) * C;
-          for (int64_t c = 0; c < C; ++c) acc[c] += row[c];
-        }
-        SONAR_CHECK(real > 0, b->paths[i], ": no unpadded patch to pool");
-        float* dst = out + b->indices[i] * C;
+        SONAR_CHECK(real[i] > 0, b->paths[i], ": no unpadded patch to pool");
+        std::copy(rows[i].begin(), rows[i].end(), out + b->indices[i] * C);
         seen[static_cast<size_t>(b->indices[i])] = 1;
-        for (int64_t c = 0; c < C; ++c) dst[c] = static_cast<float>(acc[c] / static_cast<double>(real));
       }
       done += B;
       if (progress) progress(done, N);

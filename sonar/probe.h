@@ -16,6 +16,7 @@
 #include <nlohmann/json.hpp>
 
 #include "audio/dataset.h"
+#include "audio/loader.h"
 #include "nn/beats/beats.h"
 
 namespace sonar::method {
@@ -67,6 +68,14 @@ struct FeatureSkips {
 Tensor clip_features(beats::BeatsBackbone& model, const audio::Dataset& ds, const ProbeFeatureOptions& opts,
                      const std::function<void(int64_t done, int64_t total)>& progress = {},
                      FeatureSkips* skipped = nullptr);
+
+// The features after `num_layers` blocks (0: all) of a loaded batch, mean-pooled over each clip's unpadded
+// patches (sums in double): one row of C floats per clip, in batch order. `real_patches[i]` receives clip i's
+// count of unpadded patches; a clip with none gets a row of zeros, which is no mean (the caller refuses or skips
+// it). The model runs as it is: the caller sets eval mode and no-grad. Shared by clip_features and replay's
+// embed_clips.
+std::vector<std::vector<float>> mean_pooled_features(beats::BeatsBackbone& model, const audio::Batch& batch,
+                                                     int64_t num_layers, std::vector<int64_t>* real_patches);
 
 // ---- the classifier ----
 

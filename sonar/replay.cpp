@@ -15,6 +15,7 @@
 
 #include "audio/fbank_cache.h"
 #include "audio/loader.h"
+#include "sonar/probe.h"
 #include "autograd/var.h"
 #include "sonar/distributed.h"
 #include "tensor/index.h"
@@ -328,32 +329,18 @@ ClipEmbeddings embed_clips(beats::BeatsBackbone& model, const audio::Dataset& ds
     const bool was_training = model.is_training();
     model.eval();
     ag::NoGradGuard no_grad;
-    beats::FeatureOptions fo;
-    fo.padding = beats::PaddingMode::Exact;
-    fo.num_layers = layer;
     try {
       while (auto b = loader.next()) {
-        beats::Features f = model.forward_fbank(ag::Var(b->fbank), b->frame_mask, fo);
-        const Tensor x = f.x.value().contiguous();  // [B, P, C]
-        const int64_t B = x.size(0), P = x.size(1);
-        const Tensor pad = f.padding_mask.defined() ? f.padding_mask.contiguous() : Tensor();
-        const uint8_t* pm = pad.defined() ? pad.bytes() : nullptr;
-        const float* xp = x.data<float>();
+        std::vector<int64_t> real;
+        std::vector<std::vector<float>> pooled = mean_pooled_features(model, *b, layer, &real);
+        const int64_t B = static_cast<int64_t>(pooled.size());
         for (int64_t bi = 0; bi < B; ++bi) {
-          std::vector<double> acc(C, 0.0);
-          int64_t real = 0;
-          for (int64_t p = 0; p < P; ++p) {
-            if (pm && pm[bi * P + p]) continue;
-            ++real;
-            for (int64_t c = 0; c < C; ++c) acc[c] += xp[(bi * P + p) * C + c];
-          }
           const int64_t item = todo[b->indices[bi]];
-          if (real == 0) {
+          if (real[bi] == 0) {
             r.skipped.emplace_back(b->paths[bi], "no real patch to pool");
             continue;
           }
-          std::vector<float> row(C);
-          for (int64_t c = 0; c < C; ++c) row[c] = static_cast<float>(acc[c] / static_cast<double>(real));
+          std::vector<float> row = std::move(pooled[bi]);
           if (!folder.empty()) {
             Tensor t = from_vector(row, {C});
             if (o.deferred_writes) {

@@ -22,6 +22,27 @@ std::string absolute_path(const std::string& p) {
 
 std::string hex_of(const audio::Hash128& h) { return h.hex(); }
 
+void add_module_state(HashChain& hc, const nn::Module& m) {
+  for (const auto& [name, t] : m.state_dict()) {
+    hc.add(name);
+    Tensor c = t.contiguous();
+    hc.add(c.raw_data(), c.nbytes());
+  }
+}
+
+audio::Dataset read_training_data(const std::string& source, const std::vector<std::string>& splits) {
+  audio::Dataset data = audio::read_source(source);
+  if (!splits.empty()) data = audio::select_split(data, splits);
+  SONAR_CHECK(data.size() > 0, source, ": no audio clips", splits.empty() ? "" : " in the selected splits");
+  return data;
+}
+
+std::string data_fingerprint(const audio::Dataset& data) {
+  HashChain hc;
+  for (const auto& it : data.items) hc.add(it.path + "\n");
+  return hex_of(hc.h);
+}
+
 void default_log(const std::string& line) {
   std::printf("%s\n", line.c_str());
   std::fflush(stdout);

@@ -42,11 +42,7 @@ constexpr const char* kOptimizerPrefix = "optimizer.";
 // A fingerprint of every state tensor of a module (two equal fingerprints: the same weights).
 std::string module_fingerprint(const nn::Module& m) {
   HashChain hc;
-  for (const auto& [name, t] : m.state_dict()) {
-    hc.add(name);
-    Tensor c = t.contiguous();
-    hc.add(c.raw_data(), c.nbytes());
-  }
+  add_module_state(hc, m);
   return hex_of(hc.h);
 }
 
@@ -107,26 +103,7 @@ namespace {
 
 void validate(const TokenizerTrainOptions& p) {
   SONAR_CHECK(!p.teacher.empty(), "no teacher model given (--teacher)");
-  SONAR_CHECK(!p.data.empty(), "no training data given (--data)");
-  SONAR_CHECK(!p.out_dir.empty(), "no output folder given (--out)");
-  SONAR_CHECK(p.steps > 0, "--steps must be positive, got ", p.steps);
-  SONAR_CHECK(p.batch_size > 0, "--batch must be positive, got ", p.batch_size);
-  SONAR_CHECK(std::isfinite(p.crop_seconds) && p.crop_seconds > 0 && p.crop_seconds <= 600,
-              "--crop-seconds must be in (0, 600], got ", p.crop_seconds);
-  SONAR_CHECK(std::isfinite(p.max_clip_seconds) && p.max_clip_seconds >= p.crop_seconds,
-              "the clip length cap (", p.max_clip_seconds, " s) must be at least --crop-seconds (", p.crop_seconds,
-              ")");
-  SONAR_CHECK(std::isfinite(p.adamw.lr) && p.adamw.lr > 0, "--lr must be positive, got ", p.adamw.lr);
-  SONAR_CHECK(p.warmup_steps >= -1 && p.warmup_steps <= p.steps, "--warmup must be in [0, --steps = ", p.steps,
-              "], got ", p.warmup_steps);
-  SONAR_CHECK(p.final_lr >= 0 && p.final_lr <= p.adamw.lr, "the final learning rate must be in [0, --lr], got ",
-              p.final_lr);
-  SONAR_CHECK(p.adamw.weight_decay >= 0, "--weight-decay must be >= 0, got ", p.adamw.weight_decay);
-  SONAR_CHECK(p.log_every > 0, "--log-every must be positive, got ", p.log_every);
-  SONAR_CHECK(p.save_every > 0, "--save-every must be positive, got ", p.save_every);
-  SONAR_CHECK(p.num_threads >= 0, "--threads must be >= 0, got ", p.num_threads);
-  SONAR_CHECK(p.loader_workers >= 0, "--workers must be >= 0, got ", p.loader_workers);
-  SONAR_CHECK(p.codes == 0 || p.codes >= 2, "--codes must be at least 2, got ", p.codes);
+  check_run_options(p);
   SONAR_CHECK(p.init.empty() || p.codes == 0, "--codes sizes a fresh tokenizer's codebook; it cannot be combined "
               "with --init (whose codebook is kept)");
   SONAR_CHECK(std::isfinite(p.commitment_weight) && p.commitment_weight >= 0,
@@ -175,45 +152,18 @@ TokenizerTrainResult train_tokenizer(const TokenizerTrainOptions& p) {
   result.total_steps = p.steps;
 
   // ---- read everything (nothing is written before this all succeeded) ----
-  audio::Dataset data = audio::read_source(p.data);
-  if (!p.splits.empty()) data = audio::select_split(data, p.splits);
-  SONAR_CHECK(data.size() > 0, p.data, ": no audio clips", p.splits.empty() ? "" : " in the selected splits");
-  std::string data_fingerprint;
-  {
-    HashChain hc;
-    for (const auto& it : data.items) hc.add(it.path + "\n");
-    data_fingerprint = hex_of(hc.h);
-  }
+  audio::Dataset data = read_training_data(p.data, p.splits);
+  const std::string data_fp = data_fingerprint(data);
   std::shared_ptr<beats::BeatsModel> teacher = load_teacher(p.teacher);
   const std::string teacher_fingerprint = module_fingerprint(*teacher);
   const int64_t warmup = p.warmup_steps >= 0 ? p.warmup_steps : p.steps / 10;
 
   json cfg = json::object();
+  add_run_config(cfg, p, data.size(), data_fp, warmup);
   cfg["teacher"] = absolute_path(p.teacher);
   cfg["teacher-fingerprint"] = teacher_fingerprint;
-  cfg["data"] = absolute_path(p.data);
-  cfg["splits"] = p.splits;
-  cfg["data-items"] = data.size();
-  cfg["data-fingerprint"] = data_fingerprint;
-  cfg["init"] = absolute_path(p.init);
-  cfg["preset"] = p.init.empty() ? p.preset : "";
-  cfg["codes"] = p.codes;
   cfg["commitment"] = p.commitment_weight;
   cfg["estimator-layers"] = p.estimator_layers;
-  cfg["crop-seconds"] = p.crop_seconds;
-  cfg["max-clip-seconds"] = p.max_clip_seconds;
-  cfg["batch"] = p.batch_size;
-  cfg["steps"] = p.steps;
-  cfg["lr"] = p.adamw.lr;
-  cfg["beta1"] = p.adamw.beta1;
-  cfg["beta2"] = p.adamw.beta2;
-  cfg["eps"] = p.adamw.eps;
-  cfg["weight-decay"] = p.adamw.weight_decay;
-  cfg["warmup"] = warmup;
-  cfg["final-lr"] = p.final_lr;
-  cfg["clip-grad"] = p.max_grad_norm;
-  cfg["seed"] = p.seed;
-  if (p.precision != Precision::F32) cfg["precision"] = precision_name(p.precision);
 
   // An existing run in the folder: resume it, refuse, or (with force) start over.
   std::optional<beats::CheckpointData> resume;
@@ -325,15 +275,7 @@ TokenizerTrainResult train_tokenizer(const TokenizerTrainOptions& p) {
   objective->train();
 
   // The data stream (validates the position against the epoch size).
-  StreamOptions sto;
-  sto.batch_size = p.batch_size;
-  sto.crop_seconds = p.crop_seconds;
-  sto.max_clip_seconds = p.max_clip_seconds;
-  sto.seed = p.seed;
-  sto.workers = p.loader_workers;
-  sto.prefetch = p.prefetch_batches;
-  sto.cache_dir = p.cache_dir;
-  sto.min_seconds = ((tcfg.input_patch_size - 1) * 160 + 400) / 16000.0;
+  StreamOptions sto = run_stream_options(p, tcfg.input_patch_size);
   BatchStream stream(data, sto, epoch, batch);
   // The first batch is loaded before anything is written, so data that cannot be read at all fails cleanly.
   std::optional<TrainBatch> first_batch;

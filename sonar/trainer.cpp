@@ -187,11 +187,7 @@ std::string LabelTokenizer::fingerprint() const {
   HashChain hc;
   hc.add(kind());
   const nn::Module& m = random ? static_cast<const nn::Module&>(*random) : static_cast<const nn::Module&>(*beats);
-  for (const auto& [name, t] : m.state_dict()) {
-    hc.add(name);
-    Tensor c = t.contiguous();
-    hc.add(c.raw_data(), c.nbytes());
-  }
+  add_module_state(hc, m);
   return hex_of(hc.h);
 }
 
@@ -283,26 +279,7 @@ struct Trainer::State {
 Trainer::Trainer(PretrainOptions o, std::vector<std::shared_ptr<TrainerExtension>> ext)
     : opts_(std::move(o)), extensions_(std::move(ext)) {
   const PretrainOptions& p = opts_;
-  SONAR_CHECK(!p.data.empty(), "no training data given (--data)");
-  SONAR_CHECK(!p.out_dir.empty(), "no output folder given (--out)");
-  SONAR_CHECK(p.steps > 0, "--steps must be positive, got ", p.steps);
-  SONAR_CHECK(p.batch_size > 0, "--batch must be positive, got ", p.batch_size);
-  SONAR_CHECK(std::isfinite(p.crop_seconds) && p.crop_seconds > 0 && p.crop_seconds <= 600,
-              "--crop-seconds must be in (0, 600], got ", p.crop_seconds);
-  SONAR_CHECK(std::isfinite(p.max_clip_seconds) && p.max_clip_seconds >= p.crop_seconds,
-              "the clip length cap (", p.max_clip_seconds, " s) must be at least --crop-seconds (", p.crop_seconds,
-              ")");
-  SONAR_CHECK(std::isfinite(p.adamw.lr) && p.adamw.lr > 0, "--lr must be positive, got ", p.adamw.lr);
-  SONAR_CHECK(p.warmup_steps >= -1 && p.warmup_steps <= p.steps, "--warmup must be in [0, --steps = ", p.steps,
-              "], got ", p.warmup_steps);
-  SONAR_CHECK(p.final_lr >= 0 && p.final_lr <= p.adamw.lr, "the final learning rate must be in [0, --lr], got ",
-              p.final_lr);
-  SONAR_CHECK(p.adamw.weight_decay >= 0, "--weight-decay must be >= 0, got ", p.adamw.weight_decay);
-  SONAR_CHECK(p.log_every > 0, "--log-every must be positive, got ", p.log_every);
-  SONAR_CHECK(p.save_every > 0, "--save-every must be positive, got ", p.save_every);
-  SONAR_CHECK(p.num_threads >= 0, "--threads must be >= 0, got ", p.num_threads);
-  SONAR_CHECK(p.loader_workers >= 0, "--workers must be >= 0, got ", p.loader_workers);
-  SONAR_CHECK(p.codes == 0 || p.codes >= 2, "--codes must be at least 2, got ", p.codes);
+  check_run_options(p);
   SONAR_CHECK(p.mlp.masking.mask_ratio > 0 && p.mlp.masking.mask_ratio < 1, "--mask-ratio must be in (0, 1), got ",
               p.mlp.masking.mask_ratio);
   if (p.init.empty()) preset_config(p.preset);  // throws on an unknown preset
@@ -466,46 +443,19 @@ PretrainResult Trainer::run_impl() {
   result.total_steps = p.steps;
 
   // ---- read everything (nothing is written before this all succeeded) ----
-  s.data = audio::read_source(p.data);
-  if (!p.splits.empty()) s.data = audio::select_split(s.data, p.splits);
-  SONAR_CHECK(s.data.size() > 0, p.data, ": no audio clips", p.splits.empty() ? "" : " in the selected splits");
-  {
-    HashChain hc;
-    for (const auto& it : s.data.items) hc.add(it.path + "\n");
-    s.data_fingerprint = hex_of(hc.h);
-  }
+  s.data = read_training_data(p.data, p.splits);
+  s.data_fingerprint = data_fingerprint(s.data);
   s.warmup = p.warmup_steps >= 0 ? p.warmup_steps : p.steps / 10;
 
   json cfg = json::object();
-  cfg["data"] = absolute_path(p.data);
-  cfg["splits"] = p.splits;
-  cfg["data-items"] = s.data.size();
-  cfg["data-fingerprint"] = s.data_fingerprint;
-  cfg["init"] = absolute_path(p.init);
-  cfg["preset"] = p.init.empty() ? p.preset : "";
+  add_run_config(cfg, p, s.data.size(), s.data_fingerprint, s.warmup);
   cfg["tokenizer"] = absolute_path(p.tokenizer);
-  cfg["codes"] = p.codes;
   cfg["reuse-predictor"] = p.reuse_predictor;
-  cfg["crop-seconds"] = p.crop_seconds;
-  cfg["max-clip-seconds"] = p.max_clip_seconds;
-  cfg["batch"] = p.batch_size;
-  cfg["steps"] = p.steps;
-  cfg["lr"] = p.adamw.lr;
-  cfg["beta1"] = p.adamw.beta1;
-  cfg["beta2"] = p.adamw.beta2;
-  cfg["eps"] = p.adamw.eps;
-  cfg["weight-decay"] = p.adamw.weight_decay;
-  cfg["warmup"] = s.warmup;
-  cfg["final-lr"] = p.final_lr;
-  cfg["clip-grad"] = p.max_grad_norm;
-  cfg["seed"] = p.seed;
   cfg["mask-ratio"] = p.mlp.masking.mask_ratio;
   cfg["min-visible"] = p.mlp.masking.min_visible;
   cfg["label-smoothing"] = p.mlp.label_smoothing;
   cfg["predictor-layers"] = p.mlp.predictor.layers;
   cfg["padding"] = p.mlp.padding == beats::PaddingMode::Exact ? "exact" : "official";
-  // Only a non-default precision is recorded, so runs started before the option existed still resume.
-  if (p.precision != Precision::F32) cfg["precision"] = precision_name(p.precision);
   json ext_cfg = json::object();
   for (const auto& e : extensions_) ext_cfg[e->name()] = e->config();
   cfg["extensions"] = ext_cfg;
@@ -676,15 +626,7 @@ PretrainResult Trainer::run_impl() {
   }
 
   // The data stream (validates the position against the epoch size).
-  StreamOptions sto;
-  sto.batch_size = p.batch_size;
-  sto.crop_seconds = p.crop_seconds;
-  sto.max_clip_seconds = p.max_clip_seconds;
-  sto.seed = p.seed;
-  sto.workers = p.loader_workers;
-  sto.prefetch = p.prefetch_batches;
-  sto.cache_dir = p.cache_dir;
-  sto.min_seconds = ((s.model->cfg.input_patch_size - 1) * 160 + 400) / 16000.0;
+  StreamOptions sto = run_stream_options(p, s.model->cfg.input_patch_size);
   sto.rank = dist.rank();
   sto.ranks = dist.size();
   BatchStream stream(s.data, sto, s.epoch, s.batch);

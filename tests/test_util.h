@@ -1,8 +1,9 @@
 // Helpers shared by test programs of several layers: error-message checks, seeded uniform tensors, a strict
-// float closeness check, max-abs difference, a per-test temporary folder, running the built `sonar`
-// program, and the one-process vs `mpirun` comparisons of the data-parallel tests. Header-only and test-only
-// (the build turns only tests/*/test_*.cpp into programs); not a test itself. Kernel-reference helpers for
-// the tensor tests live in tests/tensor/kernel_ref.h, audio signal makers in tests/audio/audio_test_util.h.
+// float closeness check, max-abs difference, reading a file and counting matching lines, a per-test temporary
+// folder, running the built `sonar` program, and the one-process vs `mpirun` comparisons of the data-parallel
+// tests. Header-only and test-only (the build turns only tests/*/test_*.cpp into programs); not a test itself.
+// Kernel-reference helpers for the tensor tests live in tests/tensor/kernel_ref.h, audio signal makers in
+// tests/audio/audio_test_util.h.
 #pragma once
 #include <gtest/gtest.h>
 #include <sys/wait.h>
@@ -13,7 +14,9 @@
 #include <cstdint>
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
 #include <functional>
+#include <iterator>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -90,6 +93,20 @@ inline double max_abs_diff(const Tensor& a, const Tensor& b) {
   return m;
 }
 
+// The whole content of the file at `path` ("" when it cannot be read).
+inline std::string read_text_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+// How many lines of `text` contain `needle`.
+inline int count_lines_with(const std::string& text, const std::string& needle) {
+  std::istringstream in(text);
+  int n = 0;
+  for (std::string l; std::getline(in, l);) n += l.find(needle) != std::string::npos;
+  return n;
+}
+
 // A fresh empty folder named after the running test (and the process), removed at the end.
 class TempDir {
  public:
@@ -145,6 +162,14 @@ inline Run run_sonar(const std::string& args) { return run_sonar_with_prefix("",
 inline Run run_sonar_mpi(int n, const std::string& args) {
   return run_sonar_with_prefix("OMP_NUM_THREADS=1 mpirun --allow-run-as-root --oversubscribe -np " + std::to_string(n) +
                                " -x OMP_NUM_THREADS -x OMP_WAIT_POLICY ", args);
+}
+
+// `sonar args` fails (a non-zero exit) with exactly one line of output, which contains `needle`.
+inline void expect_sonar_fails_in_one_line(const std::string& args, const std::string& needle) {
+  const Run r = run_sonar(args);
+  EXPECT_NE(r.code, 0) << args;
+  EXPECT_NE(r.out.find(needle), std::string::npos) << args << "\n" << r.out;
+  EXPECT_EQ(std::count(r.out.begin(), r.out.end(), '\n'), 1) << r.out;  // exactly one line
 }
 
 // A path under the temporary folder, `prefix` + pid + `name`, emptied (not created).

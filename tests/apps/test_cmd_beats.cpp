@@ -11,6 +11,7 @@
 
 #include "audio/decode.h"
 #include "tensor/ops.h"
+#include "tests/test_util.h"
 
 namespace sonar {
 namespace {
@@ -34,15 +35,9 @@ class CmdBeats : public ::testing::Test {
     const std::string cmd = "OMP_WAIT_POLICY=passive " + kSonar + " " + args + " > " + file("stdout.txt") + " 2> " +
                             file("stderr.txt");
     const int status = std::system(cmd.c_str());
-    out_ = slurp(file("stdout.txt"));
-    err_ = slurp(file("stderr.txt"));
+    out_ = sonar::testutil::read_text_file(file("stdout.txt"));
+    err_ = sonar::testutil::read_text_file(file("stderr.txt"));
     return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  }
-  static std::string slurp(const std::string& path) {
-    std::ifstream in(path);
-    std::stringstream ss;
-    ss << in.rdbuf();
-    return ss.str();
   }
   // One line on stderr, naming `needle`, and a failing exit code.
   void expect_clean_failure(int rc, const std::string& needle) {

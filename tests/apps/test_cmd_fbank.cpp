@@ -40,11 +40,6 @@ struct Result {
   std::string out, err;
 };
 
-std::string slurp(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(f), {});
-}
-
 std::string quote(const std::string& s) { return "'" + s + "'"; }
 
 Result run(const TempDir& dir, const std::string& args) {
@@ -53,8 +48,8 @@ Result run(const TempDir& dir, const std::string& args) {
   const int status = std::system(cmd.c_str());
   Result r;
   r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  r.out = slurp(out);
-  r.err = slurp(err);
+  r.out = testutil::read_text_file(out);
+  r.err = testutil::read_text_file(err);
   return r;
 }
 
@@ -172,7 +167,7 @@ struct Stats {
 
 Stats read_stats_json(const std::string& path) {
   Stats s;
-  const std::string j = slurp(path);
+  const std::string j = testutil::read_text_file(path);
   EXPECT_EQ(std::sscanf(j.c_str(), "{\"mean\": %lf, \"std\": %lf, \"clips\": %lld, \"frames\": %lld, \"skipped\": %lld}",
                         &s.mean, &s.std, &s.clips, &s.frames, &s.skipped),
             5)

@@ -22,18 +22,12 @@ namespace fs = std::filesystem;
 
 namespace {
 
+using sonar::testutil::count_lines_with;
 using sonar::testutil::Run;
 using sonar::testutil::run_sonar;
 
 std::string tmp_dir(const std::string& name) {
   return sonar::testutil::fresh_tmp_path("sonar_test_cmd_pretrain_", name);
-}
-
-int count_lines_with(const std::string& text, const std::string& needle) {
-  std::istringstream in(text);
-  int n = 0;
-  for (std::string l; std::getline(in, l);) n += l.find(needle) != std::string::npos;
-  return n;
 }
 
 }  // namespace
@@ -108,12 +102,7 @@ TEST(CmdPretrain, BadInputFailsWithOneLineAndWritesNothing) {
       {"probe --data x.csv", "either --checkpoint or --preset"},
       {"probe --checkpoint " + root + "/none.pt --data x.csv --output " + root + "/m.json", "x.csv"},
   };
-  for (const auto& c : cases) {
-    auto r = run_sonar(c.args);
-    EXPECT_NE(r.code, 0) << c.args;
-    EXPECT_NE(r.out.find(c.needle), std::string::npos) << c.args << "\n" << r.out;
-    EXPECT_EQ(std::count(r.out.begin(), r.out.end(), '\n'), 1) << r.out;  // exactly one line
-  }
+  for (const auto& c : cases) sonar::testutil::expect_sonar_fails_in_one_line(c.args, c.needle);
   EXPECT_FALSE(fs::exists(root + "/r"));
   EXPECT_FALSE(fs::exists(root + "/m.json"));
   fs::remove_all(root);

@@ -9,6 +9,8 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
+#include "tests/test_util.h"
+
 namespace {
 
 const std::string kSonar = std::string(SONAR_BINARY_DIR) + "/sonar";
@@ -30,15 +32,9 @@ class CmdProfile : public ::testing::Test {
     const std::string cmd = env + " OMP_WAIT_POLICY=passive " + kSonar + " " + args + " > " + file("stdout.txt") +
                             " 2> " + file("stderr.txt");
     const int status = std::system(cmd.c_str());
-    out_ = slurp(file("stdout.txt"));
-    err_ = slurp(file("stderr.txt"));
+    out_ = sonar::testutil::read_text_file(file("stdout.txt"));
+    err_ = sonar::testutil::read_text_file(file("stderr.txt"));
     return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  }
-  static std::string slurp(const std::string& path) {
-    std::ifstream in(path);
-    std::stringstream ss;
-    ss << in.rdbuf();
-    return ss.str();
   }
   nlohmann::json profile(const std::string& mode, const std::string& extra = "") {
     const std::string json = file(mode + ".json");

@@ -27,6 +27,8 @@ namespace fs = std::filesystem;
 
 namespace {
 
+using sonar::testutil::count_lines_with;
+using sonar::testutil::read_text_file;
 using sonar::testutil::run_sonar;
 
 // How long the Ctrl-C test waits for the first progress line before giving up (a loaded machine is slow).
@@ -34,20 +36,6 @@ constexpr int kFirstLineTimeoutSeconds = 120;
 
 std::string tmp_dir(const std::string& name) {
   return sonar::testutil::fresh_tmp_path("sonar_test_cmd_train_tokenizer_", name);
-}
-
-int count_lines_with(const std::string& text, const std::string& needle) {
-  std::istringstream in(text);
-  int n = 0;
-  for (std::string l; std::getline(in, l);) n += l.find(needle) != std::string::npos;
-  return n;
-}
-
-std::string slurp(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
 }
 
 // A corpus and a tiny teacher model, shared by the tests of this program (built on first use).
@@ -92,7 +80,7 @@ TEST(CmdTrainTokenizer, TrainsRefusesAndFeedsTokenizeAndPretrain) {
   EXPECT_NE(r.out.find("finished: "), std::string::npos) << r.out;
   for (const char* f : {"checkpoint.safetensors", "tokenizer.safetensors", "run.json", "metrics.jsonl"})
     EXPECT_TRUE(fs::exists(fs::path(run) / f)) << f;
-  EXPECT_EQ(count_lines_with(slurp(run + "/metrics.jsonl"), "\"perplexity\""), 2);
+  EXPECT_EQ(count_lines_with(read_text_file(run + "/metrics.jsonl"), "\"perplexity\""), 2);
 
   // A finished run is refused, and nothing is touched.
   const auto stamp = fs::last_write_time(fs::path(run) / "tokenizer.safetensors");
@@ -160,11 +148,11 @@ Interrupted run_and_interrupt(const std::vector<std::string>& args, const std::s
   }
   for (int i = 0; i < kFirstLineTimeoutSeconds * 10 && !r.started; ++i) {
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
-    r.started = slurp(log).find(wait_for) != std::string::npos;
+    r.started = read_text_file(log).find(wait_for) != std::string::npos;
   }
   kill(pid, SIGINT);
   waitpid(pid, &r.status, 0);
-  r.out = slurp(log);
+  r.out = read_text_file(log);
   return r;
 }
 
@@ -240,12 +228,7 @@ TEST(CmdTrainTokenizer, BadInputFailsWithOneLineAndWritesNothing) {
       {base + "--teacher " + s.teacher + " --commitment -1", "--commitment must be"},
       {base + "--teacher " + s.teacher + " --bogus 1", "unknown flag --bogus"},
   };
-  for (const auto& c : cases) {
-    auto r = run_sonar(c.args);
-    EXPECT_NE(r.code, 0) << c.args;
-    EXPECT_NE(r.out.find(c.needle), std::string::npos) << c.args << "\n" << r.out;
-    EXPECT_EQ(std::count(r.out.begin(), r.out.end(), '\n'), 1) << r.out;  // exactly one line
-  }
+  for (const auto& c : cases) sonar::testutil::expect_sonar_fails_in_one_line(c.args, c.needle);
   EXPECT_FALSE(fs::exists(root + "/r"));
   fs::remove_all(root);
 }

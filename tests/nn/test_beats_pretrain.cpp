@@ -18,6 +18,7 @@
 #include "autograd/loss.h"
 #include "autograd/ops.h"
 #include "nn/beats/pretrain.h"
+#include "tests/nn/beats_test_util.h"
 #include "tensor/creation.h"
 #include "tensor/elementwise.h"
 #include "tensor/index.h"
@@ -41,41 +42,13 @@ constexpr double kDistillMinRelativeDrop = 0.40;  // tokenizer distillation loss
 constexpr double kUsageTol = 1e-3;               // relative, EMA usage sum vs. its closed form
 constexpr double kUnitNormTol = 1e-4;
 
-BeatsConfig tiny_cfg() {
-  BeatsConfig c;
-  c.input_patch_size = 16;
-  c.embed_dim = 24;
-  c.encoder_layers = 2;
-  c.encoder_embed_dim = 32;
-  c.encoder_ffn_embed_dim = 64;
-  c.encoder_attention_heads = 4;
-  c.deep_norm = true;
-  c.layer_norm_first = false;
-  c.relative_position_embedding = true;
-  c.num_buckets = 32;
-  c.max_distance = 64;
-  c.gru_rel_pos = true;
-  c.conv_pos = 16;
-  c.conv_pos_groups = 4;
-  c.dropout = c.attention_dropout = c.activation_dropout = c.dropout_input = c.encoder_layerdrop = 0.0;
-  c.quant_n = 16;
-  c.quant_dim = 8;
-  return c;
-}
+BeatsConfig tiny_cfg() { return testutil::small_beats_config(0.0); }
 
 // Normalised fbank [B, T, 128] of synthetic clips (tones, chords, chirps, trills), `seconds` long each.
 Tensor synth_fbank(int64_t clips, double seconds, uint64_t seed) {
-  const std::vector<std::pair<std::string, std::string>> kinds = {
-      {"music", "tone"}, {"birds", "upsweep"}, {"music", "major_chord"}, {"birds", "trill"},
-      {"birds", "downsweep"}, {"music", "minor_chord"}, {"birds", "whistle"}, {"music", "drums"}};
-  const int64_t S = static_cast<int64_t>(std::llround(seconds * 16000));
-  Tensor wave = zeros({clips, S});
-  for (int64_t i = 0; i < clips; ++i) {
-    const auto& [dom, cls] = kinds[i % kinds.size()];
-    audio::SynthClip c = audio::synth_render(dom, cls, seed + i, seed * 31 + i, seconds);
-    std::copy(c.samples.begin(), c.samples.begin() + S, wave.data<float>() + i * S);
-  }
-  return preprocess(wave);
+  return testutil::synth_fbank(clips, seconds, seed,
+      {{"music", "tone"}, {"birds", "upsweep"}, {"music", "major_chord"}, {"birds", "trill"}, {"birds", "downsweep"},
+       {"music", "minor_chord"}, {"birds", "whistle"}, {"music", "drums"}});
 }
 
 // Frame mask [B, T]: clip b has real_frames[b] frames.

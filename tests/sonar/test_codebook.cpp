@@ -28,11 +28,13 @@
 #include "tensor/index.h"
 #include "tensor/io.h"
 #include "tensor/random.h"
+#include "tests/sonar/sonar_test_util.h"
 #include "tests/test_util.h"
 
 namespace fs = std::filesystem;
 using namespace sonar;
 using namespace sonar::method;
+using namespace sonar::testutil;
 
 namespace {
 
@@ -51,53 +53,20 @@ fs::path corpus_path() {
   return fs::temp_directory_path() / ("sonar_test_codebook_corpus_" + std::to_string(::getpid()));
 }
 
+// 16 clips per domain, 8 prior clips, seed 5.
 std::string corpus_dir() {
-  static const std::string dir = [] {
-    audio::SynthCorpusOptions o;
-    o.clips_per_class = 4;
-    o.prior_clips = 8;
-    o.seconds = 1.5;
-    o.seed = 5;
-    audio::build_synth_corpus(corpus_path().string(), o);
-    return corpus_path().string();
-  }();
+  static const std::string dir = build_tiny_corpus(corpus_path(), 8, 5);
   return dir;
 }
 
-std::string run_dir(const std::string& name) {
-  fs::path p = fs::temp_directory_path() / ("sonar_test_codebook_" + std::to_string(::getpid()) + "_" + name);
-  fs::remove_all(p);
-  return p.string();
-}
+std::string run_dir(const std::string& name) { return fresh_tmp_path("sonar_test_codebook_", name); }
 
-class Cleanup : public ::testing::Environment {
- public:
-  void TearDown() override {
-    fs::remove_all(corpus_path());
-    fs::remove_all(run_dir("tokenizers"));
-  }
-};
-const ::testing::Environment* const kCleanup = ::testing::AddGlobalTestEnvironment(new Cleanup);
+// The corpus and the fixture's folder go after the last test.
+const ::testing::Environment* const kCleanup = remove_after_all_tests({corpus_path(), run_dir("tokenizers")});
 
-// The tiny preset on 1-second crops of the 16 music clips, batches of 4.
+// The tiny preset on 1-second crops of the 16 music clips, batches of 4, seed 11.
 PretrainOptions tiny_options(const std::string& out, int64_t steps) {
-  PretrainOptions o;
-  o.data = corpus_dir() + "/music.csv";
-  o.out_dir = out;
-  o.preset = "tiny";
-  o.codes = 32;
-  o.crop_seconds = 1.0;
-  o.max_clip_seconds = 2.0;
-  o.batch_size = 4;
-  o.steps = steps;
-  o.adamw.lr = 2e-3f;
-  o.warmup_steps = 2;
-  o.seed = 11;
-  o.log_every = 2;
-  o.save_every = 3;
-  o.loader_workers = 1;
-  o.log = [](const std::string&) {};
-  return o;
+  return tiny_run_options<PretrainOptions>(corpus_dir() + "/music.csv", out, steps, 11);
 }
 
 // Records the crops of the batches it sees.
@@ -249,17 +218,6 @@ Tensor moment(ag::Optimizer& opt, const ag::Var& p, const std::string& buf) {
 double test_max_abs(const std::vector<double>& a, const Row& b) {
   double m = 0;
   for (size_t j = 0; j < a.size(); ++j) m = std::max(m, std::fabs(a[j] - b[j]));
-  return m;
-}
-
-float max_abs_diff_exact(const Tensor& a, const Tensor& b) {
-  if (a.shape() != b.shape()) return INFINITY;
-  const auto x = a.contiguous().to_vector<float>(), y = b.contiguous().to_vector<float>();
-  float m = 0;
-  for (size_t i = 0; i < x.size(); ++i) {
-    if (std::isnan(x[i]) != std::isnan(y[i])) return INFINITY;
-    m = std::max(m, std::fabs(x[i] - y[i]));
-  }
   return m;
 }
 
@@ -551,9 +509,9 @@ TEST(OnlineCodebook, ExpansionGrowsTheCodebookThePredictorAndItsAdamWState) {
   EXPECT_TRUE(all_zero(m1.narrow(0, kCodes, 3)));
   EXPECT_TRUE(all_zero(v1.narrow(0, kCodes, 3)));
   EXPECT_TRUE(all_zero(mb1.narrow(0, kCodes, 3)));
-  EXPECT_EQ(max_abs_diff_exact(m1.narrow(0, 0, kCodes), m0), 0.0f);
-  EXPECT_EQ(max_abs_diff_exact(v1.narrow(0, 0, kCodes), v0), 0.0f);
-  EXPECT_EQ(max_abs_diff_exact(mb1.narrow(0, 0, kCodes), mb0), 0.0f);
+  EXPECT_EQ(max_abs_diff_nan_aware(m1.narrow(0, 0, kCodes), m0), 0.0f);
+  EXPECT_EQ(max_abs_diff_nan_aware(v1.narrow(0, 0, kCodes), v0), 0.0f);
+  EXPECT_EQ(max_abs_diff_nan_aware(mb1.narrow(0, 0, kCodes), mb0), 0.0f);
   auto prog = a.ext->progress();
   EXPECT_EQ(progress_value(*a.ext, "added", &prog), 3);
   EXPECT_EQ(progress_value(*a.ext, "codebook_size", &prog), K);
@@ -593,22 +551,6 @@ TEST(OnlineCodebook, TheCapHolds) {
 }
 
 namespace {
-
-// Every tensor of two checkpoint files within kResumeTolerance and the same metadata except wall-clock time.
-void expect_same_checkpoint(const std::string& a, const std::string& b) {
-  SafeTensorsFile fa = load_safetensors(a), fb = load_safetensors(b);
-  ASSERT_EQ(fa.tensors.size(), fb.tensors.size());
-  for (const auto& [name, t] : fa.tensors) {
-    auto it = fb.tensors.find(name);
-    ASSERT_NE(it, fb.tensors.end()) << name;
-    ASSERT_EQ(t.shape(), it->second.shape()) << name;
-    EXPECT_LE(max_abs_diff_exact(t, it->second), kResumeTolerance) << name;
-  }
-  for (const auto& [k, v] : fa.metadata) {
-    if (k == "trainer.elapsed-seconds") continue;
-    EXPECT_EQ(v, fb.metadata[k]) << k;
-  }
-}
 
 // Growth and re-initialisation early: after one step, most features count as novel.
 CodebookOptions eager() {
@@ -656,7 +598,7 @@ TEST(OnlineCodebook, KilledAndResumedRunWithGrowthEqualsStraightRun) {
   EXPECT_TRUE(rb.resumed);
   EXPECT_EQ(rb.start_step, 3);
   ASSERT_TRUE(rb.finished);
-  expect_same_checkpoint(ra.checkpoint, rb.checkpoint);
+  expect_same_checkpoint(ra.checkpoint, rb.checkpoint, kResumeTolerance);
   EXPECT_EQ(ext_b2->added_total(), ext_a->added_total());
   EXPECT_EQ(ext_b2->reinit_total(), ext_a->reinit_total());
   EXPECT_TRUE(read_file((fs::path(straight) / kAdaptedTokenizerFile).string()) ==
@@ -673,8 +615,8 @@ TEST(OnlineCodebook, KilledAndResumedRunWithGrowthEqualsStraightRun) {
   LabelTokenizer adapted = LabelTokenizer::load((fs::path(straight) / kAdaptedTokenizerFile).string());
   LabelTokenizer start = LabelTokenizer::load(fixture().tokenizer);
   ASSERT_EQ(adapted.num_codes(), ext_a->codebook().size(0));
-  EXPECT_EQ(max_abs_diff_exact(adapted.codebook(), ext_a->codebook()), 0.0f);
-  EXPECT_EQ(max_abs_diff_exact(adapted.beats->quantize->usage(), ext_a->usage()), 0.0f);
+  EXPECT_EQ(max_abs_diff_nan_aware(adapted.codebook(), ext_a->codebook()), 0.0f);
+  EXPECT_EQ(max_abs_diff_nan_aware(adapted.beats->quantize->usage(), ext_a->usage()), 0.0f);
   for (const auto& crop : fixture().crops) {
     const Tensor feats = start.features(crop.fbank, crop.frame_mask);
     StepBatch b;

@@ -23,6 +23,7 @@
 #include "tensor/index.h"
 #include "tensor/io.h"
 #include "tensor/random.h"
+#include "tests/sonar/sonar_test_util.h"
 #include "tests/test_util.h"
 
 namespace fs = std::filesystem;
@@ -39,25 +40,12 @@ constexpr float kResumeTolerance = 0.0f;  // bit-identical on the same machine a
 
 fs::path base_dir() { return fs::temp_directory_path() / ("sonar_test_distill_" + std::to_string(::getpid())); }
 
+// 16 clips per domain, 8 prior clips, seed 9.
 std::string corpus_dir() {
-  static const std::string dir = [] {
-    audio::SynthCorpusOptions o;
-    o.clips_per_class = 4;
-    o.prior_clips = 8;
-    o.seconds = 1.5;
-    o.seed = 9;
-    const std::string d = (base_dir() / "corpus").string();
-    audio::build_synth_corpus(d, o);
-    return d;
-  }();
+  static const std::string dir = build_tiny_corpus(base_dir() / "corpus", 8, 9);
   return dir;
 }
-
-class Cleanup : public ::testing::Environment {
- public:
-  void TearDown() override { fs::remove_all(base_dir()); }
-};
-const ::testing::Environment* const kCleanup = ::testing::AddGlobalTestEnvironment(new Cleanup);
+const ::testing::Environment* const kCleanup = remove_after_all_tests({base_dir()});
 
 std::string run_dir(const std::string& name) {
   fs::path p = base_dir() / name;
@@ -68,37 +56,20 @@ std::string run_dir(const std::string& name) {
 // A tiny BEATs with every dropout off, saved once: the start model of the runs below.
 std::string start_checkpoint() {
   static const std::string path = [] {
-    beats::BeatsConfig c = preset_config("tiny");
-    c.dropout = 0.0;
-    c.attention_dropout = 0.0;
-    c.activation_dropout = 0.0;
-    c.encoder_layerdrop = 0.0;
-    Generator g(77);
-    beats::BeatsModel m(c, &g);
-    fs::create_directories(base_dir());
-    const std::string p = (base_dir() / "start.safetensors").string();
-    beats::save_beats(p, m);
-    return p;
+    const fs::path p = base_dir() / "start.safetensors";
+    save_dropout_free_tiny_model(p, 77);
+    return p.string();
   }();
   return path;
 }
 
+
+// The tiny run on 1-second crops of the 16 bird clips from the start model, batches of 4, seed 3, a log line
+// every step.
 PretrainOptions tiny_options(const std::string& out, int64_t steps) {
-  PretrainOptions o;
-  o.data = corpus_dir() + "/birds.csv";
-  o.out_dir = out;
+  PretrainOptions o = tiny_run_options<PretrainOptions>(corpus_dir() + "/birds.csv", out, steps, 3);
   o.init = start_checkpoint();
-  o.codes = 32;
-  o.crop_seconds = 1.0;
-  o.max_clip_seconds = 2.0;
-  o.batch_size = 4;
-  o.steps = steps;
-  o.adamw.lr = 2e-3f;
-  o.warmup_steps = 2;
-  o.seed = 3;
   o.log_every = 1;
-  o.save_every = 3;
-  o.log = [](const std::string&) {};
   return o;
 }
 

@@ -22,10 +22,12 @@
 #include "audio/synth_corpus.h"
 #include "sonar/replay.h"
 #include "tensor/io.h"
+#include "tests/sonar/sonar_test_util.h"
 
 namespace fs = std::filesystem;
 using namespace sonar;
 using namespace sonar::method;
+using namespace sonar::testutil;
 
 namespace {
 
@@ -42,49 +44,19 @@ constexpr double kFrequencySigmas = 5.0;
 
 fs::path corpus_path() { return fs::temp_directory_path() / ("sonar_test_replay_corpus_" + std::to_string(::getpid())); }
 
+// 16 clips per domain, 12 prior clips, seed 7; removed after the last test.
 std::string corpus_dir() {
-  static const std::string dir = [] {
-    audio::SynthCorpusOptions o;
-    o.clips_per_class = 4;  // 16 clips per domain
-    o.prior_clips = 12;
-    o.seconds = 1.5;
-    o.seed = 7;
-    audio::build_synth_corpus(corpus_path().string(), o);
-    return corpus_path().string();
-  }();
+  static const std::string dir = build_tiny_corpus(corpus_path(), 12, 7);
   return dir;
 }
+const ::testing::Environment* const kCleanup = remove_after_all_tests({corpus_path()});
 
-class CorpusCleanup : public ::testing::Environment {
- public:
-  void TearDown() override { fs::remove_all(corpus_path()); }
-};
-const ::testing::Environment* const kCleanup = ::testing::AddGlobalTestEnvironment(new CorpusCleanup);
+std::string run_dir(const std::string& name) { return fresh_tmp_path("sonar_test_replay_", name); }
 
-std::string run_dir(const std::string& name) {
-  fs::path p = fs::temp_directory_path() / ("sonar_test_replay_" + std::to_string(::getpid()) + "_" + name);
-  fs::remove_all(p);
-  return p.string();
-}
-
-// The tiny preset on 1-second crops of the 16 music clips, batches of 4.
+// The tiny preset on 1-second crops of the 16 music clips, batches of 4, seed 11; at most 2 warm-up steps.
 PretrainOptions tiny_options(const std::string& out, int64_t steps) {
-  PretrainOptions o;
-  o.data = corpus_dir() + "/music.csv";
-  o.out_dir = out;
-  o.preset = "tiny";
-  o.codes = 32;
-  o.crop_seconds = 1.0;
-  o.max_clip_seconds = 2.0;
-  o.batch_size = 4;
-  o.steps = steps;
-  o.adamw.lr = 2e-3f;
+  PretrainOptions o = tiny_run_options<PretrainOptions>(corpus_dir() + "/music.csv", out, steps, 11);
   o.warmup_steps = std::min<int64_t>(2, steps);
-  o.seed = 11;
-  o.log_every = 2;
-  o.save_every = 3;
-  o.loader_workers = 1;
-  o.log = [](const std::string&) {};
   return o;
 }
 
@@ -96,33 +68,6 @@ ReplayOptions replay_options(const std::string& strata = "labels") {
   r.floor = 0.2;
   r.seed = 99;
   return r;
-}
-
-float max_abs_diff(const Tensor& a, const Tensor& b) {
-  EXPECT_EQ(a.shape(), b.shape());
-  if (a.shape() != b.shape() || a.dtype() != b.dtype()) return INFINITY;
-  const Tensor ac = a.to(DType::Float32).contiguous(), bc = b.to(DType::Float32).contiguous();
-  const float *x = ac.data<float>(), *y = bc.data<float>();
-  float m = 0.0f;
-  for (int64_t i = 0; i < a.numel(); ++i) {
-    if (std::isnan(x[i]) != std::isnan(y[i])) return INFINITY;
-    m = std::max(m, std::fabs(x[i] - y[i]));
-  }
-  return m;
-}
-
-void expect_same_checkpoint(const std::string& a, const std::string& b) {
-  SafeTensorsFile fa = load_safetensors(a), fb = load_safetensors(b);
-  ASSERT_EQ(fa.tensors.size(), fb.tensors.size());
-  for (const auto& [name, t] : fa.tensors) {
-    auto it = fb.tensors.find(name);
-    ASSERT_NE(it, fb.tensors.end()) << name;
-    EXPECT_LE(max_abs_diff(t, it->second), kResumeTolerance) << name;
-  }
-  for (const auto& [k, v] : fa.metadata) {
-    if (k == "trainer.elapsed-seconds") continue;
-    EXPECT_EQ(v, fb.metadata[k]) << k;
-  }
 }
 
 // Records, after the replay extension, what each step's batch holds.
@@ -457,7 +402,7 @@ TEST(Replay, ReplayedCropsAreInTheBatch) {
       // The row is a window of that clip's frames: find its start.
       int64_t found = -1;
       for (int64_t s0 = 0; s0 + Tc <= src.size(0) && found < 0; ++s0)
-        if (max_abs_diff(row, src.narrow(0, s0, Tc)) <= kCropTol) found = s0;
+        if (max_abs_diff_nan_aware(row, src.narrow(0, s0, Tc)) <= kCropTol) found = s0;
       EXPECT_GE(found, 0) << "step " << step << " slot " << slot << ": not a window of "
                           << ext->prior_pool().items[d.item].path;
       const Tensor mask = rec->masks[k].select(0, 4 + slot);
@@ -510,8 +455,8 @@ TEST(Replay, KilledAndResumedRunEqualsStraightRun) {
   EXPECT_EQ(second->stats().computed, 0);  // every embedding came from the run folder's cache
   EXPECT_EQ(second->stats().cached, 12 + 16);
   for (size_t i = 0; i < b.history.size(); ++i) EXPECT_EQ(b.history[i].loss, a.history[3 + i].loss);
-  expect_same_checkpoint(straight + "/checkpoint.safetensors", resumed + "/checkpoint.safetensors");
-  expect_same_checkpoint(straight + "/model.safetensors", resumed + "/model.safetensors");
+  expect_same_checkpoint(straight + "/checkpoint.safetensors", resumed + "/checkpoint.safetensors", kResumeTolerance);
+  expect_same_checkpoint(straight + "/model.safetensors", resumed + "/model.safetensors", kResumeTolerance);
   fs::remove_all(straight);
   fs::remove_all(resumed);
 }
@@ -534,7 +479,7 @@ TEST(Replay, EmbeddingCacheIsReused) {
   const ClipEmbeddings again = embed_clips(model, prior, eo);
   EXPECT_EQ(again.computed, 0);
   EXPECT_EQ(again.cached, 12);
-  EXPECT_EQ(max_abs_diff(first.emb, again.emb), 0.0f);
+  EXPECT_EQ(max_abs_diff_nan_aware(first.emb, again.emb), 0.0f);
   // Progress reports every computed clip; the stop flag ends the pass with one line, keeping what was written.
   EmbedOptions watched = eo;
   watched.cache_dir = run_dir("cache_watched");
@@ -561,7 +506,7 @@ TEST(Replay, EmbeddingCacheIsReused) {
   // Without a cache the same numbers are computed (one clip per pass: independent of batching).
   EmbedOptions none = eo;
   none.cache_dir.clear();
-  EXPECT_EQ(max_abs_diff(embed_clips(model, prior, none).emb, first.emb), 0.0f);
+  EXPECT_EQ(max_abs_diff_nan_aware(embed_clips(model, prior, none).emb, first.emb), 0.0f);
   // Another layer or another model: new entries.
   EmbedOptions l1 = eo;
   l1.layer = 1;

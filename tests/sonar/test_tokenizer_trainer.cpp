@@ -26,10 +26,12 @@
 #include "sonar/trainer.h"
 #include "tensor/io.h"
 #include "tensor/random.h"
+#include "tests/sonar/sonar_test_util.h"
 
 namespace fs = std::filesystem;
 using namespace sonar;
 using namespace sonar::method;
+using namespace sonar::testutil;
 
 namespace {
 
@@ -62,16 +64,9 @@ fs::path scratch() {
   return dir;
 }
 
+// 16 clips per domain, 8 prior clips, seed 5.
 std::string corpus_dir() {
-  static const std::string dir = [] {
-    audio::SynthCorpusOptions o;
-    o.clips_per_class = 4;  // 16 clips per domain
-    o.prior_clips = 8;
-    o.seconds = 1.5;
-    o.seed = 5;
-    audio::build_synth_corpus((scratch() / "corpus").string(), o);
-    return (scratch() / "corpus").string();
-  }();
+  static const std::string dir = build_tiny_corpus(scratch() / "corpus", 8, 5);
   return dir;
 }
 
@@ -87,11 +82,7 @@ std::string teacher_path() {
   return path;
 }
 
-class ScratchCleanup : public ::testing::Environment {
- public:
-  void TearDown() override { fs::remove_all(scratch()); }
-};
-const ::testing::Environment* const kCleanup = ::testing::AddGlobalTestEnvironment(new ScratchCleanup);
+const ::testing::Environment* const kCleanup = remove_after_all_tests({scratch()});
 
 std::string run_dir(const std::string& name) {
   fs::path p = scratch() / ("run_" + name);
@@ -99,56 +90,12 @@ std::string run_dir(const std::string& name) {
   return p.string();
 }
 
-// A fresh tiny tokenizer with 32 codes on 1-second crops of the 16 music clips, batches of 4.
+// A fresh tiny tokenizer with 32 codes on 1-second crops of the 16 music clips, batches of 4, seed 11.
 TokenizerTrainOptions tiny_options(const std::string& out, int64_t steps) {
-  TokenizerTrainOptions o;
+  TokenizerTrainOptions o = tiny_run_options<TokenizerTrainOptions>(corpus_dir() + "/music.csv", out, steps, 11);
   o.teacher = teacher_path();
-  o.data = corpus_dir() + "/music.csv";
-  o.out_dir = out;
-  o.preset = "tiny";
   o.codes = kCodes;
-  o.crop_seconds = 1.0;
-  o.max_clip_seconds = 2.0;
-  o.batch_size = 4;
-  o.steps = steps;
-  o.adamw.lr = 2e-3f;
-  o.warmup_steps = 2;
-  o.seed = 11;
-  o.log_every = 2;
-  o.save_every = 3;
-  o.loader_workers = 1;
-  o.log = [](const std::string&) {};
   return o;
-}
-
-float max_abs_diff(const Tensor& a, const Tensor& b) {
-  EXPECT_EQ(a.shape(), b.shape());
-  EXPECT_EQ(a.dtype(), b.dtype());
-  if (a.shape() != b.shape() || a.dtype() != b.dtype()) return INFINITY;
-  const Tensor ac = a.to(DType::Float32).contiguous(), bc = b.to(DType::Float32).contiguous();
-  const float* x = ac.data<float>();
-  const float* y = bc.data<float>();
-  float m = 0.0f;
-  for (int64_t i = 0; i < ac.numel(); ++i) {
-    if (std::isnan(x[i]) != std::isnan(y[i])) return INFINITY;
-    m = std::max(m, std::fabs(x[i] - y[i]));
-  }
-  return m;
-}
-
-// Every tensor of two checkpoint files within kResumeTolerance, and the same metadata except the wall clock.
-void expect_same_checkpoint(const std::string& a, const std::string& b) {
-  SafeTensorsFile fa = load_safetensors(a), fb = load_safetensors(b);
-  ASSERT_EQ(fa.tensors.size(), fb.tensors.size());
-  for (const auto& [name, t] : fa.tensors) {
-    auto it = fb.tensors.find(name);
-    ASSERT_NE(it, fb.tensors.end()) << name;
-    EXPECT_LE(max_abs_diff(t, it->second), kResumeTolerance) << name;
-  }
-  for (const auto& [k, v] : fa.metadata) {
-    if (k == "trainer.elapsed-seconds") continue;
-    EXPECT_EQ(v, fb.metadata[k]) << k;
-  }
 }
 
 std::vector<nlohmann::json> read_jsonl(const std::string& path) {
@@ -223,8 +170,8 @@ TEST(TokenizerTrainer, InterruptedAndResumedRunEqualsStraightRun) {
     EXPECT_EQ(b2.history[i].lr, a.history[3 + i].lr);
   }
   EXPECT_EQ(b1.history[3].loss, a.history[3].loss);  // the lost step 4 was redone identically
-  expect_same_checkpoint(straight + "/checkpoint.safetensors", resumed + "/checkpoint.safetensors");
-  expect_same_checkpoint(straight + "/tokenizer.safetensors", resumed + "/tokenizer.safetensors");
+  expect_same_checkpoint(straight + "/checkpoint.safetensors", resumed + "/checkpoint.safetensors", kResumeTolerance);
+  expect_same_checkpoint(straight + "/tokenizer.safetensors", resumed + "/tokenizer.safetensors", kResumeTolerance);
   // metrics.jsonl was cut back to step 3 on resume and continued: steps 2, 4, 6 once each.
   std::vector<int64_t> logged;
   for (const auto& j : read_jsonl(resumed + "/metrics.jsonl")) logged.push_back(j.at("step").get<int64_t>());
@@ -514,7 +461,7 @@ TEST(TokenizerTrainer, OfficialCheckpointsAsTeacherAndInit) {
   EXPECT_EQ(tok->cfg.encoder_embed_dim, start->cfg.encoder_embed_dim);
   // The codebook was kept (no k-means) and moved by EMA from there: it changed, yet every code stays close to
   // where it started (3 EMA steps of decay 0.99), which a re-initialisation would not give.
-  EXPECT_GT(max_abs_diff(tok->quantize->codebook(), start->quantize->codebook()), 0.0f);
+  EXPECT_GT(max_abs_diff_nan_aware(tok->quantize->codebook(), start->quantize->codebook()), 0.0f);
   const Tensor a = tok->quantize->codebook().contiguous(), b = start->quantize->codebook().contiguous();
   const int64_t K = a.size(0), D = a.size(1);
   double min_cos = 1.0;

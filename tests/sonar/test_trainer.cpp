@@ -18,10 +18,12 @@
 #include "nn/beats/checkpoint.h"
 #include "sonar/trainer.h"
 #include "tensor/io.h"
+#include "tests/sonar/sonar_test_util.h"
 
 namespace fs = std::filesystem;
 using namespace sonar;
 using namespace sonar::method;
+using namespace sonar::testutil;
 
 namespace {
 
@@ -37,86 +39,18 @@ constexpr double kLossRelTol = 1e-6;  // relative: a float32 sum vs. the same su
 
 fs::path corpus_path() { return fs::temp_directory_path() / ("sonar_test_trainer_corpus_" + std::to_string(::getpid())); }
 
+// 16 clips per domain, 8 prior clips, seed 5; removed after the last test.
 std::string corpus_dir() {
-  static const std::string dir = [] {
-    audio::SynthCorpusOptions o;
-    o.clips_per_class = 4;  // 16 clips per domain
-    o.prior_clips = 8;
-    o.seconds = 1.5;
-    o.seed = 5;
-    audio::build_synth_corpus(corpus_path().string(), o);
-    return corpus_path().string();
-  }();
+  static const std::string dir = build_tiny_corpus(corpus_path(), 8, 5);
   return dir;
 }
+const ::testing::Environment* const kCleanup = remove_after_all_tests({corpus_path()});
 
-// Removes the shared corpus after the last test.
-class CorpusCleanup : public ::testing::Environment {
- public:
-  void TearDown() override { fs::remove_all(corpus_path()); }
-};
-const ::testing::Environment* const kCleanup = ::testing::AddGlobalTestEnvironment(new CorpusCleanup);
+std::string run_dir(const std::string& name) { return fresh_tmp_path("sonar_test_trainer_", name); }
 
-std::string run_dir(const std::string& name) {
-  fs::path p = fs::temp_directory_path() / ("sonar_test_trainer_" + std::to_string(::getpid()) + "_" + name);
-  fs::remove_all(p);
-  return p.string();
-}
-
-// The tiny preset on 1-second crops of the 16 music clips, batches of 4 (4 batches per epoch).
+// The tiny preset on 1-second crops of the 16 music clips, batches of 4 (4 batches per epoch), seed 11.
 PretrainOptions tiny_options(const std::string& out, int64_t steps) {
-  PretrainOptions o;
-  o.data = corpus_dir() + "/music.csv";
-  o.out_dir = out;
-  o.preset = "tiny";
-  o.codes = 32;
-  o.crop_seconds = 1.0;
-  o.max_clip_seconds = 2.0;
-  o.batch_size = 4;
-  o.steps = steps;
-  o.adamw.lr = 2e-3f;
-  o.warmup_steps = 2;
-  o.seed = 11;
-  o.log_every = 2;
-  o.save_every = 3;
-  o.loader_workers = 1;
-  o.log = [](const std::string&) {};
-  return o;
-}
-
-float max_abs_diff(const Tensor& a, const Tensor& b) {
-  EXPECT_EQ(a.shape(), b.shape());
-  EXPECT_EQ(a.dtype(), b.dtype());
-  if (a.shape() != b.shape() || a.dtype() != b.dtype()) return INFINITY;
-  if (a.dtype() != DType::Float32) {
-    const Tensor ac = a.to(DType::Float32), bc = b.to(DType::Float32);
-    return max_abs_diff(ac, bc);
-  }
-  const Tensor ac = a.contiguous(), bc = b.contiguous();
-  const float* x = ac.data<float>();
-  const float* y = bc.data<float>();
-  float m = 0.0f;
-  for (int64_t i = 0; i < a.numel(); ++i) {
-    if (std::isnan(x[i]) != std::isnan(y[i])) return INFINITY;
-    m = std::max(m, std::fabs(x[i] - y[i]));
-  }
-  return m;
-}
-
-// Every tensor of two checkpoint files (model, predictor, optimiser moments) within kResumeTolerance, and the
-// same trainer metadata except the wall-clock time.
-void expect_same_checkpoint(const std::string& a, const std::string& b) {
-  SafeTensorsFile fa = load_safetensors(a), fb = load_safetensors(b);
-  ASSERT_EQ(fa.tensors.size(), fb.tensors.size());
-  for (const auto& [name, t] : fa.tensors) {
-    auto it = fb.tensors.find(name);
-    ASSERT_NE(it, fb.tensors.end()) << name;
-    EXPECT_LE(max_abs_diff(t, it->second), kResumeTolerance) << name;
-  }
-  for (const auto& [k, v] : fa.metadata) {
-    if (k == "trainer.elapsed-seconds") continue;
-    EXPECT_EQ(v, fb.metadata[k]) << k;
-  }
+  return tiny_run_options<PretrainOptions>(corpus_dir() + "/music.csv", out, steps, 11);
 }
 
 }  // namespace
@@ -148,8 +82,8 @@ TEST(Trainer, InterruptedAndResumedRunEqualsStraightRun) {
   }
   // The lost step 4 was redone identically.
   EXPECT_EQ(b1.history[3].loss, a.history[3].loss);
-  expect_same_checkpoint(straight + "/checkpoint.safetensors", resumed + "/checkpoint.safetensors");
-  expect_same_checkpoint(straight + "/model.safetensors", resumed + "/model.safetensors");
+  expect_same_checkpoint(straight + "/checkpoint.safetensors", resumed + "/checkpoint.safetensors", kResumeTolerance);
+  expect_same_checkpoint(straight + "/model.safetensors", resumed + "/model.safetensors", kResumeTolerance);
   // The finished model loads as a plain BEATs model.
   auto m = beats::load_beats(resumed + "/model.safetensors");
   EXPECT_EQ(m->cfg.encoder_layers, 2);
@@ -338,7 +272,7 @@ TEST(Trainer, ExtensionHooksAndStateSurviveResume) {
   for (size_t i = 0; i < 4; ++i)
     EXPECT_NEAR(r.history[i].loss, (1.0 + kExtraWeight) * ext->mlp_losses[i], kLossRelTol * r.history[i].loss);
   bool saw_field = false;
-  for (const auto& l : lines) saw_field = saw_field || l.find(" | count 2.0000") != std::string::npos;
+  for (const auto& l : lines) saw_field = saw_field || l.find(" | count 2") != std::string::npos;
   EXPECT_TRUE(saw_field);
 
   auto ext2 = std::make_shared<CountingExtension>();
