@@ -3,8 +3,8 @@
 # undefined; only the parser sources, see fuzz/CMakeLists.txt) and runs each for SECONDS_PER_TARGET (default
 # 60) with one job, seeded from tests/fixtures. Findings (crash-*, leak-*, timeout-*, oom-*) land in
 # build-fuzz/findings/<target>/ and make the script fail; each one becomes a regression test with its input
-# under tests/fixtures/ (docs/reliability.md). Installs clang-14 and libclang-rt-14-dev when missing (the
-# normal build and tests do not need them).
+# under tests/fixtures/ (docs/reliability.md). Installs clang-14 and libclang-rt-14-dev when missing
+# (scripts/install-deps.sh --fuzz; the normal build does not need them).
 #
 # usage: scripts/fuzz.sh [SECONDS_PER_TARGET] [TARGET...]
 #   environment: SONAR_FUZZ_BUILD (default build-fuzz), SONAR_FUZZ_JOBS (build jobs, default nproc),
@@ -17,19 +17,14 @@ shift || true
 build=${SONAR_FUZZ_BUILD:-build-fuzz}
 jobs=${SONAR_FUZZ_JOBS:-$(nproc)}
 
-# clang and its runtime libraries (libFuzzer, ASan, UBSan) come from Debian: clang-14 and libclang-rt-14-dev.
-scripts/install-deps.sh
-need=()
-for p in clang-14 libclang-rt-14-dev; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need+=("$p")
-done
-if [ ${#need[@]} -gt 0 ]; then
-  echo "fuzz.sh: installing ${need[*]}"
-  sudo_cmd=""; [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
-  $sudo_cmd apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends "${need[@]}"
-fi
+# clang and its runtime libraries (libFuzzer, ASan, UBSan): Debian's clang-14 and libclang-rt-14-dev.
+scripts/install-deps.sh --fuzz
 cxx=$(command -v clang++-14 || command -v clang++)
+# Changing the compiler of an existing build folder makes CMake drop its cache (and with it
+# SONAR_BUILD_FUZZ): start such a folder afresh instead.
+if [ -f "$build/CMakeCache.txt" ] && ! grep -qx "CMAKE_CXX_COMPILER:[A-Z]*=$cxx" "$build/CMakeCache.txt"; then
+  rm -rf "$build/CMakeCache.txt" "$build/CMakeFiles"
+fi
 
 cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DCMAKE_CXX_COMPILER="$cxx" -DSONAR_BUILD_FUZZ=ON \
   -DSONAR_BUILD_TESTS=OFF -DSONAR_BUILD_BENCH=OFF -DSONAR_NATIVE=OFF >/dev/null
@@ -69,6 +64,7 @@ for t in "${targets[@]}"; do
   start=$(date +%s)
   set +e
   UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 ASAN_OPTIONS=detect_leaks=1 \
+    LSAN_OPTIONS="suppressions=$PWD/fuzz/lsan.supp:print_suppressions=0" \
     "$build/fuzz/$t" "$build/corpus/$t" -max_total_time="$seconds" -jobs=1 -workers=1 -timeout=20 \
       -rss_limit_mb="${SONAR_FUZZ_RSS_MB:-2048}" -max_len="${SONAR_FUZZ_MAX_LEN:-262144}" \
       -artifact_prefix="$out/" -print_final_stats=1 >"$out/log.txt" 2>&1

@@ -90,3 +90,15 @@ TEST(HostileAudio, LyingWavHeadersAreRefusedWithinBoundedMemory) {
     expect_error([&] { decode_audio_memory(lie, "lie.wav"); }, {"lie.wav", "truncated"});
   });
 }
+
+// Inputs found by fuzz_audio (tests/fixtures/fuzz/regressions/): each gives one error naming it.
+// audio_vorbis_leak.ogg: a corrupt OGG/Vorbis stream that libsndfile rejects (leaking inside libvorbis,
+// which fuzz/lsan.supp suppresses; our side must still report it and free everything it owns).
+TEST(HostileAudio, FuzzFindingsGiveOneErrorNamingTheInput) {
+  const std::string dir = std::string(SONAR_FIXTURES_DIR) + "/fuzz/regressions/";
+  for (const char* name : {"audio_vorbis_leak.ogg"}) {
+    const std::string path = dir + name;
+    expect_error([&] { decode_audio_memory(read_file(path), path); }, {name});
+    expect_error([&] { decode_audio(path); }, {name});
+  }
+}
