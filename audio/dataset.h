@@ -21,7 +21,7 @@
 namespace sonar::audio {
 
 // Manifests and file lists are read whole, so their size is checked first (docs/reliability.md).
-constexpr uintmax_t kMaxManifestBytes = uintmax_t{1} << 30;  // 1 GiB (AudioSet's largest CSV: ~100 MB)
+constexpr uintmax_t kMaxManifestBytes = uintmax_t{1} << 30;  // 1 GiB (AudioSet's 2M-row list: a fraction)
 constexpr size_t kMaxManifestColumns = 1024;                 // fields per row
 
 struct AudioItem {

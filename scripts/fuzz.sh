@@ -58,7 +58,9 @@ if [ ${#targets[@]} -eq 0 ]; then
 fi
 failed=()
 for t in "${targets[@]}"; do
-  out="$build/findings/$t"
+  out="$build/findings/$t"  # this run's findings only (an earlier run's are kept in $out.previous)
+  rm -rf "$out.previous"
+  [ -d "$out" ] && mv "$out" "$out.previous"
   mkdir -p "$out" "$build/corpus/$t"
   # The new corpus entries go to corpus/<target> (kept between runs); the seeds are read-only inputs.
   start=$(date +%s)
@@ -72,7 +74,8 @@ for t in "${targets[@]}"; do
   set -e
   stats=$(grep -E "stat::number_of_executed_units|stat::peak_rss_mb" "$out/log.txt" | awk '{printf "%s ", $2}')
   echo "fuzz.sh: $t ran $(( $(date +%s) - start ))s, executions and peak RSS MB: ${stats:-?}, exit $rc"
-  if [ $rc -ne 0 ] || ls "$out"/crash-* "$out"/leak-* "$out"/timeout-* "$out"/oom-* >/dev/null 2>&1; then
+  found=$(find "$out" -name 'crash-*' -o -name 'leak-*' -o -name 'timeout-*' -o -name 'oom-*' | wc -l)
+  if [ $rc -ne 0 ] || [ "$found" -gt 0 ]; then
     failed+=("$t")
     grep -E "ERROR|SUMMARY|==[0-9]+==|runtime error" "$out/log.txt" | head -5 >&2 || true
   fi
