@@ -156,8 +156,8 @@ PyValue rebuild_tensor(const PyValue& args) {
   if (empty) {
     SONAR_CHECK(offset <= ts.numel, where, ": offset past the storage's end");
   } else {
-    // `last` (the largest element index the view touches) stays below ts.numel at every step, so neither it
-    // nor the element count can overflow int64 whatever sizes and strides the file claims.
+    // `last` (the largest element index the view touches) stays below ts.numel at every step, so it cannot
+    // overflow int64 whatever sizes and strides the file claims.
     SONAR_CHECK(offset < ts.numel, where, ": offset past the storage's end");
     int64_t last = offset;
     for (size_t d = 0; d < size.size(); ++d) {

@@ -3,8 +3,8 @@
 # undefined; only the parser sources, see fuzz/CMakeLists.txt) and runs each for SECONDS_PER_TARGET (default
 # 60) with one job, seeded from tests/fixtures. Findings (crash-*, leak-*, timeout-*, oom-*) land in
 # build-fuzz/findings/<target>/ and make the script fail; each one becomes a regression test with its input
-# under tests/fixtures/ (docs/reliability.md). Installs clang-14 and libclang-rt-14-dev when missing
-# (scripts/install-deps.sh --fuzz; the normal build does not need them).
+# under tests/fixtures/ (docs/reliability.md). Installs clang-14, libclang-rt-14-dev and libomp-14-dev when
+# missing (scripts/install-deps.sh --fuzz; the normal build does not need them).
 #
 # usage: scripts/fuzz.sh [SECONDS_PER_TARGET] [TARGET...]
 #   environment: SONAR_FUZZ_BUILD (default build-fuzz), SONAR_FUZZ_JOBS (build jobs, default nproc),
@@ -17,7 +17,7 @@ shift || true
 build=${SONAR_FUZZ_BUILD:-build-fuzz}
 jobs=${SONAR_FUZZ_JOBS:-$(nproc)}
 
-# clang and its runtime libraries (libFuzzer, ASan, UBSan): Debian's clang-14 and libclang-rt-14-dev.
+# clang and its runtime libraries (libFuzzer, ASan, UBSan, OpenMP): clang-14, libclang-rt-14-dev, libomp-14-dev.
 scripts/install-deps.sh --fuzz
 cxx=$(command -v clang++-14 || command -v clang++)
 # Changing the compiler of an existing build folder makes CMake drop its cache (and with it

@@ -10,10 +10,11 @@ set -euo pipefail
 pkgs=(build-essential cmake pkg-config libopenblas-dev libdnnl-dev ocl-icd-opencl-dev libfftw3-dev
       libsndfile1-dev libsoxr-dev libzip-dev nlohmann-json3-dev libgtest-dev libgmock-dev libbenchmark-dev)
 # clang-14 and libclang-rt-14-dev: libFuzzer and clang's ASan/UBSan runtimes for the harnesses in fuzz/
-# (scripts/fuzz.sh, also the short fuzz step of scripts/test.sh). GCC's sanitizers (scripts/test.sh
-# --sanitize) come with build-essential.
+# (scripts/fuzz.sh, also the short fuzz step of scripts/test.sh); libomp-14-dev: clang's OpenMP runtime, which
+# CMake's find_package(OpenMP) needs under clang (clang-14 only suggests it). GCC's sanitizers
+# (scripts/test.sh --sanitize) come with build-essential.
 if [ "${1:-}" = "--fuzz" ]; then
-  pkgs+=(clang-14 libclang-rt-14-dev)
+  pkgs+=(clang-14 libclang-rt-14-dev libomp-14-dev)
 fi
 missing=()
 for p in "${pkgs[@]}"; do
