@@ -15,10 +15,9 @@ fi
 scripts/install-deps.sh
 jobs=$(nproc)
 if [ "$sanitize" = 1 ]; then
-  # Benchmarks are not tests; -O1 keeps the instrumented build and run reasonable. Leak checking is off:
-  # OpenMP, OpenBLAS and oneDNN keep per-thread caches for the life of the process by design.
-  cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Release -DCMAKE_CXX_FLAGS_RELEASE="-O1 -DNDEBUG" \
-    -DSONAR_SANITIZE=address,undefined -DSONAR_BUILD_BENCH=OFF
+  # Benchmarks are not tests. Leak checking is off: OpenMP, OpenBLAS and oneDNN keep per-thread caches for
+  # the life of the process by design.
+  cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Release -DSONAR_SANITIZE=address,undefined -DSONAR_BUILD_BENCH=OFF
   export ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
   cmake --build build-asan -j"$jobs"
   cd build-asan
