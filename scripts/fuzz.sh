@@ -11,10 +11,11 @@
 #                SONAR_FUZZ_RSS_MB (libFuzzer -rss_limit_mb, default 2048), SONAR_FUZZ_MAX_LEN (default 262144)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+root=$PWD
 seconds=${1:-60}
 [[ "$seconds" =~ ^[0-9]+$ ]] || { echo "fuzz.sh: SECONDS_PER_TARGET must be a whole number, not '$seconds'" >&2; exit 2; }
 shift || true
-build=${SONAR_FUZZ_BUILD:-build-fuzz}
+build=$(realpath -m "${SONAR_FUZZ_BUILD:-build-fuzz}")  # absolute: the targets run from their findings folder
 jobs=${SONAR_FUZZ_JOBS:-$(nproc)}
 
 # clang and its runtime libraries (libFuzzer, ASan, UBSan, OpenMP): clang-14, libclang-rt-14-dev, libomp-14-dev.
@@ -65,19 +66,21 @@ for t in "${targets[@]}"; do
   # The new corpus entries go to corpus/<target> (kept between runs); the seeds are read-only inputs.
   start=$(date +%s)
   set +e
-  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 ASAN_OPTIONS=detect_leaks=1 \
-    LSAN_OPTIONS="suppressions=$PWD/fuzz/lsan.supp:print_suppressions=0" \
+  # From inside $out: with -jobs, libFuzzer writes the job's output to fuzz-0.log in the current folder.
+  (cd "$out" && UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 ASAN_OPTIONS=detect_leaks=1 \
+    LSAN_OPTIONS="suppressions=$root/fuzz/lsan.supp:print_suppressions=0" \
     "$build/fuzz/$t" "$build/corpus/$t" -max_total_time="$seconds" -jobs=1 -workers=1 -timeout=20 \
       -rss_limit_mb="${SONAR_FUZZ_RSS_MB:-2048}" -max_len="${SONAR_FUZZ_MAX_LEN:-262144}" \
-      -artifact_prefix="$out/" -print_final_stats=1 >"$out/log.txt" 2>&1
+      -artifact_prefix="$out/" -print_final_stats=1 >log.txt 2>&1)
   rc=$?
   set -e
-  stats=$(grep -E "stat::number_of_executed_units|stat::peak_rss_mb" "$out/log.txt" | awk '{printf "%s ", $2}')
+  stats=$(cat "$out"/*.log "$out/log.txt" 2>/dev/null | grep -E "stat::number_of_executed_units|stat::peak_rss_mb" |
+          head -2 | awk '{printf "%s ", $2}')
   echo "fuzz.sh: $t ran $(( $(date +%s) - start ))s, executions and peak RSS MB: ${stats:-?}, exit $rc"
   found=$(find "$out" -name 'crash-*' -o -name 'leak-*' -o -name 'timeout-*' -o -name 'oom-*' | wc -l)
   if [ $rc -ne 0 ] || [ "$found" -gt 0 ]; then
     failed+=("$t")
-    grep -E "ERROR|SUMMARY|==[0-9]+==|runtime error" "$out/log.txt" | head -5 >&2 || true
+    cat "$out"/*.log "$out/log.txt" 2>/dev/null | grep -E "ERROR|SUMMARY|==[0-9]+==|runtime error" | head -5 >&2 || true
   fi
 done
 if [ ${#failed[@]} -gt 0 ]; then
