@@ -35,6 +35,9 @@ std::string trim(const std::string& s) {
 std::string read_text(const std::string& path, const char* what) {
   std::error_code ec;
   SONAR_CHECK(fs::is_regular_file(path, ec), path, ": ", what, " not found");
+  const uintmax_t size = fs::file_size(path, ec);
+  SONAR_CHECK(ec || size <= kMaxManifestBytes, path, ": the ", what, " is ", size, " bytes, more than ",
+              kMaxManifestBytes, " (kMaxManifestBytes)");
   std::ifstream f(path, std::ios::binary);
   SONAR_CHECK(f.good(), path, ": cannot read the ", what);
   std::string text((std::istreambuf_iterator<char>(f)), {});
@@ -106,6 +109,8 @@ std::vector<CsvRow> parse_csv(const std::string& text, char delim) {
         field.clear();
         ++i;
       } else if (c == delim) {
+        SONAR_CHECK(row.fields.size() + 1 < kMaxManifestColumns, "line ", row.line, " has more than ",
+                    kMaxManifestColumns, " fields (kMaxManifestColumns)");
         row.fields.push_back(was_quoted ? field : trim(field));
         field.clear();
         was_quoted = false;
@@ -161,9 +166,6 @@ std::string resolve(const fs::path& base, const std::string& p) {
   return path.lexically_normal().string();
 }
 
-void add_unique(std::vector<std::string>& labels, const std::string& l) {
-  if (std::find(labels.begin(), labels.end(), l) == labels.end()) labels.push_back(l);
-}
 
 }  // namespace
 
@@ -282,7 +284,11 @@ Dataset read_folder(const std::string& root, const FolderOptions& opts) {
 }
 
 Dataset read_manifest(const std::string& path, const ManifestOptions& opts) {
-  const std::string text = read_text(path, "manifest");
+  return parse_manifest(read_text(path, "manifest"), path, opts);
+}
+
+Dataset parse_manifest(std::string text, const std::string& path, const ManifestOptions& opts) {
+  if (text.size() >= 3 && text.compare(0, 3, "\xEF\xBB\xBF") == 0) text.erase(0, 3);  // UTF-8 BOM
   char delim = opts.delimiter;
   if (delim == 0) {
     const std::string first_line = text.substr(0, text.find('\n'));
@@ -367,8 +373,10 @@ Dataset read_manifest(const std::string& path, const ManifestOptions& opts) {
       p = t;
     }
     item.path = resolve(base, p);
+    std::set<std::string> seen;  // (a linear search per label would be quadratic in a hostile cell)
     for (int c : label_cols)
-      for (const auto& l : split_labels(row.fields[c], seps)) add_unique(item.labels, l);
+      for (auto& l : split_labels(row.fields[c], seps))
+        if (seen.insert(l).second) item.labels.push_back(std::move(l));
     if (split_col >= 0) item.split = row.fields[split_col];
     if (group_col >= 0) item.group = row.fields[group_col];
     for (size_t c = 0; c < header.size(); ++c) {
@@ -385,7 +393,10 @@ Dataset read_manifest(const std::string& path, const ManifestOptions& opts) {
 }
 
 Dataset read_file_list(const std::string& path, const std::string& audio_dir) {
-  const std::string text = read_text(path, "file list");
+  return parse_file_list(read_text(path, "file list"), path, audio_dir);
+}
+
+Dataset parse_file_list(const std::string& text, const std::string& path, const std::string& audio_dir) {
   const fs::path base = audio_dir.empty() ? fs::path(path).parent_path() : fs::path(audio_dir);
   Dataset d;
   d.origin = path;

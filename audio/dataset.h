@@ -20,6 +20,10 @@
 
 namespace sonar::audio {
 
+// Manifests and file lists are read whole, so their size is checked first (docs/reliability.md).
+constexpr uintmax_t kMaxManifestBytes = uintmax_t{1} << 30;  // 1 GiB (AudioSet's 2M-row list: a fraction)
+constexpr size_t kMaxManifestColumns = 1024;                 // fields per row
+
 struct AudioItem {
   std::string path;                 // resolved: absolute, or relative to the working directory
   std::vector<std::string> labels;  // class names; empty for unlabelled audio
@@ -74,9 +78,12 @@ struct ManifestOptions {
   std::string audio_dir;         // folder that relative paths are resolved against; "" = the manifest's folder
 };
 Dataset read_manifest(const std::string& path, const ManifestOptions& opts = {});
+// The same for manifest text already in memory; `path` labels messages and anchors relative paths.
+Dataset parse_manifest(std::string text, const std::string& path, const ManifestOptions& opts = {});
 
 // One path per line, relative to the list's folder (or audio_dir); blank lines and '#' comments skipped.
 Dataset read_file_list(const std::string& path, const std::string& audio_dir = "");
+Dataset parse_file_list(const std::string& text, const std::string& path, const std::string& audio_dir = "");
 
 // A folder -> read_folder, .csv/.tsv -> read_manifest, anything else -> read_file_list.
 Dataset read_source(const std::string& source, const FolderOptions& folder = {}, const ManifestOptions& manifest = {});

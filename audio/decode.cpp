@@ -9,6 +9,7 @@
 #include <atomic>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 
 #include "tensor/error.h"
@@ -33,15 +34,52 @@ struct SndFile {
   }
 };
 
-void open_for_read(const std::string& path, SndFile& sf) {
+// libsndfile's virtual I/O over bytes in memory (read only).
+struct MemoryFile {
+  const std::string* bytes;
+  sf_count_t pos = 0;
+};
+sf_count_t mem_length(void* user) { return static_cast<sf_count_t>(static_cast<MemoryFile*>(user)->bytes->size()); }
+sf_count_t mem_seek(sf_count_t offset, int whence, void* user) {
+  auto* m = static_cast<MemoryFile*>(user);
+  const sf_count_t size = static_cast<sf_count_t>(m->bytes->size());
+  sf_count_t base = whence == SEEK_CUR ? m->pos : whence == SEEK_END ? size : 0;
+  // Out-of-range seeks clamp (as a file would report EOF) instead of overflowing.
+  if (offset < 0 && base < -offset) return -1;
+  const sf_count_t target = offset > size - base ? size : base + offset;
+  m->pos = target;
+  return m->pos;
+}
+sf_count_t mem_read(void* dst, sf_count_t count, void* user) {
+  auto* m = static_cast<MemoryFile*>(user);
+  const sf_count_t size = static_cast<sf_count_t>(m->bytes->size());
+  if (count <= 0 || m->pos >= size) return 0;
+  const sf_count_t n = std::min(count, size - m->pos);
+  std::memcpy(dst, m->bytes->data() + m->pos, static_cast<size_t>(n));
+  m->pos += n;
+  return n;
+}
+sf_count_t mem_write(const void*, sf_count_t, void*) { return 0; }
+sf_count_t mem_tell(void* user) { return static_cast<MemoryFile*>(user)->pos; }
+
+void check_header(const std::string& path, const SndFile& sf) {
+  SONAR_CHECK(sf.info.channels > 0 && sf.info.samplerate > 0, path, ": invalid header (", sf.info.channels,
+              " channels at ", sf.info.samplerate, " Hz)");
+  SONAR_CHECK(sf.info.channels <= kMaxAudioChannels, path, ": ", sf.info.channels, " channels, more than ",
+              kMaxAudioChannels, " (kMaxAudioChannels)");
+}
+
+// Returns the file's size in bytes.
+uint64_t open_for_read(const std::string& path, SndFile& sf) {
   std::error_code ec;
   SONAR_CHECK(std::filesystem::exists(path, ec), path, ": no such file");
   SONAR_CHECK(!std::filesystem::is_directory(path, ec), path, ": is a directory, not an audio file");
-  SONAR_CHECK(std::filesystem::file_size(path, ec) > 0 || ec, path, ": empty file (0 bytes)");
+  const uintmax_t size = std::filesystem::file_size(path, ec);
+  SONAR_CHECK(size > 0 || ec, path, ": empty file (0 bytes)");
   sf.f = sf_open(path.c_str(), SFM_READ, &sf.info);
   SONAR_CHECK(sf.f != nullptr, path, ": cannot decode (libsndfile: ", sf_strerror(nullptr), ")");
-  SONAR_CHECK(sf.info.channels > 0 && sf.info.samplerate > 0, path, ": invalid header (", sf.info.channels,
-              " channels at ", sf.info.samplerate, " Hz)");
+  check_header(path, sf);
+  return ec ? 0 : static_cast<uint64_t>(size);
 }
 
 std::string format_name(int format) {
@@ -168,21 +206,28 @@ AudioInfo probe_audio(const std::string& path) {
   return info;
 }
 
-DecodedAudio decode_audio(const std::string& path) {
-  SndFile sf;
-  open_for_read(path, sf);
+namespace {
+
+// Decodes an open file; `file_bytes` is its real size (0 when unknown).
+DecodedAudio decode_open(SndFile& sf, const std::string& path, uint64_t file_bytes) {
   DecodedAudio a;
   a.channels = sf.info.channels;
   a.sample_rate = sf.info.samplerate;
   const int64_t expected = sf.info.frames;
-  // Read in blocks until the decoder stops, rather than trusting the header's frame count alone.
-  constexpr sf_count_t kBlock = 1 << 15;
-  if (expected > 0) a.samples.reserve(static_cast<size_t>(expected) * a.channels);
-  std::vector<float> block(static_cast<size_t>(kBlock) * a.channels);
+  // Read in blocks until the decoder stops, rather than trusting the header's frame count alone. The
+  // header's count only sizes a reservation, and never beyond one sample per byte of the file (PCM needs
+  // at least that many bytes; compressed formats grow the vector as they really decode).
+  constexpr int64_t kBlockSamples = 1 << 16;
+  const sf_count_t block_frames = std::max<sf_count_t>(1, kBlockSamples / a.channels);
+  if (expected > 0 && expected <= static_cast<int64_t>(kMaxDecodedSamples) / a.channels)
+    a.samples.reserve(std::min<uint64_t>(static_cast<uint64_t>(expected) * a.channels, file_bytes));
+  std::vector<float> block(static_cast<size_t>(block_frames) * a.channels);
   int64_t total = 0;
   for (;;) {
-    const sf_count_t got = sf_readf_float(sf.f, block.data(), kBlock);
+    const sf_count_t got = sf_readf_float(sf.f, block.data(), block_frames);
     if (got <= 0) break;
+    SONAR_CHECK(a.samples.size() + static_cast<size_t>(got) * a.channels <= kMaxDecodedSamples, path,
+                ": decodes to more than ", kMaxDecodedSamples, " samples (kMaxDecodedSamples)");
     a.samples.insert(a.samples.end(), block.begin(), block.begin() + got * a.channels);
     total += got;
   }
@@ -197,6 +242,25 @@ DecodedAudio decode_audio(const std::string& path) {
   a.frames = total;
   check_finite(a.samples, a.channels, path);
   return a;
+}
+
+}  // namespace
+
+DecodedAudio decode_audio(const std::string& path) {
+  SndFile sf;
+  const uint64_t bytes = open_for_read(path, sf);
+  return decode_open(sf, path, bytes);
+}
+
+DecodedAudio decode_audio_memory(const std::string& bytes, const std::string& name) {
+  SONAR_CHECK(!bytes.empty(), name, ": empty file (0 bytes)");
+  SF_VIRTUAL_IO io{mem_length, mem_seek, mem_read, mem_write, mem_tell};
+  MemoryFile mem{&bytes, 0};
+  SndFile sf;
+  sf.f = sf_open_virtual(&io, SFM_READ, &sf.info, &mem);
+  SONAR_CHECK(sf.f != nullptr, name, ": cannot decode (libsndfile: ", sf_strerror(nullptr), ")");
+  check_header(name, sf);
+  return decode_open(sf, name, bytes.size());
 }
 
 std::vector<float> mix_to_mono(const DecodedAudio& a) {

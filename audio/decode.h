@@ -5,6 +5,8 @@
 //
 // Every failure (missing, unreadable, empty, corrupt or truncated file, NaN/Inf samples) throws
 // sonar::Error whose message starts with the path, so callers can report and skip or stop.
+// Hostile files: the header's frame count only sizes a reservation bounded by the file's byte count;
+// samples are decoded in fixed blocks and at most kMaxDecodedSamples are kept (docs/reliability.md).
 #pragma once
 #include <cstdint>
 #include <string>
@@ -16,6 +18,8 @@
 namespace sonar::audio {
 
 constexpr int kBeatsSampleRate = 16000;
+constexpr size_t kMaxDecodedSamples = size_t{1} << 30;  // 4 GiB of float samples: 18.6 h of 16 kHz mono
+constexpr int kMaxAudioChannels = 256;                  // libsndfile's own limit is 1024
 
 struct AudioInfo {
   int64_t frames = 0;   // samples per channel
@@ -37,6 +41,8 @@ struct DecodedAudio {
   int channels = 0;
 };
 DecodedAudio decode_audio(const std::string& path);
+// The same for a file's bytes already in memory (libsndfile's virtual I/O); `name` labels messages.
+DecodedAudio decode_audio_memory(const std::string& bytes, const std::string& name);
 
 // Mean over channels.
 std::vector<float> mix_to_mono(const DecodedAudio& audio);

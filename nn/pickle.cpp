@@ -35,27 +35,25 @@ PyValue PyValue::floating(double f) {
 PyValue PyValue::string(std::string s) {
   PyValue v;
   v.kind_ = Kind::String;
-  v.s_ = std::move(s);
+  v.s_ = std::make_shared<const std::string>(std::move(s));
   return v;
 }
 PyValue PyValue::bytes(std::string b) {
   PyValue v;
   v.kind_ = Kind::Bytes;
-  v.s_ = std::move(b);
+  v.s_ = std::make_shared<const std::string>(std::move(b));
   return v;
 }
-PyValue PyValue::list(std::vector<PyValue> items) {
+PyValue PyValue::sequence(Kind kind, std::vector<PyValue> items) {
   PyValue v;
-  v.kind_ = Kind::List;
-  v.seq_ = std::make_shared<std::vector<PyValue>>(std::move(items));
+  v.kind_ = kind;
+  v.seq_ = std::make_shared<PySeqData>();
+  for (const PyValue& e : items) v.adopt(e, kind == Kind::List ? "list" : "tuple");
+  v.seq_->items = std::move(items);
   return v;
 }
-PyValue PyValue::tuple(std::vector<PyValue> items) {
-  PyValue v;
-  v.kind_ = Kind::Tuple;
-  v.seq_ = std::make_shared<std::vector<PyValue>>(std::move(items));
-  return v;
-}
+PyValue PyValue::list(std::vector<PyValue> items) { return sequence(Kind::List, std::move(items)); }
+PyValue PyValue::tuple(std::vector<PyValue> items) { return sequence(Kind::Tuple, std::move(items)); }
 PyValue PyValue::dict() {
   PyValue v;
   v.kind_ = Kind::Dict;
@@ -65,19 +63,19 @@ PyValue PyValue::dict() {
 PyValue PyValue::tensor(Tensor t) {
   PyValue v;
   v.kind_ = Kind::Tensor;
-  v.tensor_ = std::move(t);
+  v.tensor_ = std::make_shared<const Tensor>(std::move(t));
   return v;
 }
 PyValue PyValue::global(std::string module, std::string name) {
   PyValue v;
   v.kind_ = Kind::Global;
-  v.s_ = module + "." + name;
+  v.s_ = std::make_shared<const std::string>(module + "." + name);
   return v;
 }
 PyValue PyValue::object(std::string type, std::shared_ptr<void> payload) {
   PyValue v;
   v.kind_ = Kind::Object;
-  v.s_ = std::move(type);
+  v.s_ = std::make_shared<const std::string>(std::move(type));
   v.payload_ = std::move(payload);
   return v;
 }
@@ -95,7 +93,7 @@ const char* PyValue::type_name() const {
     case Kind::Dict: return "dict";
     case Kind::Tensor: return "Tensor";
     case Kind::Global: return "class reference";
-    case Kind::Object: return s_.c_str();
+    case Kind::Object: return s_->c_str();
   }
   return "?";
 }
@@ -125,23 +123,23 @@ double PyValue::as_float() const {
 }
 const std::string& PyValue::as_string() const {
   if (kind_ != Kind::String) type_error("str");
-  return s_;
+  return *s_;
 }
 const std::string& PyValue::as_bytes() const {
   if (kind_ != Kind::Bytes) type_error("bytes");
-  return s_;
+  return *s_;
 }
 const Tensor& PyValue::as_tensor() const {
   if (kind_ != Kind::Tensor) type_error("Tensor");
-  return tensor_;
+  return *tensor_;
 }
 const std::string& PyValue::global_name() const {
   if (kind_ != Kind::Global) type_error("class reference");
-  return s_;
+  return *s_;
 }
 const std::string& PyValue::object_type() const {
   if (kind_ != Kind::Object) type_error("object");
-  return s_;
+  return *s_;
 }
 const std::shared_ptr<void>& PyValue::object_payload() const {
   if (kind_ != Kind::Object) type_error("object");
@@ -150,7 +148,7 @@ const std::shared_ptr<void>& PyValue::object_payload() const {
 
 const std::vector<PyValue>& PyValue::seq(const char* op) const {
   if (kind_ != Kind::List && kind_ != Kind::Tuple) type_error("list or tuple");
-  return *seq_;
+  return seq_->items;
 }
 
 const PyDictData& PyValue::dict_data(const char* op) const {
@@ -160,7 +158,7 @@ const PyDictData& PyValue::dict_data(const char* op) const {
 
 size_t PyValue::size() const {
   if (kind_ == Kind::Dict) return dict_->items.size();
-  if (kind_ == Kind::List || kind_ == Kind::Tuple) return seq_->size();
+  if (kind_ == Kind::List || kind_ == Kind::Tuple) return seq_->items.size();
   type_error("list, tuple or dict");
 }
 
@@ -184,7 +182,7 @@ std::string PyValue::child_path(const std::string& key) const { return path_.emp
 const PyValue* PyValue::find_item(const PyValue& key) const {
   const PyDictData& d = dict_data("find");
   if (key.kind_ == Kind::String) {
-    auto it = d.str_index.find(key.s_);
+    auto it = d.str_index.find(*key.s_);
     return it == d.str_index.end() ? nullptr : &d.items[it->second].value;
   }
   if (key.kind_ == Kind::Int) {
@@ -215,10 +213,20 @@ std::vector<PyItem> PyValue::items() const {
   out.reserve(d.items.size());
   for (const PyItem& it : d.items) {
     const std::string p =
-        it.key.kind_ == Kind::String ? child_path(it.key.s_) : path_ + "[" + std::to_string(it.key.i_) + "]";
+        it.key.kind_ == Kind::String ? child_path(*it.key.s_) : path_ + "[" + std::to_string(it.key.i_) + "]";
     out.push_back({it.key, it.value.with_path(p)});
   }
   return out;
+}
+
+PyItem PyValue::item(size_t index) const {
+  const PyDictData& d = dict_data("item");
+  SONAR_CHECK(index < d.items.size(), path_.empty() ? "(root)" : path_, ": item ", index, " out of range for a dict of ",
+              d.items.size(), " items");
+  const PyItem& it = d.items[index];
+  const std::string p =
+      it.key.kind_ == Kind::String ? child_path(*it.key.s_) : path_ + "[" + std::to_string(it.key.i_) + "]";
+  return {it.key, it.value.with_path(p)};
 }
 
 std::vector<std::string> PyValue::keys() const {
@@ -231,18 +239,48 @@ std::vector<std::string> PyValue::keys() const {
 
 const PyValue* PyValue::attributes() const { return dict_data("attributes").attributes.get(); }
 
+int PyValue::depth() const {
+  if (kind_ == Kind::List || kind_ == Kind::Tuple) return seq_->depth;
+  if (kind_ == Kind::Dict) return dict_->depth;
+  return 0;
+}
+
+void PyValue::check_mutable(const char* op) const {
+  const bool nested = kind_ == Kind::Dict ? dict_->nested : seq_->nested;
+  SONAR_CHECK(!nested, path_.empty() ? "(root)" : path_, ": ", op, " on a ", type_name(),
+              " that already sits inside another container (a recursive structure?), which checkpoints never hold");
+}
+
+void PyValue::adopt(const PyValue& child, const char* op) {
+  if (!child.is_container()) return;
+  const bool self = (child.seq_ && child.seq_ == seq_) || (child.dict_ && child.dict_ == dict_);
+  SONAR_CHECK(!self, path_.empty() ? "(root)" : path_, ": ", op, " would put a ", type_name(),
+              " inside itself (a recursive structure), which checkpoints never hold");
+  const int d = child.depth() + 1;
+  SONAR_CHECK(d <= kMaxPickleDepth, path_.empty() ? "(root)" : path_, ": ", op, " nests containers more than ",
+              kMaxPickleDepth, " deep (kMaxPickleDepth)");
+  if (child.kind_ == Kind::Dict) child.dict_->nested = true;
+  else child.seq_->nested = true;
+  int& mine = kind_ == Kind::Dict ? dict_->depth : seq_->depth;
+  if (d > mine) mine = d;
+}
+
 void PyValue::append(PyValue v) {
   if (kind_ != Kind::List) type_error("list");
-  seq_->push_back(std::move(v));
+  check_mutable("append");
+  adopt(v, "append");
+  seq_->items.push_back(std::move(v));
 }
 
 void PyValue::set_item(PyValue key, PyValue value) {
   if (kind_ != Kind::Dict) type_error("dict");
+  check_mutable("set item");
   PyDictData& d = *dict_;
   key.path_.clear();
   value.path_.clear();
+  if (key.kind_ == Kind::String || key.kind_ == Kind::Int) adopt(value, "set item");
   if (key.kind_ == Kind::String) {
-    auto [it, inserted] = d.str_index.emplace(key.s_, d.items.size());
+    auto [it, inserted] = d.str_index.emplace(*key.s_, d.items.size());
     if (!inserted) { d.items[it->second].value = std::move(value); return; }
   } else if (key.kind_ == Kind::Int) {
     auto [it, inserted] = d.int_index.emplace(key.i_, d.items.size());
@@ -255,19 +293,22 @@ void PyValue::set_item(PyValue key, PyValue value) {
 
 void PyValue::set_attributes(PyValue state) {
   if (kind_ != Kind::Dict) type_error("dict");
+  check_mutable("set attributes");
+  adopt(state, "set attributes");
   state.path_.clear();
   dict_->attributes = std::make_shared<PyValue>(std::move(state));
 }
 
 namespace {
 
-std::string quote(const std::string& s) {
+// Quoted, and cut after `max_chars` characters (a message never copies a huge string whole).
+std::string quote(const std::string& s, size_t max_chars) {
   std::string out = "'";
-  for (char c : s) {
-    if (c == '\'' || c == '\\') out += '\\';
-    out += c;
+  for (size_t i = 0; i < s.size() && i < max_chars; ++i) {
+    if (s[i] == '\'' || s[i] == '\\') out += '\\';
+    out += s[i];
   }
-  return out + "'";
+  return out + (s.size() > max_chars ? "...'" : "'");
 }
 
 void repr_into(const PyValue& v, std::string& out, size_t max_chars) {
@@ -282,26 +323,27 @@ void repr_into(const PyValue& v, std::string& out, size_t max_chars) {
       out += buf;
       break;
     }
-    case PyValue::Kind::String: out += quote(v.as_string()); break;
-    case PyValue::Kind::Bytes: out += "b" + quote(v.as_bytes()); break;
+    case PyValue::Kind::String: out += quote(v.as_string(), max_chars); break;
+    case PyValue::Kind::Bytes: out += "b" + quote(v.as_bytes(), max_chars); break;
     case PyValue::Kind::List:
     case PyValue::Kind::Tuple: {
       const bool list = v.kind() == PyValue::Kind::List;
       out += list ? "[" : "(";
-      const auto els = v.elements();
-      for (size_t i = 0; i < els.size(); ++i) {
+      const size_t n = v.size();
+      for (size_t i = 0; i < n; ++i) {  // at() copies one element at a time, never the whole list
         if (i) out += ", ";
-        repr_into(els[i], out, max_chars);
+        repr_into(v.at(i), out, max_chars);
         if (out.size() > max_chars) return;
       }
-      if (!list && els.size() == 1) out += ",";
+      if (!list && n == 1) out += ",";
       out += list ? "]" : ")";
       break;
     }
     case PyValue::Kind::Dict: {
       out += "{";
       bool first = true;
-      for (const auto& it : v.items()) {
+      for (size_t i = 0; i < v.size(); ++i) {  // one item at a time, never a copy of the whole dict
+        const PyItem it = v.item(i);
         if (!first) out += ", ";
         first = false;
         repr_into(it.key, out, max_chars);
@@ -406,10 +448,9 @@ class Unpickler {
       try {
         step();
       } catch (const Error& e) {
-        if (in_hook_) {  // add the position to messages from the hooks; ours already have it
-          in_hook_ = false;
-          fail(e.what());
-        }
+        // Messages from the hooks and from PyValue (a depth limit, a bad key) get the source and position;
+        // ours already have them.
+        if (!own_error_) fail(e.what());
         throw;
       }
     }
@@ -417,6 +458,7 @@ class Unpickler {
 
  private:
   [[noreturn]] void fail(const std::string& why) const {
+    own_error_ = true;
     char hex[8];
     std::snprintf(hex, sizeof hex, "0x%02x", op_);
     SONAR_FAIL("unpickle: '", src_, "': opcode ", hex, " (", pickle_opcode_name(op_), ") at byte ", op_pos_, ": ",
@@ -486,9 +528,19 @@ class Unpickler {
     stack_.resize(m);
     return items;
   }
-  void push(PyValue v) { stack_.push_back(std::move(v)); }
+  void push(PyValue v) {
+    if (stack_.size() >= kMaxPickleStack)
+      fail("more than " + std::to_string(kMaxPickleStack) + " values on the stack (kMaxPickleStack)");
+    if (++pushed_ > kMaxPickleValues)
+      fail("more than " + std::to_string(kMaxPickleValues) + " values in all (kMaxPickleValues)");
+    stack_.push_back(std::move(v));
+  }
 
-  void memo_put(uint64_t idx) { memo_[idx] = top(); }
+  void memo_put(uint64_t idx) {
+    if (memo_.size() >= kMaxPickleMemo && memo_.find(idx) == memo_.end())
+      fail("more than " + std::to_string(kMaxPickleMemo) + " memo entries (kMaxPickleMemo)");
+    memo_[idx] = top();
+  }
   void memo_get(uint64_t idx) {
     auto it = memo_.find(idx);
     if (it == memo_.end()) fail("memo key " + std::to_string(idx) + " was never stored");
@@ -508,10 +560,7 @@ class Unpickler {
 
   template <class F>
   auto hook(F&& f) {
-    in_hook_ = true;
-    auto r = f();
-    in_hook_ = false;
-    return r;
+    return f();
   }
 
   void step() {
@@ -522,7 +571,11 @@ class Unpickler {
         break;
       }
       case FRAME: uint_le(8); break;  // frame length: a read-ahead hint only
-      case MARK: marks_.push_back(stack_.size()); break;
+      case MARK:
+        if (marks_.size() >= static_cast<size_t>(kMaxPickleDepth))
+          fail("more than " + std::to_string(kMaxPickleDepth) + " MARKs open at once (kMaxPickleDepth)");
+        marks_.push_back(stack_.size());
+        break;
       case POP: pop(); break;
       case POP_MARK: pop_mark(); break;
       case DUP: push(top()); break;
@@ -709,10 +762,11 @@ class Unpickler {
   const std::string& src_;
   size_t pos_ = 0, op_pos_ = 0;
   uint8_t op_ = 0;
-  bool in_hook_ = false;
+  mutable bool own_error_ = false;  // the error in flight was made by fail()
   std::vector<PyValue> stack_;
   std::vector<size_t> marks_;
   std::unordered_map<uint64_t, PyValue> memo_;
+  size_t pushed_ = 0;
 };
 
 }  // namespace

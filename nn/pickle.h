@@ -2,6 +2,16 @@
 // and PyValue, the tree of values it produces. It never runs code: a GLOBAL is only accepted when the
 // caller's hooks know it, and REDUCE/NEWOBJ/BUILD/persistent ids are handed to the hooks.
 // Not here: the .pt zip container and the torch classes (nn/torch_checkpoint.h).
+//
+// Pickles come from strangers (model hubs), so the reader bounds what one can make it build (each limit is
+// an error naming the source, the opcode and its byte position; docs/reliability.md):
+//   - containers nest at most kMaxPickleDepth deep (and MARKs open at most that many at once), so nothing
+//     that later walks or frees the tree can overflow the C++ stack;
+//   - a container is never modified once it sits inside another one (only a recursive structure needs that,
+//     and checkpoints hold none), so the tree is acyclic and the depth recorded at insertion stays exact;
+//   - at most kMaxPickleStack values on the stack at once, kMaxPickleMemo memo entries and kMaxPickleValues
+//     values pushed in all; strings are shared, not copied, by DUP and memo gets.
+// PyTorch checkpoints stay far below every limit (BEATs: depth 6, a few hundred stack entries).
 #pragma once
 #include <cstdint>
 #include <functional>
@@ -22,6 +32,14 @@ namespace sonar {
 // Accessors throw sonar::Error naming the value's path, e.g. "cfg.encoder_layers: expected int, got str".
 struct PyItem;
 struct PyDictData;
+struct PySeqData;
+
+constexpr int kMaxPickleDepth = 1000;           // Python's default recursion limit: torch.save cannot go deeper
+// Python's pickler sends at most 1000 items per APPENDS/SETITEMS, so a checkpoint's stack holds about 2000
+// values per container being built; 32768 values of ~140 bytes are ~6 MB.
+constexpr size_t kMaxPickleStack = size_t{1} << 15;   // values on the stack at once
+constexpr size_t kMaxPickleMemo = size_t{1} << 20;    // memo entries
+constexpr size_t kMaxPickleValues = size_t{1} << 22;  // values pushed in all (~1 GB of PyValues at most)
 
 class PyValue {
  public:
@@ -59,6 +77,9 @@ class PyValue {
   bool is_tensor() const { return kind_ == Kind::Tensor; }
   bool is_global() const { return kind_ == Kind::Global; }
   bool is_object() const { return kind_ == Kind::Object; }
+  bool is_container() const { return kind_ == Kind::List || kind_ == Kind::Tuple || kind_ == Kind::Dict; }
+  // Nesting depth: 0 for a scalar, 1 for an empty container, 1 + the deepest element otherwise.
+  int depth() const;
 
   bool as_bool() const;
   int64_t as_int() const;             // an int (a bool is not accepted)
@@ -82,10 +103,12 @@ class PyValue {
   PyValue at(int64_t key) const;
   PyValue at(const char* key) const { return at(std::string(key)); }
   std::vector<Item> items() const;  // key/value pairs in insertion order, values with paths
+  Item item(size_t index) const;    // the index-th of them
   std::vector<std::string> keys() const;  // string keys in insertion order (throws on an int key)
   const PyValue* attributes() const;  // BUILD state of a dict, or nullptr
 
-  // Mutation (used by the unpickler and by hooks).
+  // Mutation (used by the unpickler and by hooks). Each throws if this container already sits inside another
+  // one, if `v` is this container itself, or if the result would nest deeper than kMaxPickleDepth.
   void append(PyValue v);                  // list
   void set_item(PyValue key, PyValue value);  // dict: str or int key; replaces an existing key in place
   void set_attributes(PyValue state);      // dict
@@ -99,15 +122,18 @@ class PyValue {
   const PyDictData& dict_data(const char* op) const;
   std::string child_path(const std::string& key) const;
   const PyValue* find_item(const PyValue& key) const;
+  void check_mutable(const char* op) const;
+  void adopt(const PyValue& child, const char* op);  // records `child` as an element: depth, nesting, cycles
+  static PyValue sequence(Kind kind, std::vector<PyValue> items);
 
   Kind kind_ = Kind::None;
   bool b_ = false;
   int64_t i_ = 0;
   double f_ = 0.0;
-  std::string s_;  // str, bytes, global name, object type
-  std::shared_ptr<std::vector<PyValue>> seq_;
+  std::shared_ptr<const std::string> s_;  // str, bytes, global name, object type (shared: copies are cheap)
+  std::shared_ptr<PySeqData> seq_;
   std::shared_ptr<PyDictData> dict_;
-  Tensor tensor_;
+  std::shared_ptr<const Tensor> tensor_;  // (a pointer keeps PyValue small: the unpickler's stack holds many)
   std::shared_ptr<void> payload_;
   std::string path_;
 };
@@ -116,11 +142,19 @@ struct PyItem {
   PyValue key, value;
 };
 
+struct PySeqData {
+  std::vector<PyValue> items;
+  int depth = 1;        // see PyValue::depth
+  bool nested = false;  // placed inside another container: no longer modifiable
+};
+
 struct PyDictData {
   std::vector<PyItem> items;                          // insertion order
   std::unordered_map<std::string, size_t> str_index;  // key -> position in items
   std::unordered_map<int64_t, size_t> int_index;
   std::shared_ptr<PyValue> attributes;  // state set by BUILD (e.g. an OrderedDict's _metadata), or null
+  int depth = 1;
+  bool nested = false;
 };
 
 // What the unpickler asks its caller. Each hook may be empty, in which case the construct is an error.

@@ -4,13 +4,14 @@
 // (nn/pickle.cpp), writing checkpoints, the legacy (pre-1.6) and TorchScript formats.
 #include "nn/torch_checkpoint.h"
 
-#include <zip.h>
-
 #include <cerrno>
 #include <cstring>
 #include <fstream>
 #include <memory>
+#include <new>
 #include <unordered_map>
+
+#include "tensor/zip_reader.h"
 
 namespace sonar {
 
@@ -141,21 +142,37 @@ PyValue rebuild_tensor(const PyValue& args) {
   SONAR_CHECK(size.size() == stride.size(), where, ": size and stride differ in rank");
   SONAR_CHECK(size.size() <= static_cast<size_t>(kMaxDims), where, ": more than ", kMaxDims, " dims");
   SONAR_CHECK(offset >= 0, where, ": negative storage offset");
-  int64_t last = offset;  // largest element index the view touches
   bool empty = false;
+  int64_t nonzero = 1;  // product of the non-zero sizes: row-major strides of a copy must fit in int64
   for (size_t d = 0; d < size.size(); ++d) {
     SONAR_CHECK(size[d] >= 0 && stride[d] >= 0, where, ": negative size or stride");
-    if (size[d] == 0) empty = true;
-    else last += (size[d] - 1) * stride[d];
+    if (size[d] == 0) {
+      empty = true;
+      continue;
+    }
+    SONAR_CHECK(nonzero <= INT64_MAX / size[d], where, ": the sizes multiply past 2^63");
+    nonzero *= size[d];
   }
-  if (!empty) SONAR_CHECK(last < ts.numel, where, ": the view reaches element ", last, ", past the storage's end");
-  else SONAR_CHECK(offset <= ts.numel, where, ": offset past the storage's end");
+  if (empty) {
+    SONAR_CHECK(offset <= ts.numel, where, ": offset past the storage's end");
+  } else {
+    // `last` (the largest element index the view touches) stays below ts.numel at every step, so it cannot
+    // overflow int64 whatever sizes and strides the file claims.
+    SONAR_CHECK(offset < ts.numel, where, ": offset past the storage's end");
+    int64_t last = offset;
+    for (size_t d = 0; d < size.size(); ++d) {
+      const int64_t span = size[d] - 1;
+      SONAR_CHECK(stride[d] == 0 || span <= (ts.numel - 1 - last) / stride[d], where,
+                  ": the view reaches past the storage's end");
+      last += span * stride[d];
+    }
+  }
   return PyValue::tensor(Tensor(ts.storage, size, stride, offset, ts.dtype));
 }
 
 class TorchUnpickler {
  public:
-  TorchUnpickler(const std::function<std::string(const std::string&)>& read_record, const std::string& source)
+  TorchUnpickler(const RecordReader& read_record, const std::string& source)
       : read_record_(read_record), source_(source) {
     hooks_.allow_global = [](const std::string& module, const std::string& name) {
       if (module == "torch._utils")
@@ -207,6 +224,10 @@ class TorchUnpickler {
     const std::string key = p.at(size_t{2}).as_string();
     const int64_t numel = p.at(size_t{4}).as_int();
     SONAR_CHECK(numel >= 0, "persistent id: storage '", key, "' has negative size ", numel);
+    // Both the record (file_elem bytes per element) and the storage kept here (dtype_size) must be countable.
+    SONAR_CHECK(static_cast<uint64_t>(numel) <= kMaxStorageBytes / std::max(type->file_elem, dtype_size(type->dtype)),
+                "persistent id: storage '", key, "' claims ", numel, " elements of torch.", type->name,
+                ", more than the ", kMaxStorageBytes, " bytes a storage may hold (kMaxStorageBytes)");
     auto it = storages_.find(key);
     if (it != storages_.end()) {
       SONAR_CHECK(it->second.type == type && it->second.payload->numel == numel, "storage '", key,
@@ -214,8 +235,8 @@ class TorchUnpickler {
                   " and ", type->name, " of ", numel, " elements");
       return PyValue::object("storage", it->second.payload);
     }
-    const std::string bytes = read_record_(key);
     const uint64_t need = static_cast<uint64_t>(numel) * type->file_elem;
+    const std::string bytes = read_record_(key, need);
     SONAR_CHECK(bytes.size() == need, "storage '", key, "' (torch.", type->name, " of ", numel, " elements) needs ",
                 need, " bytes, the record has ", bytes.size());
     auto payload = std::make_shared<TorchStorage>();
@@ -231,7 +252,7 @@ class TorchUnpickler {
     const StorageType* type;
     std::shared_ptr<TorchStorage> payload;
   };
-  const std::function<std::string(const std::string&)>& read_record_;
+  const RecordReader& read_record_;
   const std::string& source_;
   UnpickleHooks hooks_;
   std::unordered_map<std::string, Cached> storages_;
@@ -239,48 +260,6 @@ class TorchUnpickler {
 
 // ------------------------------------------------------------------------------------------------------
 // The zip container
-
-class ZipArchive {
- public:
-  ZipArchive(zip_t* z, std::string name) : z_(z), name_(std::move(name)) {}
-  ~ZipArchive() { zip_discard(z_); }
-  ZipArchive(const ZipArchive&) = delete;
-  ZipArchive& operator=(const ZipArchive&) = delete;
-
-  std::vector<std::string> names() const {
-    std::vector<std::string> out;
-    const zip_int64_t n = zip_get_num_entries(z_, 0);
-    for (zip_int64_t i = 0; i < n; ++i) {
-      const char* nm = zip_get_name(z_, static_cast<zip_uint64_t>(i), 0);
-      if (nm) out.emplace_back(nm);
-    }
-    return out;
-  }
-  bool has(const std::string& entry) const { return zip_name_locate(z_, entry.c_str(), 0) >= 0; }
-
-  std::string read(const std::string& entry) const {
-    const zip_int64_t idx = zip_name_locate(z_, entry.c_str(), 0);
-    SONAR_CHECK(idx >= 0, "load_torch_checkpoint: '", name_, "' has no entry '", entry, "'");
-    zip_stat_t st;
-    zip_stat_init(&st);
-    SONAR_CHECK(zip_stat_index(z_, static_cast<zip_uint64_t>(idx), 0, &st) == 0 && (st.valid & ZIP_STAT_SIZE),
-                "load_torch_checkpoint: cannot stat '", entry, "' in '", name_, "': ", zip_strerror(z_));
-    zip_file_t* f = zip_fopen_index(z_, static_cast<zip_uint64_t>(idx), 0);
-    SONAR_CHECK(f != nullptr, "load_torch_checkpoint: cannot open '", entry, "' in '", name_, "': ",
-                zip_strerror(z_));
-    std::string out(static_cast<size_t>(st.size), '\0');
-    const zip_int64_t got = out.empty() ? 0 : zip_fread(f, out.data(), out.size());
-    const std::string err = got < 0 ? zip_error_strerror(zip_file_get_error(f)) : "";
-    zip_fclose(f);
-    SONAR_CHECK(got == static_cast<zip_int64_t>(out.size()), "load_torch_checkpoint: cannot read '", entry, "' in '",
-                name_, "' (", got, " of ", out.size(), " bytes) ", err);
-    return out;
-  }
-
- private:
-  zip_t* z_;
-  std::string name_;
-};
 
 // Pickle protocol 2 header followed by torch's legacy magic number (a LONG1 of 10 bytes).
 constexpr char kLegacyMagic[] = "\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19";
@@ -295,33 +274,53 @@ constexpr size_t kLegacyMagicLen = sizeof(kLegacyMagic) - 1;
              "; truncated, or another format?)");
 }
 
-PyValue load_from_archive(const ZipArchive& za, const std::string& name) {
+PyValue load_from_archive(const ZipReader& za, const std::string& name) {
   // The records live under one top-level folder whose name varies ("archive", the file's stem, ...).
   std::string prefix;
   int found = 0;
-  for (const std::string& n : za.names()) {
-    const size_t slash = n.find('/');
-    if (slash != std::string::npos && n.compare(slash, std::string::npos, "/data.pkl") == 0) {
-      prefix = n.substr(0, slash + 1);
+  const int64_t n = za.num_entries();
+  for (int64_t i = 0; i < n; ++i) {
+    const std::string e = za.entry_name(i);
+    const size_t slash = e.find('/');
+    if (slash != std::string::npos && e.compare(slash, std::string::npos, "/data.pkl") == 0) {
+      prefix = e.substr(0, slash + 1);
       ++found;
     }
   }
   SONAR_CHECK(found == 1, "load_torch_checkpoint: '", name, "' holds ", found,
               " '<folder>/data.pkl' entries, expected exactly one", found == 0 ? " (a TorchScript or foreign zip?)" : "");
-  if (za.has(prefix + "byteorder")) {
-    const std::string order = za.read(prefix + "byteorder");
+  if (za.locate(prefix + "byteorder") >= 0) {
+    const std::string order = za.read(prefix + "byteorder", kMaxByteorderBytes);
     SONAR_CHECK(order == "little", "load_torch_checkpoint: '", name, "' stores its tensors in '", order,
                 "' byte order; only little-endian is supported");
   }
-  const std::string pickle = za.read(prefix + "data.pkl");
-  auto read_record = [&](const std::string& key) { return za.read(prefix + "data/" + key); };
+  const std::string pickle = za.read(prefix + "data.pkl", kMaxTorchPickleBytes);
+  // A record is read only when its declared size is the one its storage needs (ZipReader checks before
+  // allocating), so the pickle's claims and the zip's must agree with each other and with the file.
+  RecordReader read_record = [&](const std::string& key, uint64_t need) {
+    const int64_t idx = za.locate(prefix + "data/" + key);
+    SONAR_CHECK(idx >= 0, "load_torch_checkpoint: '", name, "' has no entry '", prefix, "data/", key, "'");
+    const uint64_t declared = za.declared_size(idx);
+    SONAR_CHECK(declared == need, "load_torch_checkpoint: '", name, "': storage '", key, "' needs ", need,
+                " bytes, its record '", prefix, "data/", key, "' declares ", declared);
+    return za.read(idx, need);
+  };
   return unpickle_torch(pickle, read_record, name + ":" + prefix + "data.pkl");
+}
+
+// std::bad_alloc says nothing of the file: name it (a legitimately large checkpoint on a small machine).
+template <class F>
+PyValue naming_out_of_memory(const std::string& name, F&& load) {
+  try {
+    return load();
+  } catch (const std::bad_alloc&) {
+    SONAR_FAIL("load_torch_checkpoint: out of memory while loading '", name, "'");
+  }
 }
 
 }  // namespace
 
-PyValue unpickle_torch(const std::string& pickle, const std::function<std::string(const std::string&)>& read_record,
-                       const std::string& source) {
+PyValue unpickle_torch(const std::string& pickle, const RecordReader& read_record, const std::string& source) {
   return TorchUnpickler(read_record, source).run(pickle);
 }
 
@@ -332,34 +331,17 @@ PyValue load_torch_checkpoint(const std::string& path) {
   in.read(head.data(), static_cast<std::streamsize>(head.size()));
   head.resize(static_cast<size_t>(in.gcount()));
   in.close();
-  int err = 0;
-  zip_t* z = zip_open(path.c_str(), ZIP_RDONLY, &err);
-  if (z == nullptr) {
-    zip_error_t ze;
-    zip_error_init_with_code(&ze, err);
-    const std::string msg = zip_error_strerror(&ze);
-    zip_error_fini(&ze);
-    not_a_zip(path, head, msg);
-  }
-  ZipArchive za(z, path);
-  return load_from_archive(za, path);
+  std::string zip_msg;
+  std::unique_ptr<ZipReader> za = ZipReader::open_file(path, "load_torch_checkpoint", &zip_msg);
+  if (!za) not_a_zip(path, head, zip_msg);
+  return naming_out_of_memory(path, [&] { return load_from_archive(*za, path); });
 }
 
 PyValue load_torch_checkpoint_bytes(const std::string& bytes, const std::string& name) {
-  zip_error_t ze;
-  zip_error_init(&ze);
-  zip_source_t* src = zip_source_buffer_create(bytes.data(), bytes.size(), 0, &ze);
-  SONAR_CHECK(src != nullptr, "load_torch_checkpoint: '", name, "': ", zip_error_strerror(&ze));
-  zip_t* z = zip_open_from_source(src, ZIP_RDONLY, &ze);
-  if (z == nullptr) {
-    const std::string msg = zip_error_strerror(&ze);
-    zip_source_free(src);
-    zip_error_fini(&ze);
-    not_a_zip(name, bytes.substr(0, kLegacyMagicLen), msg);
-  }
-  zip_error_fini(&ze);
-  ZipArchive za(z, name);
-  return load_from_archive(za, name);
+  std::string zip_msg;
+  std::unique_ptr<ZipReader> za = ZipReader::open_memory(bytes, name, "load_torch_checkpoint", &zip_msg);
+  if (!za) not_a_zip(name, bytes.substr(0, kLegacyMagicLen), zip_msg);
+  return naming_out_of_memory(name, [&] { return load_from_archive(*za, name); });
 }
 
 std::vector<std::pair<std::string, Tensor>> state_dict_items(const PyValue& v) {

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Installs the Debian 12 packages the build, the tests and the benchmarks need, and nothing else.
 # Safe to run repeatedly: it only calls apt-get when something is missing.
+# usage: scripts/install-deps.sh [--fuzz]
+#   --fuzz  also the fuzzing toolchain (scripts/fuzz.sh calls it so; the normal build does not need it).
 set -euo pipefail
 # ocl-icd-opencl-dev: Debian's libdnnl-dev only *recommends* it, but oneDNN's CMake package
 # (dnnl-config.cmake) calls find_package(OpenCL) and stops configure without it; we install with
@@ -9,6 +11,13 @@ pkgs=(build-essential cmake pkg-config libopenblas-dev libdnnl-dev ocl-icd-openc
       libsndfile1-dev libsoxr-dev libzip-dev nlohmann-json3-dev libgtest-dev libgmock-dev libbenchmark-dev
       libopenmpi-dev openmpi-bin)
 # libopenmpi-dev / openmpi-bin: data-parallel training (mpirun -np N sonar pretrain ...) and its tests.
+# clang-14 and libclang-rt-14-dev: libFuzzer and clang's ASan/UBSan runtimes for the harnesses in fuzz/
+# (scripts/fuzz.sh, also the short fuzz step of scripts/test.sh); libomp-14-dev: clang's OpenMP runtime, which
+# CMake's find_package(OpenMP) needs under clang (clang-14 only suggests it). GCC's sanitizers
+# (scripts/test.sh --sanitize) come with build-essential.
+if [ "${1:-}" = "--fuzz" ]; then
+  pkgs+=(clang-14 libclang-rt-14-dev libomp-14-dev)
+fi
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

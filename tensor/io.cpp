@@ -11,7 +11,6 @@
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
-#include <zip.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -19,6 +18,8 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <sstream>
+
+#include "tensor/zip_reader.h"
 
 namespace sonar {
 
@@ -124,13 +125,15 @@ void check_bool_bytes(const Tensor& t, const std::string& what, const std::strin
                 i, " (expected 0 or 1)");
 }
 
-// Product of sizes with overflow checking; `what` names the caller and the file.
+// Product of sizes with overflow checking; `what` names the caller and the file. The product of the
+// non-zero sizes must fit too (an empty [0, 2^62, 2^62] has no bytes but its row-major strides overflow).
 int64_t checked_numel(const Shape& shape, size_t elem, const std::string& what) {
-  int64_t n = 1;
+  int64_t n = 1, nonzero = 1;
   for (int64_t s : shape) {
     SONAR_CHECK(s >= 0, what, ": negative size in shape ", shape_str(shape));
-    if (s != 0 && n > (INT64_MAX / static_cast<int64_t>(elem)) / s)
+    if (s != 0 && nonzero > (INT64_MAX / static_cast<int64_t>(elem)) / s)
       SONAR_FAIL(what, ": shape ", shape_str(shape), " is too large");
+    if (s != 0) nonzero *= s;
     n *= s;
   }
   return n;
@@ -205,7 +208,9 @@ class NpyDictParser {
 
  private:
   [[noreturn]] void fail(const std::string& why) const {
-    SONAR_FAIL("load_npy: malformed header in '", path_, "': ", why, " (header: ", s_, ")");
+    constexpr size_t kShown = 200;  // a hostile header can be megabytes of anything
+    SONAR_FAIL("load_npy: malformed header in '", path_, "': ", why, " (header: ",
+               s_.size() > kShown ? s_.substr(0, kShown) + "..." : s_, ")");
   }
   char peek() const { return i_ < s_.size() ? s_[i_] : '\0'; }
   void skip_ws() {
@@ -367,6 +372,7 @@ std::string npy_bytes(const Tensor& t) {
 }  // namespace
 
 Tensor load_npy(const std::string& path) { return parse_npy(read_file(path), path); }
+Tensor load_npy_bytes(const std::string& bytes, const std::string& name) { return parse_npy(bytes, name); }
 
 NpyF64 load_npy_f64(const std::string& path) {
   const std::string bytes = read_file(path);
@@ -401,51 +407,36 @@ NpyF64 load_npy_f64(const std::string& path) {
 
 void save_npy(const std::string& path, const Tensor& t) { write_file_atomic(path, npy_bytes(t)); }
 
+namespace {
+
+std::map<std::string, Tensor> read_npz(const ZipReader& za, const std::string& path) {
+  std::map<std::string, Tensor> out;
+  const int64_t n = za.num_entries();
+  for (int64_t i = 0; i < n; ++i) {
+    const std::string name = za.entry_name(i);
+    if (!name.empty() && name.back() == '/') continue;  // a folder entry
+    SONAR_CHECK(name.size() > 4 && name.compare(name.size() - 4, 4, ".npy") == 0, "load_npz: entry '", name,
+                "' of '", path, "' is not a .npy file");
+    // No cap beyond what the entry's own bytes can inflate to (ZipReader): an array may be large.
+    const std::string data = za.read(i, UINT64_MAX);
+    out[name.substr(0, name.size() - 4)] = parse_npy(data, path + ":" + name);
+  }
+  return out;
+}
+
+}  // namespace
+
 std::map<std::string, Tensor> load_npz(const std::string& path) {
   // Read the file ourselves so that "cannot open" and "not a zip" get distinct messages.
   const std::string bytes = read_file(path);
-  zip_error_t zerr;
-  zip_error_init(&zerr);
-  zip_source_t* src = zip_source_buffer_create(bytes.data(), bytes.size(), 0, &zerr);
-  SONAR_CHECK(src != nullptr, "load_npz: cannot read '", path, "': ", zip_error_strerror(&zerr));
-  zip_t* za = zip_open_from_source(src, ZIP_RDONLY, &zerr);
-  if (za == nullptr) {
-    const std::string msg = zip_error_strerror(&zerr);
-    zip_source_free(src);
-    zip_error_fini(&zerr);
-    SONAR_FAIL("load_npz: '", path, "' is not a readable zip archive: ", msg);
-  }
-  zip_error_fini(&zerr);
-  std::map<std::string, Tensor> out;
-  try {
-    const zip_int64_t n = zip_get_num_entries(za, 0);
-    for (zip_int64_t i = 0; i < n; ++i) {
-      zip_stat_t st;
-      zip_stat_init(&st);
-      SONAR_CHECK(zip_stat_index(za, static_cast<zip_uint64_t>(i), 0, &st) == 0, "load_npz: cannot stat entry ",
-                  i, " of '", path, "': ", zip_strerror(za));
-      const std::string name = st.name ? st.name : "";
-      if (!name.empty() && name.back() == '/') continue;  // a folder entry
-      SONAR_CHECK(name.size() > 4 && name.compare(name.size() - 4, 4, ".npy") == 0, "load_npz: entry '", name,
-                  "' of '", path, "' is not a .npy file");
-      SONAR_CHECK((st.valid & ZIP_STAT_SIZE) != 0, "load_npz: entry '", name, "' of '", path, "' has no size");
-      zip_file_t* zf = zip_fopen_index(za, static_cast<zip_uint64_t>(i), 0);
-      SONAR_CHECK(zf != nullptr, "load_npz: cannot open entry '", name, "' of '", path, "': ", zip_strerror(za));
-      std::string data(static_cast<size_t>(st.size), '\0');
-      const zip_int64_t got = data.empty() ? 0 : zip_fread(zf, data.data(), data.size());
-      const std::string ferr = got < 0 ? zip_error_strerror(zip_file_get_error(zf)) : "";
-      zip_fclose(zf);
-      SONAR_CHECK(got == static_cast<zip_int64_t>(data.size()), "load_npz: cannot read entry '", name, "' of '",
-                  path, "' (", got, " of ", data.size(), " bytes) ", ferr);
-      const std::string key = name.substr(0, name.size() - 4);
-      out[key] = parse_npy(data, path + ":" + name);
-    }
-  } catch (...) {
-    zip_discard(za);
-    throw;
-  }
-  zip_discard(za);
-  return out;
+  return load_npz_bytes(bytes, path);
+}
+
+std::map<std::string, Tensor> load_npz_bytes(const std::string& bytes, const std::string& name) {
+  std::string zip_msg;
+  std::unique_ptr<ZipReader> za = ZipReader::open_memory(bytes, name, "load_npz", &zip_msg);
+  SONAR_CHECK(za != nullptr, "load_npz: '", name, "' is not a readable zip archive: ", zip_msg);
+  return read_npz(*za, name);
 }
 
 // ------------------------------------------------------------------------------------------------------
@@ -455,6 +446,7 @@ namespace {
 
 constexpr uint64_t kSafetensorsMaxHeader = 100u * 1024 * 1024;  // the reference implementation's limit
 constexpr size_t kSafetensorsAlign = 8;
+constexpr int kSafetensorsMaxDepth = 8;  // a valid header nests 3 deep
 
 const char* st_dtype(DType d) {
   switch (d) {
@@ -468,19 +460,54 @@ const char* st_dtype(DType d) {
 
 }  // namespace
 
+namespace {
+
+uint64_t safetensors_header_length(const char* first8) {
+  uint64_t hlen = 0;
+  for (int k = 0; k < 8; ++k) hlen |= static_cast<uint64_t>(static_cast<uint8_t>(first8[k])) << (8 * k);
+  return hlen;
+}
+
+}  // namespace
+
 SafeTensorsFile load_safetensors(const std::string& path) {
-  const std::string bytes = read_file(path);
+  // The header length is checked against the cap and the file's size before the file is read at all.
+  std::ifstream in(path, std::ios::binary);
+  SONAR_CHECK(in.good(), "load_safetensors: cannot open '", path, "': ", std::strerror(errno));
+  char first8[8];
+  in.read(first8, 8);
+  if (in.gcount() == 8) {
+    in.seekg(0, std::ios::end);
+    const std::streamoff size = in.tellg();
+    const uint64_t hlen = safetensors_header_length(first8);
+    SONAR_CHECK(hlen <= kSafetensorsMaxHeader, "load_safetensors: '", path, "' declares a header of ", hlen,
+                " bytes (limit ", kSafetensorsMaxHeader, "): not a safetensors file?");
+    SONAR_CHECK(size >= 8 && hlen <= static_cast<uint64_t>(size) - 8, "load_safetensors: '", path,
+                "' is truncated: header of ", hlen, " bytes, file has ", size - 8, " after the length");
+  }
+  in.close();
+  return load_safetensors_bytes(read_file(path), path);
+}
+
+SafeTensorsFile load_safetensors_bytes(const std::string& bytes, const std::string& path) {
   SONAR_CHECK(bytes.size() >= 8, "load_safetensors: '", path, "' is truncated (", bytes.size(),
               " bytes, need at least 8 for the header length)");
-  uint64_t hlen = 0;
-  for (int k = 0; k < 8; ++k) hlen |= static_cast<uint64_t>(static_cast<uint8_t>(bytes[k])) << (8 * k);
+  const uint64_t hlen = safetensors_header_length(bytes.data());
   SONAR_CHECK(hlen <= kSafetensorsMaxHeader, "load_safetensors: '", path, "' declares a header of ", hlen,
               " bytes (limit ", kSafetensorsMaxHeader, "): not a safetensors file?");
   SONAR_CHECK(hlen <= bytes.size() - 8, "load_safetensors: '", path, "' is truncated: header of ", hlen,
               " bytes, file has ", bytes.size() - 8, " after the length");
   nlohmann::json header;
   try {
-    header = nlohmann::json::parse(bytes.begin() + 8, bytes.begin() + 8 + static_cast<std::ptrdiff_t>(hlen));
+    // A valid header nests 3 deep ({name: {shape: [...]}}); deeper nesting is refused while parsing, so a
+    // header of brackets cannot build a deep tree.
+    header = nlohmann::json::parse(
+        bytes.begin() + 8, bytes.begin() + 8 + static_cast<std::ptrdiff_t>(hlen),
+        [&](int depth, nlohmann::json::parse_event_t, nlohmann::json&) {
+          SONAR_CHECK(depth <= kSafetensorsMaxDepth, "load_safetensors: header of '", path, "' nests deeper than ",
+                      kSafetensorsMaxDepth, " levels (kSafetensorsMaxDepth)");
+          return true;
+        });
   } catch (const nlohmann::json::exception& e) {
     SONAR_FAIL("load_safetensors: header of '", path, "' is not valid JSON: ", e.what());
   }

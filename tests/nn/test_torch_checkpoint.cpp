@@ -315,7 +315,7 @@ static std::string floats_record(int n) {
 }
 
 TEST(Pickle, HandMadeTensorPickle) {
-  auto rec = [](const std::string& key) {
+  auto rec = [](const std::string& key, uint64_t) {
     EXPECT_EQ(key, "0");
     return floats_record(6);
   };
@@ -330,7 +330,7 @@ TEST(Pickle, HandMadeTensorPickle) {
 }
 
 TEST(Pickle, UnsupportedGlobalsAndOpcodesAreNamed) {
-  auto rec = [](const std::string&) -> std::string { ADD_FAILURE() << "no record expected"; return ""; };
+  auto rec = [](const std::string&, uint64_t) -> std::string { ADD_FAILURE() << "no record expected"; return ""; };
   expect_error([&] { unpickle_torch(pk::proto2() + pk::global("os", "system") + pk::kStop, rec, "evil.pkl"); },
                {"evil.pkl", "unsupported global 'os.system'", "0x63 (GLOBAL)", "at byte 2"});
   // STACK_GLOBAL (protocol 4) goes through the same allow-list.
