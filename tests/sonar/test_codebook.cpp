@@ -24,6 +24,7 @@
 #include "nn/beats/label_predictor.h"
 #include "sonar/codebook.h"
 #include "sonar/distill.h"
+#include "sonar/method.h"
 #include "tensor/creation.h"
 #include "tensor/index.h"
 #include "tensor/io.h"
@@ -851,4 +852,57 @@ TEST(OnlineCodebook, GrowsBesideTheSelfDistillationHead) {
   EXPECT_EQ(pred->aux_head->out_features(), kCodes);
   for (const auto& h : r.history) EXPECT_TRUE(std::isfinite(h.loss));
   fs::remove_all(dir);
+}
+
+TEST(SonarMethod, EveryPartOnKilledAndResumedEqualsStraightRunAndAChangedFlagIsRefused) {
+  // SONAR as `sonar pretrain --method sonar` builds it: replay (label strata of the prior pool), both
+  // self-distillation terms and the online codebook (eager enough to grow and re-initialise in 6 steps).
+  const std::map<std::string, std::string> flags = {{"method", "sonar"},
+                                                    {"prior", corpus_dir() + "/prior.csv"},
+                                                    {"replay-ratio", "0.5"},
+                                                    {"codebook-warmup", "1"},
+                                                    {"novelty-cos", "0.97"},
+                                                    {"grow-per-step", "2"},
+                                                    {"dead-usage", "0.5"}};
+  auto parts = [&](const std::map<std::string, std::string>& f, uint64_t seed) {
+    auto ext = make_extensions(sonar_options_from_flags(f), seed);
+    EXPECT_EQ(ext.size(), 3u);
+    return ext;
+  };
+  const std::string straight = run_dir("sonar_straight"), resumed = run_dir("sonar_resumed");
+  PretrainOptions oa = codebook_run(straight, 6);
+  PretrainResult ra = Trainer(oa, parts(flags, oa.seed)).run();
+  ASSERT_TRUE(ra.finished);
+  const std::string metrics = read_text_file((fs::path(straight) / kMetricsFile).string());
+  for (const char* field : {"replay_share", "distill_model", "distill_tok", "codebook_size"})
+    EXPECT_NE(metrics.find(field), std::string::npos) << field;
+  EXPECT_TRUE(fs::exists(fs::path(straight) / "replay_plan.csv"));
+  EXPECT_TRUE(fs::exists(fs::path(straight) / kAdaptedTokenizerFile));
+  {
+    // The codebook did grow (so the resume below crosses a growth event).
+    beats::CheckpointData c = beats::read_checkpoint((fs::path(straight) / kCheckpointFile).string());
+    EXPECT_GT(c.training_tensors.at("ext.codebook.weight").size(0), kCodes);
+  }
+
+  PretrainOptions ob = codebook_run(resumed, 6);
+  ob.halt_after = 4;  // checkpoint at step 3; step 4 is lost
+  Trainer(ob, parts(flags, ob.seed)).run();
+  // A changed SONAR flag is refused in one line naming it, before anything is written.
+  std::map<std::string, std::string> changed = flags;
+  changed["replay-ratio"] = "0.25";
+  const auto before = fs::last_write_time(fs::path(resumed) / kCheckpointFile);
+  const std::string msg = testutil::error_of([&] { Trainer(ob, parts(changed, ob.seed)).run(); });
+  EXPECT_NE(msg.find("replay-ratio"), std::string::npos) << msg;
+  EXPECT_EQ(msg.find('\n'), std::string::npos) << msg;
+  EXPECT_EQ(fs::last_write_time(fs::path(resumed) / kCheckpointFile), before);
+  ob.halt_after = -1;
+  PretrainResult rb = Trainer(ob, parts(flags, ob.seed)).run();
+  EXPECT_TRUE(rb.resumed);
+  ASSERT_TRUE(rb.finished);
+  expect_same_checkpoint((fs::path(straight) / kCheckpointFile).string(),
+                         (fs::path(resumed) / kCheckpointFile).string(), 0.0f);
+  EXPECT_EQ(read_text_file((fs::path(straight) / kAdaptedTokenizerFile).string()),
+            read_text_file((fs::path(resumed) / kAdaptedTokenizerFile).string()));
+  fs::remove_all(straight);
+  fs::remove_all(resumed);
 }
