@@ -44,10 +44,9 @@ double accuracy(const std::vector<int64_t>& truth, const std::vector<int64_t>& p
   return static_cast<double>(hits) / static_cast<double>(truth.size());
 }
 
-double macro_f1(const std::vector<int64_t>& truth, const std::vector<int64_t>& pred, int64_t K) {
+std::vector<double> class_f1(const std::vector<int64_t>& truth, const std::vector<int64_t>& pred, int64_t K) {
   SONAR_CHECK(truth.size() == pred.size(), "macro_f1: ", truth.size(), " true labels but ", pred.size(), " predictions");
   SONAR_CHECK(K > 0, "macro_f1: num_classes must be positive, got ", K);
-  if (truth.empty()) return kNaN;
   std::vector<int64_t> tp(K, 0), fp(K, 0), fn(K, 0);
   for (size_t i = 0; i < truth.size(); ++i) {
     const int64_t t = truth[i], p = pred[i];
@@ -59,15 +58,32 @@ double macro_f1(const std::vector<int64_t>& truth, const std::vector<int64_t>& p
       ++fn[t];
     }
   }
-  double sum = 0.0;
-  int64_t used = 0;
+  std::vector<double> f1(K, kNaN);
   for (int64_t c = 0; c < K; ++c) {
     const int64_t denom = 2 * tp[c] + fp[c] + fn[c];
-    if (denom == 0) continue;  // never occurs, never predicted
-    sum += 2.0 * static_cast<double>(tp[c]) / static_cast<double>(denom);
-    ++used;
+    if (denom > 0) f1[c] = 2.0 * static_cast<double>(tp[c]) / static_cast<double>(denom);  // else never seen
   }
-  return used > 0 ? sum / static_cast<double>(used) : kNaN;
+  return f1;
+}
+
+namespace {
+// Mean of the finite values (NaN when there is none); `used` receives their number.
+double finite_mean(const std::vector<double>& v, int64_t* used = nullptr) {
+  double sum = 0.0;
+  int64_t n = 0;
+  for (double x : v)
+    if (!std::isnan(x)) {
+      sum += x;
+      ++n;
+    }
+  if (used) *used = n;
+  return n > 0 ? sum / static_cast<double>(n) : kNaN;
+}
+}  // namespace
+
+double macro_f1(const std::vector<int64_t>& truth, const std::vector<int64_t>& pred, int64_t K) {
+  const std::vector<double> f1 = class_f1(truth, pred, K);
+  return truth.empty() ? kNaN : finite_mean(f1);
 }
 
 double average_precision(const std::vector<double>& scores, const std::vector<uint8_t>& positive) {
@@ -99,7 +115,7 @@ double average_precision(const std::vector<double>& scores, const std::vector<ui
   return ap;
 }
 
-double mean_average_precision(const Tensor& scores, const Tensor& targets, int64_t* classes_used) {
+std::vector<double> class_average_precision(const Tensor& scores, const Tensor& targets) {
   SONAR_CHECK(scores.defined() && targets.defined() && scores.dim() == 2 && targets.shape() == scores.shape(),
               "mean_average_precision: scores and targets must both be [N, K], got ",
               scores.defined() ? shape_str(scores.shape()) : "undefined", " and ",
@@ -108,8 +124,7 @@ double mean_average_precision(const Tensor& scores, const Tensor& targets, int64
   const Tensor s = scores.to(DType::Float32).contiguous(), t = targets.to(DType::Float32).contiguous();
   const float* sp = s.data<float>();
   const float* tp = t.data<float>();
-  double sum = 0.0;
-  int64_t used = 0;
+  std::vector<double> aps(K);
   for (int64_t k = 0; k < K; ++k) {
     std::vector<double> sc(N);
     std::vector<uint8_t> pos(N);
@@ -117,13 +132,13 @@ double mean_average_precision(const Tensor& scores, const Tensor& targets, int64
       sc[i] = sp[i * K + k];
       pos[i] = tp[i * K + k] != 0.0f;
     }
-    const double ap = average_precision(sc, pos);
-    if (std::isnan(ap)) continue;
-    sum += ap;
-    ++used;
+    aps[k] = average_precision(sc, pos);
   }
-  if (classes_used) *classes_used = used;
-  return used > 0 ? sum / static_cast<double>(used) : kNaN;
+  return aps;
+}
+
+double mean_average_precision(const Tensor& scores, const Tensor& targets, int64_t* classes_used) {
+  return finite_mean(class_average_precision(scores, targets), classes_used);
 }
 
 // ---- features ----
@@ -412,12 +427,14 @@ SplitMetrics evaluate_probe(const LinearProbe& probe, const Tensor& x, const Ten
     m.loss = probe_loss(ag::Var(logits), y, probe.multi_label).value().item_double();
   }
   if (probe.multi_label) {
-    m.mAP = mean_average_precision(logits, y);
+    m.class_scores = class_average_precision(logits, y);
+    m.mAP = finite_mean(m.class_scores);
   } else {
     const std::vector<int64_t> pred = argmax(logits, 1).to_vector<int64_t>();
     const std::vector<int64_t> truth = y.contiguous().to_vector<int64_t>();
     m.accuracy = accuracy(truth, pred);
-    m.macro_f1 = macro_f1(truth, pred, K);
+    m.class_scores = class_f1(truth, pred, K);
+    m.macro_f1 = finite_mean(m.class_scores);
   }
   return m;
 }
@@ -503,32 +520,39 @@ std::string metrics_line(const SplitMetrics& m, bool multi) {
   return buf;
 }
 
-double nan_mean(const std::vector<double>& v) {
-  double s = 0.0;
-  int64_t n = 0;
-  for (double x : v)
-    if (!std::isnan(x)) {
-      s += x;
-      ++n;
-    }
-  return n > 0 ? s / static_cast<double>(n) : kNaN;
-}
-
+// Means over folds; a class's score is the mean over the folds where it has one.
 SplitMetrics mean_metrics(const std::vector<SplitMetrics>& ms) {
   SplitMetrics r;
   std::vector<double> loss, acc, f1, map;
+  size_t classes = 0;
   for (const auto& m : ms) {
     r.n += m.n;
     loss.push_back(m.loss);
     acc.push_back(m.accuracy);
     f1.push_back(m.macro_f1);
     map.push_back(m.mAP);
+    classes = std::max(classes, m.class_scores.size());
   }
-  r.loss = nan_mean(loss);
-  r.accuracy = nan_mean(acc);
-  r.macro_f1 = nan_mean(f1);
-  r.mAP = nan_mean(map);
+  r.loss = finite_mean(loss);
+  r.accuracy = finite_mean(acc);
+  r.macro_f1 = finite_mean(f1);
+  r.mAP = finite_mean(map);
+  r.class_scores.assign(classes, kNaN);
+  for (size_t c = 0; c < classes; ++c) {
+    std::vector<double> v;
+    for (const auto& m : ms)
+      if (c < m.class_scores.size()) v.push_back(m.class_scores[c]);
+    r.class_scores[c] = finite_mean(v);
+  }
   return r;
+}
+
+// {class: score} (null where the class has none): F1 or AP per class.
+nlohmann::json class_scores_json(const std::vector<double>& scores, const std::vector<std::string>& classes) {
+  nlohmann::json j = nlohmann::json::object();
+  for (size_t c = 0; c < scores.size() && c < classes.size(); ++c)
+    j[classes[c]] = std::isnan(scores[c]) ? nlohmann::json(nullptr) : nlohmann::json(scores[c]);
+  return j;
 }
 
 }  // namespace
@@ -556,6 +580,7 @@ nlohmann::json ProbeReport::to_json() const {
     j["val_accuracy"] = val.accuracy;
     j["val_macro_f1"] = val.macro_f1;
   }
+  j[multi_label ? "test_class_AP" : "test_class_F1"] = class_scores_json(test.class_scores, classes);
   j["test_loss"] = test.loss;
   j["test_clips"] = test.n;
   nlohmann::json fl = nlohmann::json::array();

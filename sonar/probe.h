@@ -31,6 +31,9 @@ double accuracy(const std::vector<int64_t>& truth, const std::vector<int64_t>& p
 // from the truth scores 0 (as scikit-learn's f1_score(average="macro") without a label list). Values must lie in
 // [0, num_classes). NaN for empty input.
 double macro_f1(const std::vector<int64_t>& truth, const std::vector<int64_t>& pred, int64_t num_classes);
+// The per-class F1 that macro_f1 averages: one value per class, NaN for a class that never occurs and is never
+// predicted.
+std::vector<double> class_f1(const std::vector<int64_t>& truth, const std::vector<int64_t>& pred, int64_t num_classes);
 
 // Average precision of one class: sum over distinct score thresholds t (descending) of
 // (recall(t) - recall(previous t)) * precision(t), where an item counts as predicted positive when its score is
@@ -40,6 +43,9 @@ double average_precision(const std::vector<double>& scores, const std::vector<ui
 // Mean of average_precision over the classes (columns) with at least one positive; scores float32 [N, K],
 // targets [N, K] (nonzero = positive). NaN when no class has a positive. `classes_used` receives their number.
 double mean_average_precision(const Tensor& scores, const Tensor& targets, int64_t* classes_used = nullptr);
+// The per-class average precision that mean_average_precision averages: one value per column, NaN for a class
+// without a positive.
+std::vector<double> class_average_precision(const Tensor& scores, const Tensor& targets);
 
 // ---- features ----
 
@@ -110,6 +116,9 @@ struct SplitMetrics {
   double accuracy = 0.0;  // single-label (NaN for multi-label)
   double macro_f1 = 0.0;  // single-label (NaN for multi-label)
   double mAP = 0.0;       // multi-label (NaN for single-label)
+  // Per class (the task's class order): F1 (single-label) or average precision (multi-label); NaN where the
+  // class has no score (see class_f1, class_average_precision). Lets a caller score a subset of the classes.
+  std::vector<double> class_scores;
 };
 SplitMetrics evaluate_probe(const LinearProbe& probe, const Tensor& x, const Tensor& y, int64_t num_classes);
 

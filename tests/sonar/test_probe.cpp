@@ -58,6 +58,12 @@ TEST(ProbeMetrics, AccuracyAndMacroF1ByHand) {
   // Class 0: TP 1, FP 0, FN 1 -> 2/3. Class 1: TP 2, FP 1, FN 1 -> 4/6. Class 2: predicted once, never true -> 0.
   // Class 3: never true, never predicted -> left out. Mean over 3 classes: (2/3 + 2/3 + 0) / 3 = 4/9.
   EXPECT_NEAR(macro_f1(truth, pred, 4), 4.0 / 9.0, kExact);
+  const std::vector<double> f1 = class_f1(truth, pred, 4);
+  ASSERT_EQ(f1.size(), 4u);
+  EXPECT_NEAR(f1[0], 2.0 / 3.0, kExact);
+  EXPECT_NEAR(f1[1], 4.0 / 6.0, kExact);
+  EXPECT_NEAR(f1[2], 0.0, kExact);
+  EXPECT_TRUE(std::isnan(f1[3]));
   EXPECT_NEAR(macro_f1({2, 2, 2}, {2, 2, 2}, 3), 1.0, kExact);
   EXPECT_NEAR(macro_f1({0, 1}, {1, 0}, 2), 0.0, kExact);
   EXPECT_TRUE(std::isnan(accuracy({}, {})));
@@ -96,6 +102,12 @@ TEST(ProbeMetrics, AveragePrecisionWithTiesByHand) {
   EXPECT_NEAR(mean_average_precision(scores, targets, &used), (34.0 / 45.0 + 1.0) / 2.0, kExact);
   EXPECT_EQ(used, 2);
   EXPECT_THROW(mean_average_precision(scores, targets.narrow(1, 0, 2)), Error);
+  // The per-class values it averages, in column order, NaN for the class without a positive.
+  const std::vector<double> aps = class_average_precision(scores, targets);
+  ASSERT_EQ(aps.size(), 3u);
+  EXPECT_NEAR(aps[0], 34.0 / 45.0, kExact);
+  EXPECT_NEAR(aps[1], 1.0, kExact);
+  EXPECT_TRUE(std::isnan(aps[2]));
 }
 
 TEST(LinearProbe, SeparatesEasySyntheticClasses) {
@@ -186,6 +198,16 @@ TEST(RunProbe, SplitsFoldsAndReport) {
   const nlohmann::json j = r.to_json();
   EXPECT_EQ(j.at("task"), "single-label");
   EXPECT_TRUE(j.contains("test_accuracy") && j.contains("test_macro_f1"));
+  // The per-class F1 the macro-F1 averages, by class name.
+  ASSERT_EQ(r.test.class_scores.size(), 4u);
+  double f1_sum = 0.0;
+  int f1_n = 0;
+  for (const auto& cls : r.classes) {
+    const auto& v = j.at("test_class_F1").at(cls);
+    if (!v.is_null()) f1_sum += v.get<double>(), ++f1_n;
+  }
+  ASSERT_GT(f1_n, 0);
+  EXPECT_NEAR(f1_sum / f1_n, r.test.macro_f1, 1e-12);
 
   // The multi-label prior pool, features of block 1.
   o.data = dir + "/prior.csv";
@@ -194,6 +216,8 @@ TEST(RunProbe, SplitsFoldsAndReport) {
   EXPECT_TRUE(rp.multi_label);
   EXPECT_EQ(rp.layer, 1);
   EXPECT_TRUE(rp.to_json().contains("test_mAP"));
+  ASSERT_EQ(rp.test.class_scores.size(), rp.classes.size());
+  EXPECT_EQ(rp.to_json().at("test_class_AP").size(), rp.classes.size());
   EXPECT_FALSE(std::isnan(rp.test.mAP));
 
   // Numeric folds: the same clips relabelled into folds 1..3; each fold is the test set once.
