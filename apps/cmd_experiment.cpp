@@ -4,21 +4,21 @@
 // on the prior pool (random-projection targets -> model -> trained tokenizer -> model), then DCPT and SONAR on
 // one new domain with two seeds. Thin: parses flags, prepares the demo's inputs and calls the library. Not the
 // training loop or the method.
-#include <unistd.h>
-
 #include <atomic>
-#include <csignal>
 #include <cstdio>
 #include <filesystem>
+#include <optional>
 #include <sstream>
 #include <string>
 
 #include <nlohmann/json.hpp>
 
 #include "apps/command.h"
+#include "apps/run_flags.h"
 #include "audio/synth_corpus.h"
 #include "sonar/experiment.h"
 #include "sonar/method.h"
+#include "sonar/tokenizer_trainer.h"
 #include "sonar/trainer.h"
 #include "tensor/error.h"
 #include "tensor/io.h"
@@ -30,34 +30,27 @@ namespace {
 namespace fs = std::filesystem;
 using nlohmann::json;
 
-std::atomic<bool> g_stop{false};
-
-extern "C" void experiment_on_stop_signal(int sig) {
-  if (g_stop.exchange(true)) {
-    std::signal(sig, SIG_DFL);
-    std::raise(sig);
-    return;
-  }
-  static const char msg[] = "\nsonar experiment: stopping after this step and saving a checkpoint (again to quit at once)\n";
-  ssize_t ignored = ::write(2, msg, sizeof msg - 1);
-  (void)ignored;
-}
-
 // ---- the demo preset: the built-in setting, documented in docs/results.md ----
 
 struct DemoSettings {
   std::string domain = "noise";
-  std::vector<uint64_t> seeds = {0, 1};
+  std::vector<uint64_t> seeds = {0, 1, 2};
   int64_t clips_per_class = 100;
+  // The prior pool: 1200 mixtures, 180 of them in its test split. With the 60 a default-sized pool gives, a
+  // clip moves the fine prior mAP by about 0.01 and the probe's noise hides the forgetting being measured.
+  int64_t prior_clips = 1200;
   double seconds = 2.0;
-  // The start model must know its prior pool well (a short pre-training leaves it so undertrained that any
-  // further training, on any domain, improves every probe; docs/results.md): 1500 steps in all.
+  // The start model must know its prior pool well: a short or low-rate pre-training leaves it so undertrained
+  // that any further training, on any domain, improves every probe (docs/results.md).
   int64_t prior_steps = 800;      // stage 1: random-projection targets
+  double prior_lr = 1e-3;
   int64_t tokenizer_steps = 200;  // stage 2: the tokenizer distilled from the stage-1 model
   int64_t start_steps = 700;      // stage 3: the start model, trained on the stage-2 tokenizer's labels
-  double start_lr = 1e-3;
+  double start_lr = 3e-3;
   int64_t steps = 600;            // continual pre-training on the new domain
-  double lr = 3e-3;
+  // A high rate stands in for a long continual pre-training in a demo of a few minutes; DCPT and SONAR share
+  // it (no SONAR flag is tuned).
+  double lr = 1e-2;
   int64_t batch = 16;
   double crop = 2.0;
   int threads = 0;
@@ -68,12 +61,14 @@ void log_line(const std::string& s) {
   std::fflush(stdout);
 }
 
-// A pre-training stage of the start chain; a finished one is reused.
-void pretrain_stage(const std::string& dir, const std::string& data, const std::string& init,
-                    const std::string& tokenizer, int64_t steps, const DemoSettings& s) {
+// A pre-training stage of the start chain; a finished one is reused, an interrupted one resumes. False when
+// stopped by the flag (a checkpoint was saved).
+bool pretrain_stage(const std::string& dir, const std::string& data, const std::string& init,
+                    const std::string& tokenizer, int64_t steps, double lr, const DemoSettings& s,
+                    std::atomic<bool>* stop) {
   if (fs::exists(fs::path(dir) / sonar::method::kModelFile)) {
     log_line(dir + ": finished earlier, reused");
-    return;
+    return true;
   }
   sonar::method::PretrainOptions o;
   o.data = data;
@@ -84,23 +79,52 @@ void pretrain_stage(const std::string& dir, const std::string& data, const std::
   o.steps = steps;
   o.batch_size = s.batch;
   o.crop_seconds = s.crop;
-  o.adamw.lr = static_cast<float>(s.start_lr);
+  o.adamw.lr = static_cast<float>(lr);
   o.seed = 0;
   o.log_every = 50;
   o.save_every = 100;
   o.num_threads = s.threads;
-  o.stop = &g_stop;
+  o.stop = stop;
   o.log = [](const std::string& l) { log_line("  " + l); };
-  const auto r = sonar::method::pretrain(o);
-  SONAR_CHECK(r.finished, "stopped in ", dir, "; run the same command again to resume");
+  return sonar::method::pretrain(o).finished;
 }
 
-// Writes the corpus and the start model, and returns the plan of the demo grid.
-json prepare_demo(const std::string& out_arg, const DemoSettings& s) {
+// Stage 2: `sonar train-tokenizer` from the stage-1 model; a finished one is reused. Returns the tokenizer file,
+// or nothing when stopped by the flag.
+std::optional<std::string> tokenizer_stage(const std::string& dir, const std::string& data, const std::string& teacher,
+                            const DemoSettings& s, std::atomic<bool>* stop) {
+  const std::string file = (fs::path(dir) / sonar::method::kTokenizerFile).string();
+  if (fs::exists(file)) {
+    log_line(dir + ": finished earlier, reused");
+    return file;
+  }
+  sonar::method::TokenizerTrainOptions o;
+  o.teacher = teacher;
+  o.data = data;
+  o.splits = {"train", "val"};
+  o.out_dir = dir;
+  o.steps = s.tokenizer_steps;
+  o.batch_size = s.batch;
+  o.crop_seconds = s.crop;
+  o.seed = 0;
+  o.log_every = 50;
+  o.num_threads = s.threads;
+  o.stop = stop;
+  o.log = [](const std::string& l) { log_line("  " + l); };
+  const auto r = sonar::method::train_tokenizer(o);
+  if (!r.finished) return std::nullopt;
+  SONAR_CHECK(fs::exists(file), "sonar train-tokenizer finished without writing ", file);
+  return file;
+}
+
+// Writes the corpus and the start model, and returns the plan of the demo grid; nothing when stopped by the flag
+// (the interrupted stage saved a checkpoint and resumes on the next call).
+std::optional<json> prepare_demo(const std::string& out_arg, const DemoSettings& s, std::atomic<bool>* stop) {
   const std::string out = fs::absolute(out_arg).lexically_normal().string();  // the plan holds absolute paths
   const std::string corpus = (fs::path(out) / "corpus").string();
   sonar::audio::SynthCorpusOptions co;
   co.clips_per_class = s.clips_per_class;
+  co.prior_clips = s.prior_clips;
   co.seconds = s.seconds;
   co.seed = 0;
   log_line("corpus: " + corpus);
@@ -110,50 +134,21 @@ json prepare_demo(const std::string& out_arg, const DemoSettings& s) {
   const fs::path start = fs::path(out) / "start";
   const std::string stage1 = (start / "1-random-projection").string();
   log_line("start model, stage 1: a fresh tiny BEATs on the prior pool, random-projection targets -> " + stage1);
-  pretrain_stage(stage1, prior, "", "", s.prior_steps, s);
-
-  std::string model = stage1 + "/" + sonar::method::kCheckpointFile;  // with its label predictor
-  std::string tokenizer = stage1 + "/" + sonar::method::kTokenizerFile;
-  auto& reg = sonar::app::registry();
-  const auto tt = reg.find("train-tokenizer");
-  if (tt != reg.end()) {
-    const std::string tok_dir = (start / "2-tokenizer").string();
-    const std::string tok_file = tok_dir + "/" + sonar::method::kTokenizerFile;
-    log_line("start model, stage 2: a tokenizer distilled from the stage-1 model -> " + tok_dir);
-    if (!fs::exists(tok_file)) {
-      std::vector<std::string> args = {"train-tokenizer", "--teacher", stage1 + "/" + sonar::method::kModelFile, "--data", prior, "--splits", "train,val",
-                                       "--out", tok_dir, "--steps", std::to_string(s.tokenizer_steps), "--batch",
-                                       std::to_string(s.batch), "--crop-seconds", std::to_string(s.crop),
-                                       "--seed", "0", "--log-every", "50"};
-      if (s.threads > 0) {
-        args.push_back("--threads");
-        args.push_back(std::to_string(s.threads));
-      }
-      std::vector<char*> argv;
-      for (auto& a : args) argv.push_back(a.data());
-      argv.push_back(nullptr);
-      const int rc = tt->second.run(static_cast<int>(args.size()), argv.data());
-      SONAR_CHECK(rc == 0, "sonar train-tokenizer stopped with status ", rc, " (", tok_dir, ")");
-      SONAR_CHECK(fs::exists(tok_file), "sonar train-tokenizer wrote no ", tok_file);
-    } else {
-      log_line(tok_dir + ": finished earlier, reused");
-    }
-    const std::string stage3 = (start / "3-tokenizer-targets").string();
-    log_line("start model, stage 3: the stage-1 model trained on the stage-2 tokenizer's labels -> " + stage3);
-    pretrain_stage(stage3, prior, model, tok_file, s.start_steps, s);
-    model = stage3 + "/" + sonar::method::kCheckpointFile;
-    tokenizer = stage3 + "/" + sonar::method::kTokenizerFile;
-  } else {
-    // LEAD: `sonar train-tokenizer` is not in this build yet (issue 9, part 4). Until it is, the start model is
-    // the stage-1 model with its random-projection tokenizer, and the demo's SONAR keeps that tokenizer's
-    // codebook frozen (the online codebook needs a trained tokenizer).
-    log_line("NOTE: this build has no `sonar train-tokenizer`; the start model keeps its random-projection "
-             "tokenizer (stages 2 and 3 skipped)");
-  }
+  if (!pretrain_stage(stage1, prior, "", "", s.prior_steps, s.prior_lr, s, stop)) return std::nullopt;
+  const std::string stage2 = (start / "2-tokenizer").string();
+  log_line("start model, stage 2: a tokenizer distilled from the stage-1 model -> " + stage2);
+  const auto tok_file = tokenizer_stage(stage2, prior, stage1 + "/" + sonar::method::kModelFile, s, stop);
+  if (!tok_file) return std::nullopt;
+  const std::string stage3 = (start / "3-tokenizer-targets").string();
+  log_line("start model, stage 3: the stage-1 model trained on the stage-2 tokenizer's labels -> " + stage3);
+  if (!pretrain_stage(stage3, prior, stage1 + "/" + sonar::method::kCheckpointFile, *tok_file, s.start_steps,
+                      s.start_lr, s, stop))
+    return std::nullopt;
 
   json plan;
   plan["name"] = "SONAR demo: new domain '" + s.domain + "' (synthetic corpus, tiny BEATs)";
-  plan["start"] = {{"model", model}, {"tokenizer", tokenizer}};
+  plan["start"] = {{"model", stage3 + "/" + sonar::method::kCheckpointFile},
+                   {"tokenizer", stage3 + "/" + sonar::method::kTokenizerFile}};
   // The prior task is the fine one (the classes of each mixture's sources, as AudioSet's 527 classes): the
   // coarse one (which domains are mixed) sits near its ceiling even for an untrained model.
   plan["prior"] = {{"data", prior}, {"splits", {"train", "val"}}, {"task", corpus + "/prior_fine.csv"}};
@@ -163,22 +158,8 @@ json prepare_demo(const std::string& out_arg, const DemoSettings& s) {
   plan["tasks"] = json::object();
   for (const auto& d : sonar::audio::synth_domains())
     if (d.name != s.domain) plan["tasks"][d.name] = corpus + "/" + d.name + ".csv";
-  // SONAR with all three parts; the online codebook needs a trained tokenizer and a build that has it.
-  json sonar_method = "sonar";
-  bool online_codebook = tt != reg.end();
-  if (online_codebook) {
-    try {
-      auto f = sonar::method::method_flags("sonar");
-      f["prior"] = prior;
-      (void)sonar::method::make_extensions(sonar::method::sonar_options_from_flags(f), 0);
-    } catch (const sonar::Error& e) {
-      // LEAD: the online codebook (issue 9, part 3) is not in this build yet; the demo's SONAR runs without it.
-      log_line(std::string("NOTE: SONAR runs with a frozen codebook here: ") + e.what());
-      online_codebook = false;
-    }
-  }
-  if (!online_codebook) sonar_method = {{"name", "sonar"}, {"base", "sonar"}, {"flags", {{"codebook", "frozen"}}}};
-  plan["methods"] = json::array({"dcpt", sonar_method});
+  // SONAR with all three parts at their documented defaults.
+  plan["methods"] = json::array({"dcpt", "sonar"});
   plan["seeds"] = s.seeds;
   plan["train"] = {{"steps", s.steps}, {"batch", s.batch}, {"crop_seconds", s.crop}, {"lr", s.lr},
                    {"log_every", 50},  {"save_every", 100}, {"threads", s.threads}};
@@ -203,7 +184,7 @@ std::string usage() {
   const DemoSettings d;
   std::ostringstream u;
   u << "usage: sonar experiment (--plan PLAN.json | --preset demo) --out DIR [--threads N]\n"
-       "       demo options: [--domain NAME] [--seeds 0,1] [--steps N]\n\n"
+       "       demo options: [--domain NAME] [--seeds 0,1,2] [--steps N]\n\n"
        "Runs a grid of continual pre-training runs, new domains x seeds x methods, plus the start model, and\n"
        "linear-probes every model on every task: its new domain's, the prior pool's and the other domains'.\n"
        "Writes DIR/results.csv (one row per model and task), results.json and results.md (mean ± std over\n"
@@ -221,7 +202,7 @@ std::string usage() {
        "                   DIR/plan-demo.json)\n"
        "  --out DIR        output folder\n"
        "  --domain NAME    demo: the new domain (music, birds, noise, speech; default " << d.domain << ")\n"
-       "  --seeds LIST     demo: seeds (default 0,1)\n"
+       "  --seeds LIST     demo: seeds (default 0,1,2)\n"
        "  --steps N        demo: continual pre-training steps per run (default " << d.steps << ")\n"
        "  --threads N      compute threads (default: OpenMP's)\n";
   return u.str();
@@ -241,9 +222,7 @@ int run(int argc, char** argv) {
   SONAR_CHECK(threads >= 0, "--threads must be >= 0, got ", threads);
   if (threads > 0) omp_set_num_threads(static_cast<int>(threads));
 
-  g_stop.store(false);
-  std::signal(SIGINT, experiment_on_stop_signal);
-  std::signal(SIGTERM, experiment_on_stop_signal);
+  sonar::app::StopOnSignal stop_on_signal("sonar experiment");
   sonar::method::ExperimentPlan plan;
   if (args.has("plan")) {
     for (const char* demo_only : {"domain", "seeds", "steps"})
@@ -262,20 +241,19 @@ int run(int argc, char** argv) {
     SONAR_CHECK(s.steps > 0, "--steps must be positive, got ", s.steps);
     s.threads = static_cast<int>(threads);
     fs::create_directories(out);
-    const json j = prepare_demo(out, s);
+    const auto j = prepare_demo(out, s, stop_on_signal.flag());
+    if (!j) {
+      log_line("stopped while making the start model; run the same command again to resume");
+      return 130;
+    }
     const std::string plan_file = (fs::path(out) / "plan-demo.json").string();
-    sonar::write_file_atomic(plan_file, j.dump(2) + "\n");
-    plan = sonar::method::parse_plan(j, out, plan_file);
-    // `sonar train-tokenizer` ran in this process and may have reset the handlers: install them again.
-    std::signal(SIGINT, experiment_on_stop_signal);
-    std::signal(SIGTERM, experiment_on_stop_signal);
+    sonar::write_file_atomic(plan_file, j->dump(2) + "\n");
+    plan = sonar::method::parse_plan(*j, out, plan_file);
   }
   sonar::method::ExperimentOptions eo;
   eo.out_dir = out;
-  eo.stop = &g_stop;
+  eo.stop = stop_on_signal.flag();
   const auto rep = sonar::method::run_experiment(plan, eo);
-  std::signal(SIGINT, SIG_DFL);
-  std::signal(SIGTERM, SIG_DFL);
   if (rep.stopped) return 130;
   std::printf("\n%s\n", sonar::read_file((fs::path(out) / "results.md").string()).c_str());
   std::printf("grid: %lld runs (%lld trained now, %lld reused), %lld probes (%lld reused) in %s\n",
