@@ -44,6 +44,7 @@ seed fuzz_pickle $fx/fuzz/pickle/*
 seed fuzz_safetensors $fx/fuzz/safetensors/*
 seed fuzz_manifest $fx/fuzz/manifest/*
 seed fuzz_audio $fx/fuzz/audio/*
+seed fuzz_experiment_plan $fx/fuzz/experiment_plan/* $fx/fuzz/regressions/plan_*
 # fuzz_npy: the first byte picks .npy (even) or .npz (odd).
 mkdir -p "$build/corpus/fuzz_npy"
 for f in $fx/beats_tiny/*.npy $fx/fuzz/npy/*.npy; do
