@@ -86,7 +86,7 @@ struct ExperimentPlan {
 // A plan from JSON; relative paths are taken from `base_dir`. Everything is checked before anything runs:
 // unknown keys, unknown methods or flags (each method's flags go through sonar_options_from_flags), missing
 // files, duplicate domain, method, task or seed names (they would make two cells share a run folder), names
-// unfit for a folder, numbers out of range, strings holding control characters, more than 100000 cells. Throws
+// unfit for a folder, numbers out of range, strings holding control characters, more than 10000 cells. Throws
 // one line naming the plan file and the problem.
 ExperimentPlan parse_plan(const nlohmann::json& j, const std::string& base_dir, const std::string& what = "plan");
 // The same from JSON text (a plan file's bytes): text that is not JSON is one line naming `what` too.
