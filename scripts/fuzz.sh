@@ -44,6 +44,11 @@ seed fuzz_pickle $fx/fuzz/pickle/*
 seed fuzz_safetensors $fx/fuzz/safetensors/*
 seed fuzz_manifest $fx/fuzz/manifest/*
 seed fuzz_audio $fx/fuzz/audio/*
+# The plan findings are seeds too, except the 200 kB deep-nesting ones (plan_deep_*): each mutation of those
+# costs about 0.3 s, which made the target 20 times slower; tests/sonar/test_experiment.cpp runs them.
+plan_findings=()
+for f in $fx/fuzz/regressions/plan_*; do [[ "$(basename "$f")" == plan_deep_* ]] || plan_findings+=("$f"); done
+seed fuzz_experiment_plan $fx/fuzz/experiment_plan/* "${plan_findings[@]}"
 # fuzz_npy: the first byte picks .npy (even) or .npz (odd).
 mkdir -p "$build/corpus/fuzz_npy"
 for f in $fx/beats_tiny/*.npy $fx/fuzz/npy/*.npy; do
@@ -64,6 +69,8 @@ for t in "${targets[@]}"; do
   [ -d "$out" ] && mv "$out" "$out.previous"
   mkdir -p "$out" "$build/corpus/$t"
   # The new corpus entries go to corpus/<target> (kept between runs); the seeds are read-only inputs.
+  dict=()  # a dictionary of the format's words, when the target has one
+  [ -f "fuzz/$t.dict" ] && dict=(-dict="$root/fuzz/$t.dict")
   start=$(date +%s)
   set +e
   # From inside $out: with -jobs, libFuzzer writes the job's output to fuzz-0.log in the current folder.
@@ -71,7 +78,7 @@ for t in "${targets[@]}"; do
     LSAN_OPTIONS="suppressions=$root/fuzz/lsan.supp:print_suppressions=0" \
     "$build/fuzz/$t" "$build/corpus/$t" -max_total_time="$seconds" -jobs=1 -workers=1 -timeout=20 \
       -rss_limit_mb="${SONAR_FUZZ_RSS_MB:-2048}" -max_len="${SONAR_FUZZ_MAX_LEN:-262144}" \
-      -artifact_prefix="$out/" -print_final_stats=1 >log.txt 2>&1)
+      -artifact_prefix="$out/" -print_final_stats=1 "${dict[@]}" >log.txt 2>&1)
   rc=$?
   set -e
   stats=$(cat "$out"/*.log "$out/log.txt" 2>/dev/null | grep -E "stat::number_of_executed_units|stat::peak_rss_mb" |

@@ -141,22 +141,6 @@ void gather_global(const Distributed& group, int64_t n_new_real, Tensor& x, std:
 
 }  // namespace
 
-void validate(const CodebookOptions& o) {
-  SONAR_CHECK(o.mode == "online" || o.mode == "frozen", "--codebook must be online or frozen, got '", o.mode, "'");
-  SONAR_CHECK(std::isfinite(o.decay) && o.decay > 0.0f && o.decay < 1.0f, "--codebook-decay must be in (0, 1), got ",
-              o.decay);
-  SONAR_CHECK(std::isfinite(o.dead_usage) && o.dead_usage >= 0.0 && o.dead_usage < 1.0,
-              "--dead-usage must be in [0, 1), got ", o.dead_usage);
-  SONAR_CHECK(std::isfinite(o.novelty_cos) && o.novelty_cos >= -1.0 && o.novelty_cos <= 1.0,
-              "--novelty-cos must be in [-1, 1], got ", o.novelty_cos);
-  SONAR_CHECK(std::isfinite(o.novelty_share) && o.novelty_share >= 0.0 && o.novelty_share <= 1.0,
-              "--novelty-share must be in [0, 1], got ", o.novelty_share);
-  SONAR_CHECK(o.max_new_per_step >= 0, "--grow-per-step must be >= 0, got ", o.max_new_per_step);
-  SONAR_CHECK(o.max_codes >= 0, "--max-codes must be >= 0 (0: 1.5 x the start codebook), got ", o.max_codes);
-  SONAR_CHECK(o.warmup_steps >= 0, "--codebook-warmup must be >= 0, got ", o.warmup_steps);
-  SONAR_CHECK(o.new_rows == "nearest" || o.new_rows == "fresh", "--new-rows must be nearest or fresh, got '",
-              o.new_rows, "'");
-}
 
 struct OnlineCodebookExtension::Impl {
   CodebookOptions o;

@@ -69,6 +69,7 @@ struct CodebookOptions {
   uint64_t seed = 0;
 };
 
+// Throws one line naming the option out of range. Defined in sonar/method_options.cpp with the flags.
 void validate(const CodebookOptions& o);
 
 class OnlineCodebookExtension : public TrainerExtension {

@@ -35,14 +35,6 @@ Tensor real_visible_rows(const beats::PatchMasking& m) {
 
 }  // namespace
 
-void validate(const SelfDistillOptions& o) {
-  SONAR_CHECK(std::isfinite(o.model_weight) && o.model_weight >= 0, "--distill-model must be >= 0, got ",
-              o.model_weight);
-  SONAR_CHECK(std::isfinite(o.tokenizer_weight) && o.tokenizer_weight >= 0, "--distill-tokenizer must be >= 0, got ",
-              o.tokenizer_weight);
-  SONAR_CHECK(o.loss == "cosine" || o.loss == "mse", "--distill-loss must be cosine or mse, got '", o.loss, "'");
-  for (int64_t l : o.layers) SONAR_CHECK(l >= 1, "--distill-layers are 1-based block numbers, got ", l);
-}
 
 ag::Var feature_distill_loss(const ag::Var& student, const Tensor& teacher, const std::string& loss) {
   SONAR_CHECK(student.dim() == 2 && teacher.shape() == student.shape(), "feature_distill_loss: student ",

@@ -31,6 +31,7 @@ struct SelfDistillOptions {
   double tokenizer_weight = 1.0;    // weight of the tokenizer-level term (0: off)
 };
 
+// Throws one line naming the option out of range. Defined in sonar/method_options.cpp with the flags.
 void validate(const SelfDistillOptions& o);
 
 // The model-level loss between per-row features, as above: student [N, C] (differentiable), teacher [N, C]

@@ -1,6 +1,6 @@
-// Experiment grids (see sonar/experiment.h): plan parsing and validation, the grid runner with reuse and
-// resume, probe caching, results aggregation and the figures. Not the training loop, the method or the probe
-// protocol themselves.
+// Experiment grids (see sonar/experiment.h): the grid runner with reuse and resume, probe caching, results
+// aggregation and the figures. Not the plan's parsing and checking (sonar/experiment_plan.cpp), the training
+// loop, the method or the probe protocol themselves.
 #include "sonar/experiment.h"
 
 #include <algorithm>
@@ -30,315 +30,9 @@ namespace {
 
 constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
 constexpr const char* kGridRunFile = "grid_run.json";
-constexpr const char* kStartName = "start";
 constexpr const char* kResultsHeader = "domain,method,seed,task,role,test_clips,accuracy,macro_f1,mAP,score";
 
-// ---- plan parsing ----
-
-void check_keys(const json& j, const std::set<std::string>& allowed, const std::string& where) {
-  SONAR_CHECK(j.is_object(), where, ": expected a JSON object");
-  for (const auto& [k, v] : j.items()) {
-    std::string list;
-    for (const auto& a : allowed) list += (list.empty() ? "" : ", ") + a;
-    SONAR_CHECK(allowed.count(k), where, ": unknown key '", k, "' (known: ", list, ")");
-  }
-}
-
-std::string get_string(const json& j, const std::string& key, const std::string& where, bool required,
-                       const std::string& fallback = "") {
-  if (!j.contains(key)) {
-    SONAR_CHECK(!required, where, ": missing '", key, "'");
-    return fallback;
-  }
-  SONAR_CHECK(j[key].is_string(), where, ": '", key, "' must be a string");
-  return j[key].get<std::string>();
-}
-
-std::vector<std::string> get_strings(const json& j, const std::string& key, const std::string& where) {
-  std::vector<std::string> out;
-  if (!j.contains(key)) return out;
-  SONAR_CHECK(j[key].is_array(), where, ": '", key, "' must be a list of strings");
-  for (const auto& v : j[key]) {
-    SONAR_CHECK(v.is_string(), where, ": '", key, "' must be a list of strings");
-    out.push_back(v.get<std::string>());
-  }
-  return out;
-}
-
-template <class T>
-T get_number(const json& j, const std::string& key, const std::string& where, T fallback) {
-  if (!j.contains(key)) return fallback;
-  SONAR_CHECK(j[key].is_number(), where, ": '", key, "' must be a number");
-  const double d = j[key].get<double>();
-  if constexpr (std::is_integral_v<T>)
-    SONAR_CHECK(std::floor(d) == d, where, ": '", key, "' must be a whole number, got ", d);
-  return static_cast<T>(d);
-}
-
-// A flag value as the command line would give it: strings as they are, numbers printed, booleans as 0/1.
-std::string flag_value(const json& v, const std::string& where, const std::string& key) {
-  if (v.is_string()) return v.get<std::string>();
-  if (v.is_number_integer()) return std::to_string(v.get<int64_t>());
-  if (v.is_number()) {
-    char b[40];
-    std::snprintf(b, sizeof b, "%.17g", v.get<double>());
-    return b;
-  }
-  if (v.is_array()) {
-    std::string s;
-    for (const auto& e : v) s += (s.empty() ? "" : ",") + flag_value(e, where, key);
-    return s;
-  }
-  SONAR_FAIL(where, ": flag '", key, "' must be a string, a number or a list");
-}
-
-std::map<std::string, std::string> get_flags(const json& j, const std::string& where) {
-  std::map<std::string, std::string> out;
-  if (j.is_null()) return out;
-  SONAR_CHECK(j.is_object(), where, ": 'flags' must be an object of SONAR flags");
-  const auto& known = sonar_flag_names();
-  for (const auto& [k, v] : j.items()) {
-    SONAR_CHECK(std::find(known.begin(), known.end(), k) != known.end(), where, ": unknown flag '", k,
-                "' (see `sonar pretrain --help` for the SONAR flags)");
-    SONAR_CHECK(k != "prior" && k != "prior-splits", where, ": '", k, "' comes from the plan's 'prior' entry");
-    out[k] = flag_value(v, where, k);
-  }
-  return out;
-}
-
-std::string resolve(const std::string& base, const std::string& p) {
-  if (p.empty()) return p;
-  const fs::path path(p);
-  return (path.is_absolute() ? path : fs::path(base) / path).lexically_normal().string();
-}
-
-void check_exists(const std::string& path, const std::string& where, const std::string& what) {
-  SONAR_CHECK(fs::exists(path), where, ": ", what, " ", path, " does not exist");
-}
-
-void check_name(const std::string& name, const std::string& where, const std::string& what) {
-  SONAR_CHECK(!name.empty(), where, ": empty ", what, " name");
-  for (char c : name)
-    SONAR_CHECK(std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_' || c == '.', where, ": ", what,
-                " name '", name, "' may only hold letters, digits, '-', '_' and '.' (it names a folder)");
-  SONAR_CHECK(name != "." && name != "..", where, ": ", what, " name '", name, "' is not allowed");
-}
-
-// The flags a cell's run gets: the method's own, the plan's common SONAR flags and the prior pool.
-std::map<std::string, std::string> cell_flags(const ExperimentPlan& plan, const PlanMethod& m) {
-  std::map<std::string, std::string> f = m.flags;
-  const auto it = f.find("method");
-  if (it != f.end() && it->second == "sonar") {
-    for (const auto& [k, v] : plan.sonar_flags) f.emplace(k, v);  // the method's own flags win
-    f["prior"] = plan.prior_data;
-    if (!plan.prior_splits.empty()) {
-      std::string s;
-      for (const auto& x : plan.prior_splits) s += (s.empty() ? "" : ",") + x;
-      f["prior-splits"] = s;
-    }
-  }
-  return f;
-}
-
 }  // namespace
-
-ExperimentPlan parse_plan(const json& j, const std::string& base_dir, const std::string& what) {
-  check_keys(j, {"name", "start", "prior", "domains", "tasks", "methods", "seeds", "flags", "train", "probe"}, what);
-  ExperimentPlan p;
-  p.name = get_string(j, "name", what, false, p.name);
-
-  SONAR_CHECK(j.contains("start"), what, ": missing 'start' (the start model: {\"model\": ..., \"tokenizer\": ...})");
-  const std::string ws = what + ": start";
-  check_keys(j["start"], {"model", "tokenizer"}, ws);
-  p.start_model = resolve(base_dir, get_string(j["start"], "model", ws, true));
-  p.start_tokenizer = resolve(base_dir, get_string(j["start"], "tokenizer", ws, true));
-  check_exists(p.start_model, ws, "model");
-  check_exists(p.start_tokenizer, ws, "tokenizer");
-
-  SONAR_CHECK(j.contains("prior"), what, ": missing 'prior' (the prior pool: {\"data\": ..., \"task\": ...})");
-  const std::string wp = what + ": prior";
-  check_keys(j["prior"], {"data", "splits", "task"}, wp);
-  p.prior_data = resolve(base_dir, get_string(j["prior"], "data", wp, true));
-  p.prior_splits = get_strings(j["prior"], "splits", wp);
-  p.prior_task = resolve(base_dir, get_string(j["prior"], "task", wp, false, get_string(j["prior"], "data", wp, true)));
-  check_exists(p.prior_data, wp, "data");
-  check_exists(p.prior_task, wp, "task manifest");
-
-  std::set<std::string> task_names = {"prior"};
-  SONAR_CHECK(j.contains("domains") && j["domains"].is_array() && !j["domains"].empty(), what,
-              ": 'domains' must be a non-empty list of {\"name\", \"data\", \"splits\", \"task\"}");
-  for (const auto& d : j["domains"]) {
-    const std::string wd = what + ": domain";
-    check_keys(d, {"name", "data", "splits", "task"}, wd);
-    PlanDomain pd;
-    pd.name = get_string(d, "name", wd, true);
-    check_name(pd.name, wd, "domain");
-    const std::string wn = what + ": domain '" + pd.name + "'";
-    SONAR_CHECK(task_names.insert(pd.name).second, what, ": duplicate run name: domain '", pd.name,
-                "' is listed twice (or clashes with the 'prior' task)");
-    pd.data = resolve(base_dir, get_string(d, "data", wn, true));
-    pd.splits = get_strings(d, "splits", wn);
-    pd.task = resolve(base_dir, get_string(d, "task", wn, false, get_string(d, "data", wn, true)));
-    check_exists(pd.data, wn, "data manifest");
-    check_exists(pd.task, wn, "task manifest");
-    p.domains.push_back(pd);
-  }
-  if (j.contains("tasks")) {
-    SONAR_CHECK(j["tasks"].is_object(), what, ": 'tasks' must be an object {name: manifest}");
-    for (const auto& [k, v] : j["tasks"].items()) {
-      check_name(k, what + ": tasks", "task");
-      SONAR_CHECK(v.is_string(), what, ": tasks: '", k, "' must name a manifest");
-      SONAR_CHECK(task_names.insert(k).second, what, ": duplicate task name '", k, "'");
-      p.extra_tasks[k] = resolve(base_dir, v.get<std::string>());
-      check_exists(p.extra_tasks[k], what + ": task '" + k + "'", "manifest");
-    }
-  }
-
-  if (j.contains("flags")) p.sonar_flags = get_flags(j["flags"], what + ": flags");
-  SONAR_CHECK(!p.sonar_flags.count("method"), what, ": flags: 'method' is chosen per method, not for all");
-
-  SONAR_CHECK(j.contains("methods") && j["methods"].is_array() && !j["methods"].empty(), what,
-              ": 'methods' must be a non-empty list (names such as \"dcpt\", \"sonar\", or {\"name\", \"base\", \"flags\"})");
-  std::set<std::string> method_names_seen;
-  for (const auto& m : j["methods"]) {
-    PlanMethod pm;
-    if (m.is_string()) {
-      pm.name = m.get<std::string>();
-      SONAR_CHECK(pm.name != kStartName, what, ": 'start' is always in the grid; do not list it as a method");
-      try {
-        pm.flags = method_flags(pm.name);
-      } catch (const Error& e) {
-        SONAR_FAIL(what, ": ", e.what());
-      }
-    } else {
-      const std::string wm = what + ": method";
-      check_keys(m, {"name", "base", "flags"}, wm);
-      pm.name = get_string(m, "name", wm, true);
-      const std::string base = get_string(m, "base", wm, false, "sonar");
-      try {
-        pm.flags = method_flags(base);
-      } catch (const Error& e) {
-        SONAR_FAIL(wm, " '", pm.name, "': ", e.what());
-      }
-      for (const auto& [k, v] : get_flags(m.value("flags", json()), wm + " '" + pm.name + "'")) pm.flags[k] = v;
-    }
-    check_name(pm.name, what + ": method", "method");
-    SONAR_CHECK(pm.name != kStartName, what, ": the method name 'start' is reserved for the start model");
-    SONAR_CHECK(method_names_seen.insert(pm.name).second, what, ": duplicate run name: method '", pm.name,
-                "' is listed twice");
-    p.methods.push_back(pm);
-  }
-
-  SONAR_CHECK(j.contains("seeds") && j["seeds"].is_array() && !j["seeds"].empty(), what,
-              ": 'seeds' must be a non-empty list of whole numbers >= 0");
-  std::set<uint64_t> seeds_seen;
-  for (const auto& s : j["seeds"]) {
-    SONAR_CHECK(s.is_number_integer() && s.get<int64_t>() >= 0, what, ": seeds must be whole numbers >= 0, got ",
-                s.dump());
-    const uint64_t v = static_cast<uint64_t>(s.get<int64_t>());
-    SONAR_CHECK(seeds_seen.insert(v).second, what, ": duplicate run name: seed ", v, " is listed twice");
-    p.seeds.push_back(v);
-  }
-
-  if (j.contains("train")) {
-    const json& t = j["train"];
-    const std::string wt = what + ": train";
-    check_keys(t, {"steps", "batch", "warmup", "log_every", "save_every", "crop_seconds", "lr", "final_lr",
-                   "max_clip_seconds", "threads", "workers"}, wt);
-    PlanTraining& r = p.train;
-    r.steps = get_number(t, "steps", wt, r.steps);
-    r.batch = get_number(t, "batch", wt, r.batch);
-    r.warmup = get_number(t, "warmup", wt, r.warmup);
-    r.log_every = get_number(t, "log_every", wt, r.log_every);
-    r.save_every = get_number(t, "save_every", wt, r.save_every);
-    r.crop_seconds = get_number(t, "crop_seconds", wt, r.crop_seconds);
-    r.lr = get_number(t, "lr", wt, r.lr);
-    r.final_lr = get_number(t, "final_lr", wt, r.final_lr);
-    r.max_clip_seconds = get_number(t, "max_clip_seconds", wt, r.max_clip_seconds);
-    r.threads = get_number(t, "threads", wt, r.threads);
-    r.workers = get_number(t, "workers", wt, r.workers);
-    SONAR_CHECK(r.steps > 0 && r.batch > 0 && r.log_every > 0 && r.save_every > 0 && r.crop_seconds > 0 && r.lr > 0 &&
-                r.threads >= 0 && r.workers >= 0, wt, ": steps, batch, log_every, save_every, crop_seconds and lr "
-                "must be positive, threads and workers >= 0");
-  }
-  if (j.contains("probe")) {
-    const json& t = j["probe"];
-    const std::string wt = what + ": probe";
-    check_keys(t, {"epochs", "patience", "layer", "batch", "max_seconds"}, wt);
-    PlanProbe& r = p.probe;
-    r.epochs = get_number(t, "epochs", wt, r.epochs);
-    r.patience = get_number(t, "patience", wt, r.patience);
-    r.layer = get_number(t, "layer", wt, r.layer);
-    r.batch = get_number(t, "batch", wt, r.batch);
-    r.max_seconds = get_number(t, "max_seconds", wt, r.max_seconds);
-    SONAR_CHECK(r.epochs > 0 && r.patience > 0 && r.layer >= 0 && r.batch > 0 && r.max_seconds > 0, wt,
-                ": epochs, patience, batch and max_seconds must be positive, layer >= 0");
-  }
-
-  // Every method's flags must make valid options (the same check `sonar pretrain` does), before anything runs.
-  for (const auto& m : p.methods) {
-    try {
-      // Building the extensions checks what only they know (and that each part exists in this build).
-      (void)make_extensions(sonar_options_from_flags(cell_flags(p, m)), 0);
-    } catch (const Error& e) {
-      SONAR_FAIL(what, ": method '", m.name, "': ", e.what());
-    }
-  }
-  return p;
-}
-
-ExperimentPlan read_plan(const std::string& path) {
-  SONAR_CHECK(fs::exists(path), "plan ", path, " does not exist");
-  json j;
-  try {
-    j = json::parse(read_file(path));
-  } catch (const json::exception& e) {
-    SONAR_FAIL("plan ", path, ": not valid JSON: ", e.what());
-  }
-  return parse_plan(j, fs::absolute(path).parent_path().string(), "plan " + path);
-}
-
-json ExperimentPlan::to_json() const {
-  json j;
-  j["name"] = name;
-  j["start"] = {{"model", start_model}, {"tokenizer", start_tokenizer}};
-  j["prior"] = {{"data", prior_data}, {"splits", prior_splits}, {"task", prior_task}};
-  j["domains"] = json::array();
-  for (const auto& d : domains)
-    j["domains"].push_back({{"name", d.name}, {"data", d.data}, {"splits", d.splits}, {"task", d.task}});
-  j["tasks"] = json::object();
-  for (const auto& [k, v] : extra_tasks) j["tasks"][k] = v;
-  j["methods"] = json::array();
-  for (const auto& m : methods) {
-    json f = json::object();
-    for (const auto& [k, v] : m.flags)
-      if (k != "method") f[k] = v;
-    j["methods"].push_back({{"name", m.name}, {"base", m.flags.count("method") ? m.flags.at("method") : "dcpt"},
-                            {"flags", f}});
-  }
-  j["seeds"] = seeds;
-  j["flags"] = json::object();
-  for (const auto& [k, v] : sonar_flags) j["flags"][k] = v;
-  j["train"] = {{"steps", train.steps},         {"batch", train.batch},
-                {"warmup", train.warmup},       {"log_every", train.log_every},
-                {"save_every", train.save_every}, {"crop_seconds", train.crop_seconds},
-                {"lr", train.lr},               {"final_lr", train.final_lr},
-                {"max_clip_seconds", train.max_clip_seconds}, {"threads", train.threads},
-                {"workers", train.workers}};
-  j["probe"] = {{"epochs", probe.epochs}, {"patience", probe.patience}, {"layer", probe.layer},
-                {"batch", probe.batch}, {"max_seconds", probe.max_seconds}};
-  return j;
-}
-
-std::vector<GridCell> grid_cells(const ExperimentPlan& plan, const std::string& out_dir) {
-  std::vector<GridCell> cells;
-  for (const auto& d : plan.domains)
-    for (uint64_t s : plan.seeds)
-      for (const auto& m : plan.methods)
-        cells.push_back({d.name, m.name, s,
-                         (fs::path(out_dir) / "runs" / d.name / m.name / ("seed" + std::to_string(s))).string()});
-  return cells;
-}
 
 // ---- results ----
 
@@ -455,7 +149,7 @@ std::vector<SummaryRow> summarise(const std::vector<ResultRow>& rows) {
     seeds[{r.domain, r.method}].insert(r.seed);
   }
   auto start_of = [&](const ResultRow& r) -> const ResultRow* {
-    const auto it = at.find({r.domain, kStartName, r.seed, r.task});
+    const auto it = at.find({r.domain, kStartMethodName, r.seed, r.task});
     return it == at.end() ? nullptr : it->second;
   };
   std::vector<SummaryRow> out;
@@ -733,7 +427,7 @@ std::vector<std::string> write_results(const std::vector<ResultRow>& rows, const
       b.y_err.push_back(s ? s->prior.std : kNaN);
       g.y.push_back(s ? s->general_drop.mean : kNaN);
       g.y_err.push_back(s ? s->general_drop.std : kNaN);
-      if (s && m != kStartName) {
+      if (s && m != kStartMethodName) {
         pa.x.push_back(s->forgetting.mean);
         pa.x_err.push_back(s->forgetting.std);
         pa.y.push_back(s->new_gain.mean);
@@ -747,7 +441,7 @@ std::vector<std::string> write_results(const std::vector<ResultRow>& rows, const
     f1.series.push_back(a);
     prior.series.push_back(b);
     general.series.push_back(g);
-    if (m != kStartName) {
+    if (m != kStartMethodName) {
       sc.series.push_back(pa);
       sg.series.push_back(pg);
     }
@@ -1001,11 +695,11 @@ ExperimentReport run_experiment(const ExperimentPlan& plan, const ExperimentOpti
   std::map<std::pair<uint64_t, std::string>, json> start_reports;
   for (uint64_t s : plan.seeds)
     for (const auto& [task, manifest] : tasks)
-      start_reports[{s, task}] = probe(kStartName, plan.start_model, task, manifest, s);
+      start_reports[{s, task}] = probe(kStartMethodName, plan.start_model, task, manifest, s);
   for (const auto& d : plan.domains)
     for (uint64_t s : plan.seeds) {
       for (const auto& [task, manifest] : tasks)
-        rows.push_back(row_of(d.name, kStartName, s, task, role_of(d.name, task), start_reports[{s, task}]));
+        rows.push_back(row_of(d.name, kStartMethodName, s, task, role_of(d.name, task), start_reports[{s, task}]));
       for (const auto& c : cells) {
         if (c.domain != d.name || c.seed != s) continue;
         const std::string model = (fs::path(c.dir) / kModelFile).string();

@@ -22,6 +22,9 @@
 // both); relative forgetting = forgetting / start score; the "general" drop = the mean forgetting over the
 // "other" tasks (the domains not adapted to), which a coarse prior task can hide.
 //
+// The plan half (parse_plan, read_plan, to_json, cell_flags, grid_cells) is sonar/experiment_plan.cpp, which
+// needs no training code; the rest is sonar/experiment.cpp.
+//
 // Not here: the training loop (sonar/trainer.h), the method's parts (sonar/method.h), the probe protocol
 // (sonar/probe.h), the SVG writer (sonar/plot.h), the command line (apps/cmd_experiment.cpp).
 #pragma once
@@ -37,6 +40,9 @@
 namespace sonar::method {
 
 // ---- the plan ----
+
+// The start model's name in the grid's results (and in probes/); reserved, so no method may take it.
+inline constexpr const char* kStartMethodName = "start";
 
 struct PlanDomain {
   std::string name;                 // also the name of its probe task
@@ -80,9 +86,16 @@ struct ExperimentPlan {
 // A plan from JSON; relative paths are taken from `base_dir`. Everything is checked before anything runs:
 // unknown keys, unknown methods or flags (each method's flags go through sonar_options_from_flags), missing
 // files, duplicate domain, method, task or seed names (they would make two cells share a run folder), names
-// unfit for a folder. Throws one line naming the plan file and the problem.
+// unfit for a folder, numbers out of range, strings holding control characters, more than 10000 cells. Throws
+// one line naming the plan file and the problem.
 ExperimentPlan parse_plan(const nlohmann::json& j, const std::string& base_dir, const std::string& what = "plan");
-ExperimentPlan read_plan(const std::string& path);
+// The same from JSON text (a plan file's bytes): text that is not JSON is one line naming `what` too.
+ExperimentPlan parse_plan_text(const std::string& text, const std::string& base_dir, const std::string& what);
+ExperimentPlan read_plan(const std::string& path);  // parse_plan_text of the file, relative to its folder
+
+// The flags a cell's run gets: the method's own and, for method sonar, the plan's common SONAR flags (the
+// method's own win) and the prior pool.
+std::map<std::string, std::string> cell_flags(const ExperimentPlan& plan, const PlanMethod& m);
 
 // ---- the grid ----
 

@@ -122,29 +122,6 @@ std::string list_skipped(const std::vector<std::pair<std::string, std::string>>&
 
 }  // namespace
 
-// ---- options ----
-
-void validate(const ReplayOptions& o) {
-  SONAR_CHECK(o.mode == "stratified" || o.mode == "uniform" || o.mode == "none",
-              "--replay must be stratified, uniform or none, got '", o.mode, "'");
-  SONAR_CHECK(std::isfinite(o.ratio) && o.ratio >= 0 && o.ratio <= 1, "--replay-ratio must be in [0, 1], got ",
-              o.ratio);
-  SONAR_CHECK(std::isfinite(o.floor) && o.floor >= 0 && o.floor <= 1, "--replay-floor must be in [0, 1], got ",
-              o.floor);
-  SONAR_CHECK(std::isfinite(o.temperature) && o.temperature > 0, "--replay-temperature must be positive, got ",
-              o.temperature);
-  SONAR_CHECK(o.layer >= 0, "--replay-layer must be a block number >= 1 (or 0 for the last), got ", o.layer);
-  SONAR_CHECK(o.segment_steps >= 1, "replay: segment_steps must be >= 1, got ", o.segment_steps);
-  SONAR_CHECK(o.max_new_clips >= 0, "the number of new-domain clips embedded must be >= 0 (0 = all), got ",
-              o.max_new_clips);
-  if (o.strata != "labels" && o.strata != "auto") {
-    char* end = nullptr;
-    const long long k = std::strtoll(o.strata.c_str(), &end, 10);
-    SONAR_CHECK(!o.strata.empty() && end && *end == '\0' && k >= 1,
-                "--strata must be labels, auto or a number of clusters >= 1, got '", o.strata, "'");
-  }
-}
-
 // ---- the pieces ----
 
 std::vector<double> stratum_relevance(const Tensor& new_emb, const Tensor& centroids, double temperature) {

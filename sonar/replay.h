@@ -97,7 +97,7 @@ constexpr const char* kReplayPlanFile = "replay_plan.csv";
 constexpr double kEmbedProgressSeconds = 30.0;
 
 // Throws a one-line error naming the option when it is out of range (mode, ratio, floor, temperature, strata,
-// layer, max_new_clips).
+// layer, max_new_clips). Defined in sonar/method_options.cpp with the flags (light: no training code).
 void validate(const ReplayOptions& o);
 
 // One stratum of the plan.

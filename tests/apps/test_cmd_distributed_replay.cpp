@@ -16,11 +16,9 @@
 
 #include <nlohmann/json.hpp>
 
-#include "audio/synth_corpus.h"
-#include "nn/beats/checkpoint.h"
 #include "sonar/trainer.h"
 #include "tensor/io.h"
-#include "tensor/random.h"
+#include "tests/sonar/sonar_test_util.h"
 #include "tests/test_util.h"
 
 namespace fs = std::filesystem;
@@ -31,42 +29,30 @@ namespace {
 
 constexpr float kResumeTolerance = 0.0f;  // same process count and threads: bit-identical
 
+// The corpus and start model every data-parallel test of tests/apps uses (test_cmd_distributed*.cpp).
+constexpr int64_t kPriorClips = 8;
+constexpr uint64_t kCorpusSeed = 21;
+constexpr uint64_t kStartModelSeed = 5;
+
 fs::path base() { return fs::temp_directory_path() / ("sonar_test_dist_replay_" + std::to_string(::getpid())); }
 
+// The shared tiny synthetic corpus (tests/sonar/sonar_test_util.h) with kPriorClips prior clips.
 const std::string& corpus() {
-  static const std::string dir = [] {
-    audio::SynthCorpusOptions o;
-    o.clips_per_class = 4;
-    o.prior_clips = 8;
-    o.seconds = 1.5;
-    o.seed = 21;
-    const std::string d = (base() / "corpus").string();
-    audio::build_synth_corpus(d, o);
-    return d;
-  }();
+  static const std::string dir = testutil::build_tiny_corpus(base() / "corpus", kPriorClips, kCorpusSeed);
   return dir;
 }
 
 // A dropout-free tiny start model: with dropout off two processes compute what one does (up to float sums).
 const std::string& start_model() {
   static const std::string path = [] {
-    beats::BeatsConfig c = method::preset_config("tiny");
-    c.dropout = c.attention_dropout = c.activation_dropout = c.encoder_layerdrop = 0.0;
-    Generator g(5);
-    beats::BeatsModel m(c, &g);
-    fs::create_directories(base());
-    const std::string p = (base() / "start.safetensors").string();
-    beats::save_beats(p, m);
-    return p;
+    const fs::path p = base() / "start.safetensors";
+    testutil::save_dropout_free_tiny_model(p, kStartModelSeed);
+    return p.string();
   }();
   return path;
 }
 
-class Cleanup : public ::testing::Environment {
- public:
-  void TearDown() override { fs::remove_all(base()); }
-};
-const ::testing::Environment* const kCleanup = ::testing::AddGlobalTestEnvironment(new Cleanup);
+const ::testing::Environment* const kCleanup = testutil::remove_after_all_tests({base()});
 
 // Replay ratio 0.375 of a batch of 8: 3 replayed clips per step, split unevenly (process 0 slot 0, process 1
 // slots 1-2). --strata 3: k-means on the start model's embeddings, so both processes must embed identically.

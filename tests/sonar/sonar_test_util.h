@@ -1,9 +1,9 @@
-// Fixtures shared by the SONAR method's test programs (tests/sonar/test_*.cpp): the small synthetic corpus, a
-// clean-up of a program's scratch paths after its last test, the tiny run options, a dropout-free tiny start
-// model, a NaN-aware max abs difference and the comparison of two checkpoint files. Every seed, path and
-// tolerance is a parameter, so each test program keeps its own and computes what it did. Header-only and
-// test-only (the build turns only tests/*/test_*.cpp into programs); not a test itself. General helpers live in
-// tests/test_util.h.
+// Fixtures shared by the SONAR method's test programs (tests/sonar/test_*.cpp) and the data-parallel ones
+// (tests/apps/test_cmd_distributed*.cpp): the small synthetic corpus, a clean-up of a program's scratch paths
+// after its last test, the tiny run options, a dropout-free tiny start model, a NaN-aware max abs difference and
+// the comparison of two checkpoint files. Every seed, path and tolerance is a parameter, so each test program
+// keeps its own and computes what it did. Header-only and test-only (the build turns only tests/*/test_*.cpp
+// into programs); not a test itself. General helpers live in tests/test_util.h.
 #pragma once
 #include <gtest/gtest.h>
 

@@ -1,7 +1,8 @@
 // Tests of the experiment library (sonar/experiment.h) that need no training: results aggregation against a
 // hand computation on a made-up results.csv (means, sample std, forgetting paired by seed, relative forgetting,
 // the general drop), the CSV round trip and its errors, the tables and figures written from it, metrics.jsonl
-// reading and averaging, and plan validation (every bad plan is one error line naming the problem). The grid
+// reading and averaging, and plan validation (every bad plan is one error line naming the problem, including
+// the inputs found for the plan fuzz target, tests/fixtures/fuzz/regressions/plan_*.json). The grid
 // end to end (training, probes, reuse) is tested through the command in tests/apps/test_cmd_experiment.cpp.
 #include <gtest/gtest.h>
 
@@ -14,6 +15,7 @@
 #include <nlohmann/json.hpp>
 
 #include "sonar/experiment.h"
+#include "sonar/method.h"
 #include "tensor/io.h"
 #include "tests/sonar/xml_check.h"
 #include "tests/test_util.h"
@@ -276,4 +278,115 @@ TEST(ExperimentPlan, BadPlansGiveOneLineNamingTheProblem) {
   expect([](json& j) { j["methods"][1]["name"] = "a/b"; }, {"method name 'a/b'"});
   expect([](json& j) { j.erase("start"); }, {"missing 'start'"});
   expect([](json& j) { j["tasks"]["speech"] = "music.csv"; }, {"duplicate task name 'speech'"});
+}
+
+namespace {
+
+// The folder fuzz/fuzz_experiment_plan.cpp reads its plans from: the files its seeds and findings name (their
+// contents do not matter to the plan reader, which checks that they exist).
+std::string fuzz_plan_folder(const std::string& name) {
+  const std::string dir = tmp_dir(name);
+  for (const char* f : {"model.pt", "tokenizer.pt", "prior.csv", "speech.csv", "music.csv", "esc50.csv"})
+    write(dir + "/" + f, "x\n");
+  fs::create_directories(dir + "/clips");
+  return dir;
+}
+
+}  // namespace
+
+// The fuzz target's seeds (tests/fixtures/fuzz/experiment_plan) do what their names say: the valid ones parse,
+// so that mutations start from plans that reach the method flags and the grid; the broken ones fail.
+TEST(ExperimentPlan, FuzzSeedsAreValidOrBrokenAsNamed) {
+  const std::string dir = fuzz_plan_folder("fuzz_seeds");
+  const std::string seeds = std::string(SONAR_FIXTURES_DIR) + "/fuzz/experiment_plan/";
+  for (const char* name : {"minimal.json", "full.json", "all_methods.json"}) {
+    SCOPED_TRACE(name);
+    const ExperimentPlan p = parse_plan_text(sonar::read_file(seeds + name), dir, name);
+    EXPECT_FALSE(grid_cells(p, "/out").empty());
+  }
+  const ExperimentPlan full = parse_plan_text(sonar::read_file(seeds + "full.json"), dir, "full.json");
+  EXPECT_EQ(grid_cells(full, "/out").size(), 2u * 3u * 5u);
+  for (const char* name : {"bad_flags.json", "bad_types.json", "duplicate_names.json", "truncated.json"}) {
+    SCOPED_TRACE(name);
+    const std::string e = sonar::testutil::error_of([&] { parse_plan_text(sonar::read_file(seeds + name), dir, name); });
+    EXPECT_NE(e.find(name), std::string::npos) << e;
+  }
+}
+
+// Inputs that crashed or misled the plan reader under fuzz/fuzz_experiment_plan.cpp, or were built while reading
+// it for that harness (docs/reliability.md), kept under tests/fixtures/fuzz/regressions/: each must give one
+// error line naming the plan file and the problem. Before the fixes: a flag value, a method's flags or a seed
+// nested 10^5 lists deep overflowed the stack (copying or printing it recursed as deep), a 300-character file
+// name escaped as std::filesystem::filesystem_error, a number too large for steps (int64) or threads (int) was
+// converted anyway (undefined behaviour), a newline in a name made the error two lines (strings with control
+// characters are now refused first), a grid of 102500 runs was accepted, and one of 74250 (the fuzzer's first
+// finding, mutated from the previous one) took the fuzz target over 20 s to list under the sanitizers. The plans are read from a folder holding the files the harness gives them.
+TEST(ExperimentPlan, FuzzFindingsGiveOneErrorNamingTheInput) {
+  const std::string dir = fuzz_plan_folder("fuzz_findings");
+  const std::pair<const char*, std::vector<std::string>> cases[] = {
+      {"plan_deep_flag_value.json", {"method 'x'", "flag 'replay' must be a string, a number or a list of them, got a "
+                                     "JSON array"}},
+      {"plan_deep_method_flags.json", {"method 'x'", "'flags' must be an object of SONAR flags"}},
+      {"plan_deep_seed.json", {"seeds must be whole numbers >= 0, got a JSON array"}},
+      {"plan_long_file_name.json", {"domain 'speech'", "data manifest", "ddddd.csv: File name too long"}},
+      {"plan_newline_in_name.json", {"the string \"a\\x0ab\" holds a control character"}},
+      {"plan_steps_1e30.json", {"train", "'steps' must be a whole number from -9223372036854775808 to "
+                                "9223372036854775807, got 1e+30"}},
+      {"plan_threads_3e9.json", {"train", "'threads' must be a whole number from -2147483648 to 2147483647"}},
+      {"plan_grid_too_big.json", {"50 domains x 50 seeds x 41 methods = 102500 runs, more than 10000"}},
+      {"plan_grid_timeout.json", {"45 domains x 50 seeds x 33 methods = 74250 runs, more than 10000 (kMaxGridCells)"}},
+  };
+  for (const auto& [name, parts] : cases) {
+    SCOPED_TRACE(name);
+    const std::string path = dir + "/" + name;
+    fs::copy_file(std::string(SONAR_FIXTURES_DIR) + "/fuzz/regressions/" + name, path);
+    const std::string e = sonar::testutil::error_of([&] { read_plan(path); });
+    ASSERT_FALSE(e.empty());
+    EXPECT_EQ(e.find('\n'), std::string::npos) << e;
+    EXPECT_NE(e.find(path), std::string::npos) << e;
+    for (const auto& p : parts) EXPECT_NE(e.find(p), std::string::npos) << e << "\nmissing: " << p;
+  }
+}
+
+// The edges of what the fixes above accept: whole numbers written as floats, integers read exactly (not through
+// a double), seeds up to 2^64 - 1, a grid of exactly 10000 runs; a NUL in a flag value is refused (by the plan
+// and by the flag parser, which no longer stops at it), and a whole number beyond 64 bits is refused, not
+// clamped.
+TEST(ExperimentPlan, NumbersAndGridSizeAtTheirLimits) {
+  PlanFixture f;
+  json j = f.plan;
+  j["train"]["steps"] = 5.0;
+  j["train"]["save_every"] = 9007199254740993;  // 2^53 + 1: not a double
+  j["seeds"] = json::parse("[0, 18446744073709551615]");
+  const ExperimentPlan p = parse_plan(j, f.dir);
+  EXPECT_EQ(p.train.steps, 5);
+  EXPECT_EQ(p.train.save_every, 9007199254740993);
+  EXPECT_EQ(p.seeds.back(), 18446744073709551615ull);
+  EXPECT_EQ(parse_plan(p.to_json(), "/elsewhere").to_json(), p.to_json());
+
+  auto numbered = [](const char* prefix, int i) {  // (not "d" + to_string(i): a GCC 12 -Wrestrict false alarm)
+    std::string s = prefix;
+    s += std::to_string(i);
+    return s;
+  };
+  json big = f.plan;  // 10 domains x 10 seeds x 100 methods
+  big["domains"] = json::array();
+  for (int i = 0; i < 10; ++i) big["domains"].push_back({{"name", numbered("d", i)}, {"data", "speech.csv"}});
+  big["tasks"] = json::object();
+  big["methods"] = json::array();
+  for (int i = 0; i < 100; ++i) big["methods"].push_back({{"name", numbered("m", i)}, {"base", "dcpt"}});
+  big["seeds"] = json::array();
+  for (int i = 0; i < 10; ++i) big["seeds"].push_back(i);
+  EXPECT_EQ(grid_cells(parse_plan(big, f.dir), "/out").size(), 10000u);
+  big["seeds"].push_back(10);
+  EXPECT_NE(f.error([&](json& e) { e = big; }).find("= 11000 runs, more than 10000"), std::string::npos);
+
+  const std::string nul = f.error([](json& e) { e["methods"][1]["flags"]["replay-floor"] = std::string("0.5\0x", 5); });
+  EXPECT_NE(nul.find("the string \"0.5\\x00x\" holds a control character"), std::string::npos) << nul;
+  sonar::testutil::expect_error([] {
+    sonar_options_from_flags({{"method", "sonar"}, {"replay", "none"}, {"replay-floor", std::string("0.5\0x", 5)}});
+  }, {"--replay-floor takes a number"});
+  const std::string wide = f.error([](json& e) { e["methods"][1]["flags"]["max-codes"] = "99999999999999999999"; });
+  EXPECT_NE(wide.find("--max-codes takes a whole number (64-bit), got '99999999999999999999'"), std::string::npos)
+      << wide;
 }
