@@ -3,6 +3,7 @@
 // codebook; sonar/method.h), with progress lines, metrics.jsonl, atomic checkpoints and exact resume.
 // Thin: parses flags and calls sonar/trainer.h and sonar/method.h. Ctrl-C (SIGINT) or SIGTERM finishes the
 // current step, saves a checkpoint and exits with status 130; the same command then resumes.
+#include <algorithm>
 #include <cstdio>
 #include <sstream>
 #include <map>
@@ -77,7 +78,12 @@ std::string usage() {
        "                       slices on a machine with a time limit; the same command resumes\n\n"
        "Data-parallel: mpirun -np N sonar pretrain ... splits every batch of --batch clips across N processes\n"
        "(--batch a multiple of N): the same clips, crops and masks as one process, gradients summed with\n"
-       "MPI_Allreduce; process 0 writes the run folder. A run resumes with the same N. See docs/distributed.md.\n\n"
+       "MPI_Allreduce; process 0 writes the run folder. A run resumes with the same N. See docs/distributed.md.\n"
+       "  --overlap-allreduce on|off  on (default): each 16 MB bucket of gradients starts its (non-blocking)\n"
+       "                       all-reduce during the backward pass, as soon as its gradients are final; off: all\n"
+       "                       buckets are summed with blocking calls after the backward. Same weights either way.\n"
+       "  --allreduce-bucket-mb M  gradient megabytes per all-reduce call (default 16; fewer, larger messages\n"
+       "                       pay less latency, smaller ones start earlier during the backward)\n\n"
        << sonar::method::sonar_flags_help() << "\n"
        "Every run folder also gets metrics.jsonl: one JSON object per progress line (loss terms, masked accuracy,\n"
        "learning rate, gradient norm, codebook health, replay share).\n\n"
@@ -89,7 +95,8 @@ std::string usage() {
 
 int run(int argc, char** argv) {
   std::set<std::string> options = {"data", "splits", "out", "init", "preset", "tokenizer", "codes", "beta2",
-                                   "mask-ratio", "stop-after"};
+                                   "mask-ratio", "stop-after", "overlap-allreduce",
+                                   "allreduce-bucket-mb"};
   options.insert(sonar::app::run_flag_names().begin(), sonar::app::run_flag_names().end());
   for (const auto& f : sonar::method::sonar_flag_names()) options.insert(f);
   sonar::app::Args args(argc, argv, options, {"force", "fresh-predictor"});
@@ -116,6 +123,12 @@ int run(int argc, char** argv) {
   SONAR_CHECK(o.adamw.beta2 > 0 && o.adamw.beta2 < 1, "--beta2 must be in (0, 1), got ", o.adamw.beta2);
   o.mlp.masking.mask_ratio = args.get_double("mask-ratio", o.mlp.masking.mask_ratio);
   o.stop_after = args.get_int("stop-after", -1);
+  const std::string overlap = args.get("overlap-allreduce", "on");
+  SONAR_CHECK(overlap == "on" || overlap == "off", "--overlap-allreduce must be on or off, got '", overlap, "'");
+  o.overlap_allreduce = overlap == "on";
+  const double bucket_mb = args.get_double("allreduce-bucket-mb", 16.0);
+  SONAR_CHECK(bucket_mb > 0 && bucket_mb <= 1024, "--allreduce-bucket-mb must be in (0, 1024], got ", bucket_mb);
+  o.allreduce_bucket_bytes = std::max<int64_t>(4, static_cast<int64_t>(bucket_mb * 1024 * 1024));
   SONAR_CHECK(!args.has("stop-after") || o.stop_after > 0, "--stop-after must be positive, got ", o.stop_after);
 
   std::map<std::string, std::string> sonar_flags;

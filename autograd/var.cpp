@@ -1,5 +1,5 @@
 // Var bookkeeping, grad mode and the backward engine (iterative reverse topological order, Kahn's algorithm
-// over consumer counts, freeing each node once it has run). Not the ops themselves (autograd/ops.cpp).
+// over consumer counts, freeing each node once it has run; optional leaf-gradient-ready callbacks). Not the ops themselves (autograd/ops.cpp).
 #include "autograd/var.h"
 
 #include <unordered_map>
@@ -12,6 +12,7 @@ namespace sonar::ag {
 
 namespace {
 thread_local bool g_grad_enabled = true;
+thread_local const LeafGradReadyFn* g_leaf_ready = nullptr;  // innermost LeafGradReadyScope's callback
 
 const std::shared_ptr<Node> kNoNode;
 
@@ -51,14 +52,18 @@ void accumulate_into(VarImpl& v, const Tensor& g) {
 }
 
 void run_backward(const std::shared_ptr<VarImpl>& root, const Tensor& grad_output) {
+  const LeafGradReadyFn* leaf_ready = g_leaf_ready;
   if (!root->node) {  // a leaf: its gradient is grad_output itself
     accumulate_into(*root, grad_output);
+    if (leaf_ready) (*leaf_ready)(*root);
     return;
   }
   GradModeGuard no_grad(false);
 
-  // 1. Count, for every node reachable from the root, how many edges consume its outputs.
+  // 1. Count, for every node reachable from the root, how many edges consume its outputs (and, when someone
+  // listens for finished leaf gradients, how many edges feed each leaf).
   std::unordered_map<Node*, int> pending;
+  std::unordered_map<VarImpl*, int> leaf_pending;
   {
     std::vector<Node*> stack{root->node.get()};
     pending[root->node.get()] = 0;
@@ -68,6 +73,7 @@ void run_backward(const std::shared_ptr<VarImpl>& root, const Tensor& grad_outpu
       SONAR_CHECK(!n->released, "backward: the graph through op '", n->name,
                   "' was already freed by a previous backward()");
       for (const Edge& e : n->inputs) {
+        if (leaf_ready && e.leaf) ++leaf_pending[e.leaf.get()];
         if (!e.node) continue;
         auto [it, inserted] = pending.try_emplace(e.node.get(), 0);
         ++it->second;
@@ -126,6 +132,7 @@ void run_backward(const std::shared_ptr<VarImpl>& root, const Tensor& grad_outpu
         check_grad_tensor(g, node->input_shapes[i], node->name, ("gradient of input " + std::to_string(i)).c_str());
       if (e.leaf) {
         accumulate_into(*e.leaf, g);
+        if (leaf_ready && --leaf_pending[e.leaf.get()] == 0) (*leaf_ready)(*e.leaf);
       } else {
         slots_of(e.node.get())[e.output_nr].add(g);
         if (--pending[e.node.get()] == 0) ready.push_back(e.node);
@@ -142,6 +149,11 @@ NoGradGuard::NoGradGuard() : prev_(g_grad_enabled) { g_grad_enabled = false; }
 NoGradGuard::~NoGradGuard() { g_grad_enabled = prev_; }
 GradModeGuard::GradModeGuard(bool enabled) : prev_(g_grad_enabled) { g_grad_enabled = enabled; }
 GradModeGuard::~GradModeGuard() { g_grad_enabled = prev_; }
+
+LeafGradReadyScope::LeafGradReadyScope(LeafGradReadyFn on_ready) : fn_(std::move(on_ready)), prev_(g_leaf_ready) {
+  g_leaf_ready = fn_ ? &fn_ : nullptr;
+}
+LeafGradReadyScope::~LeafGradReadyScope() { g_leaf_ready = prev_; }
 
 bool needs_grad(const Var& v) { return g_grad_enabled && v.defined() && v.requires_grad(); }
 

@@ -123,6 +123,24 @@ struct GradModeGuard {
   bool prev_;
 };
 
+// Leaf-gradient readiness, for work that overlaps the backward pass (data-parallel gradient sums,
+// sonar/distributed.h). While a LeafGradReadyScope is alive on this thread, backward() calls `on_ready(leaf)`
+// once per leaf that requires grad and is reached by the graph, right after the last contribution of that
+// backward was accumulated into leaf.grad (so leaf.grad is final for this backward; it stays undefined when every
+// contribution was). The callback may read or replace leaf.grad. Without a scope, backward counts nothing and
+// calls nothing. Scopes nest (the innermost wins); not a per-Var hook and not PyTorch's tensor hooks.
+using LeafGradReadyFn = std::function<void(VarImpl& leaf)>;
+struct LeafGradReadyScope {
+  explicit LeafGradReadyScope(LeafGradReadyFn on_ready);
+  ~LeafGradReadyScope();
+  LeafGradReadyScope(const LeafGradReadyScope&) = delete;
+  LeafGradReadyScope& operator=(const LeafGradReadyScope&) = delete;
+
+ private:
+  LeafGradReadyFn fn_;
+  const LeafGradReadyFn* prev_;
+};
+
 // True when an op taking `v` should compute a gradient for it (grad mode on, v defined and requiring grad).
 bool needs_grad(const Var& v);
 

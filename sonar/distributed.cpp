@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
 
 #include "tensor/creation.h"
 #include "tensor/error.h"
@@ -199,6 +200,167 @@ int64_t allreduce_gradients(const std::vector<ag::Var>& params, const Distribute
     }
     sent += n * 4;
     i = j;
+  }
+  return sent;
+}
+
+}  // namespace sonar::method
+
+// ---- overlapped gradient sums ----
+
+namespace sonar::method {
+
+struct OverlappedGradientSum::Requests {
+  std::vector<MPI_Request> of_bucket;  // MPI_REQUEST_NULL when not started or finished
+};
+
+OverlappedGradientSum::OverlappedGradientSum(std::vector<ag::Var> params, const Distributed& group,
+                                             int64_t bucket_bytes)
+    : params_(std::move(params)), group_(group), requests_(std::make_unique<Requests>()) {
+  const int64_t cap = std::max<int64_t>(bucket_bytes / 4, 1);
+  bucket_of_.resize(params_.size());
+  slot_of_.resize(params_.size());
+  is_ready_.assign(params_.size(), 0);
+  for (size_t i = 0; i < params_.size(); ++i) {
+    SONAR_CHECK(params_[i].defined() && params_[i].is_leaf(), "OverlappedGradientSum: parameter ", i,
+                " is undefined or not a leaf");
+    SONAR_CHECK(params_[i].value().dtype() == DType::Float32, "OverlappedGradientSum: parameter ", i, " has dtype ",
+                dtype_name(params_[i].value().dtype()));
+    SONAR_CHECK(index_of_.emplace(params_[i].impl().get(), i).second, "OverlappedGradientSum: parameter ", i,
+                " is listed twice");
+  }
+  // Reverse parameter order, consecutive parameters up to the cap (a larger one alone): the rule of
+  // allreduce_gradients, walked backwards.
+  for (size_t r = 0; r < params_.size(); ++r) {
+    const size_t i = params_.size() - 1 - r;
+    const int64_t n = params_[i].numel();
+    SONAR_CHECK(n < (int64_t{1} << 31) - 1, "OverlappedGradientSum: parameter ", i, " has ", n,
+                " elements, more than one MPI message holds");
+    if (buckets_.empty() || (!buckets_.back().params.empty() && buckets_.back().grad_floats + n > cap))
+      buckets_.emplace_back();
+    Bucket& b = buckets_.back();
+    bucket_of_[i] = buckets_.size() - 1;
+    slot_of_[i] = b.params.size();
+    b.params.push_back(i);
+    b.offsets.push_back(b.grad_floats);
+    b.grad_floats += n;
+  }
+  requests_->of_bucket.assign(buckets_.size(), MPI_REQUEST_NULL);
+}
+
+OverlappedGradientSum::~OverlappedGradientSum() {
+  // A step abandoned by an error: its outstanding sums are left to MPI (the run is ending; waiting here could
+  // hang when another process failed), but their buffers must outlive them.
+  static std::vector<Tensor>* const abandoned = new std::vector<Tensor>();  // never freed, on purpose
+  for (size_t b = 0; b < buckets_.size(); ++b)
+    if (requests_->of_bucket[b] != MPI_REQUEST_NULL) abandoned->push_back(buckets_[b].buffer);
+}
+
+bool OverlappedGradientSum::covers(const std::vector<ag::Var>& params) const {
+  if (params.size() != params_.size()) return false;
+  for (size_t b = 0; b < buckets_.size(); ++b)
+    for (size_t k = 0; k < buckets_[b].params.size(); ++k) {
+      const size_t i = buckets_[b].params[k];
+      const int64_t end = k + 1 < buckets_[b].params.size() ? buckets_[b].offsets[k + 1] : buckets_[b].grad_floats;
+      if (!params[i].same(params_[i]) || params[i].numel() != end - buckets_[b].offsets[k]) return false;
+    }
+  return true;
+}
+
+void OverlappedGradientSum::begin() {
+  SONAR_CHECK(!in_step_, "OverlappedGradientSum: begin() twice without finish()");
+  in_step_ = true;
+  next_start_ = 0;
+  std::fill(is_ready_.begin(), is_ready_.end(), 0);
+  for (Bucket& b : buckets_) {
+    b.ready = 0;
+    b.buffer = Tensor();
+  }
+}
+
+std::function<void(ag::VarImpl&)> OverlappedGradientSum::hook() {
+  return [this](ag::VarImpl& leaf) { on_ready(leaf); };
+}
+
+OverlappedGradientSum::Bucket& OverlappedGradientSum::buffer_of(size_t b) {
+  Bucket& bk = buckets_[b];
+  if (!bk.buffer.defined()) {
+    bk.buffer = Tensor::empty({bk.grad_floats + static_cast<int64_t>(bk.params.size())});
+    // Flags start at "no gradient here"; a gradient region is written when its gradient arrives, or zeroed
+    // when the bucket starts without it.
+    float* flags = bk.buffer.data<float>() + bk.grad_floats;
+    std::fill(flags, flags + bk.params.size(), 0.0f);
+  }
+  return bk;
+}
+
+void OverlappedGradientSum::on_ready(ag::VarImpl& leaf) {
+  auto it = index_of_.find(&leaf);
+  if (it == index_of_.end() || !in_step_) return;  // not one of ours (or outside a step)
+  const size_t i = it->second;
+  SONAR_CHECK(!is_ready_[i], "OverlappedGradientSum: parameter ", i,
+              " received its gradient twice in one step (two backward passes before finish())");
+  is_ready_[i] = 1;
+  const size_t b = bucket_of_[i], k = slot_of_[i];
+  Bucket& bk = buffer_of(b);
+  if (leaf.grad.defined()) {
+    const Tensor g = leaf.grad.contiguous();
+    SONAR_CHECK(g.dtype() == DType::Float32, "OverlappedGradientSum: gradient of dtype ", dtype_name(g.dtype()));
+    std::memcpy(bk.buffer.data<float>() + bk.offsets[k], g.data<float>(), g.numel() * sizeof(float));
+    bk.buffer.data<float>()[bk.grad_floats + static_cast<int64_t>(k)] = 1.0f;
+    // From now on the gradient lives in the bucket (its sum lands there): the local copy is freed.
+    leaf.grad = bk.buffer.narrow(0, bk.offsets[k], g.numel()).view(leaf.value.shape());
+  }
+  ++bk.ready;
+  start_ready_buckets();
+  test_outstanding();
+}
+
+void OverlappedGradientSum::start(size_t b) {
+  Bucket& bk = buffer_of(b);
+  float* data = bk.buffer.data<float>();
+  for (size_t k = 0; k < bk.params.size(); ++k) {
+    const size_t i = bk.params[k];
+    if (is_ready_[i] && data[bk.grad_floats + static_cast<int64_t>(k)] != 0.0f) continue;
+    std::fill(data + bk.offsets[k], data + bk.offsets[k] + params_[i].numel(), 0.0f);  // no gradient here
+  }
+  const int64_t n = bk.grad_floats + static_cast<int64_t>(bk.params.size());
+  check_mpi(MPI_Iallreduce(MPI_IN_PLACE, data, static_cast<int>(n), MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD,
+                           &requests_->of_bucket[b]),
+            "gradient all-reduce (start)");
+}
+
+void OverlappedGradientSum::start_ready_buckets() {
+  while (next_start_ < buckets_.size() &&
+         buckets_[next_start_].ready == static_cast<int64_t>(buckets_[next_start_].params.size()))
+    start(next_start_++);
+}
+
+void OverlappedGradientSum::test_outstanding() {
+  if (next_start_ == 0) return;
+  int done = 0;
+  check_mpi(MPI_Testall(static_cast<int>(next_start_), requests_->of_bucket.data(), &done, MPI_STATUSES_IGNORE),
+            "gradient all-reduce (progress)");
+}
+
+int64_t OverlappedGradientSum::finish() {
+  SONAR_CHECK(in_step_, "OverlappedGradientSum: finish() without begin()");
+  while (next_start_ < buckets_.size()) start(next_start_++);
+  check_mpi(MPI_Waitall(static_cast<int>(buckets_.size()), requests_->of_bucket.data(), MPI_STATUSES_IGNORE),
+            "gradient all-reduce (wait)");
+  in_step_ = false;
+  int64_t sent = 0;
+  for (Bucket& bk : buckets_) {
+    const float* flags = bk.buffer.data<float>() + bk.grad_floats;
+    for (size_t k = 0; k < bk.params.size(); ++k) {
+      ag::Var p = params_[bk.params[k]];
+      if (flags[k] == 0.0f)
+        p.zero_grad();  // no process had a gradient: none, as allreduce_gradients leaves it
+      else
+        p.set_grad(bk.buffer.narrow(0, bk.offsets[k], p.numel()).view(p.value().shape()));
+    }
+    sent += (bk.grad_floats + static_cast<int64_t>(bk.params.size())) * 4;
+    bk.buffer = Tensor();  // the gradients keep their parts alive
   }
   return sent;
 }

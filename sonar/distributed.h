@@ -9,7 +9,10 @@
 // Not here: what is split or reduced (sonar/trainer.cpp decides), threads (each rank uses OMP_NUM_THREADS).
 #pragma once
 #include <cstdint>
+#include <functional>
+#include <memory>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "autograd/var.h"
@@ -56,5 +59,58 @@ class Distributed {
 // defined on some processes only is taken as zero elsewhere. Returns the bytes each process sent.
 int64_t allreduce_gradients(const std::vector<ag::Var>& params, const Distributed& group,
                             int64_t bucket_bytes = 16 << 20);
+
+// The same sums overlapped with the backward pass. The bucket layout is fixed at construction, identical on
+// every process: the parameters in reverse order (the order a backward roughly finishes them: the last layers
+// first), consecutive ones packed up to bucket_bytes (a larger gradient alone), plus one float per parameter
+// saying whether this process has its gradient. Per step:
+//   begin(); { ag::LeafGradReadyScope s(sum.hook()); loss.backward(); } sum.finish();
+// When a parameter's gradient is final (the autograd hook), it is copied into its bucket's buffer and the
+// parameter's gradient becomes a view of that buffer; when a bucket is complete and every earlier bucket has
+// been started, its MPI_Iallreduce starts (buckets start in one fixed order on every process, as MPI requires,
+// whatever order the gradients finish in); each hook call also tests the outstanding requests so Open MPI
+// progresses them. finish() starts the buckets still waiting (gradients not reached on this process count as
+// zeros), waits for all, and leaves as gradient the sums (views of the buffers), undefined for a parameter
+// no process had a gradient for: the result of allreduce_gradients (bit-identical to it with 2 processes,
+// where each sum is one addition). Not thread-safe: the training thread only.
+class OverlappedGradientSum {
+ public:
+  OverlappedGradientSum(std::vector<ag::Var> params, const Distributed& group, int64_t bucket_bytes = 16 << 20);
+  ~OverlappedGradientSum();
+  OverlappedGradientSum(const OverlappedGradientSum&) = delete;
+  OverlappedGradientSum& operator=(const OverlappedGradientSum&) = delete;
+
+  void begin();                             // a new step: no gradient is ready, nothing outstanding
+  std::function<void(ag::VarImpl&)> hook();  // for ag::LeafGradReadyScope
+  int64_t finish();                          // bytes each process sent this step
+  int64_t num_buckets() const { return static_cast<int64_t>(buckets_.size()); }
+  // True when `params` are this sum's parameters (the same Vars, in order, with the same sizes).
+  bool covers(const std::vector<ag::Var>& params) const;
+
+ private:
+  struct Bucket {
+    std::vector<size_t> params;    // indices into params_, in bucket order
+    std::vector<int64_t> offsets;  // each parameter's first float in the buffer
+    int64_t grad_floats = 0;       // gradients; then one flag float per parameter
+    int64_t ready = 0;             // parameters of this step whose gradient is in the buffer
+    Tensor buffer;                 // float32 [grad_floats + params.size()] (this step)
+  };
+  void on_ready(ag::VarImpl& leaf);
+  Bucket& buffer_of(size_t b);
+  void start(size_t b);
+  void start_ready_buckets();
+  void test_outstanding();
+
+  std::vector<ag::Var> params_;
+  const Distributed& group_;
+  std::vector<Bucket> buckets_;
+  std::vector<size_t> bucket_of_, slot_of_;  // per parameter: its bucket and position in it
+  std::vector<char> is_ready_;               // per parameter, this step
+  std::unordered_map<const ag::VarImpl*, size_t> index_of_;
+  size_t next_start_ = 0;                    // buckets [0, next_start_) were started this step
+  struct Requests;                           // MPI_Request per bucket (sonar/distributed.cpp)
+  std::unique_ptr<Requests> requests_;
+  bool in_step_ = false;
+};
 
 }  // namespace sonar::method

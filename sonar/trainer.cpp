@@ -262,6 +262,7 @@ struct Trainer::State {
   std::shared_ptr<beats::BeatsModel> model;
   std::shared_ptr<beats::MaskedLabelPrediction> objective;
   std::unique_ptr<beats::TrainStep> train_step;
+  std::unique_ptr<OverlappedGradientSum> grad_sum;  // multi-process runs with overlap_allreduce
   std::optional<ag::LrSchedule> schedule;
   Generator mask_gen, dropout_gen;
   int64_t step = 0;
@@ -771,7 +772,18 @@ PretrainResult Trainer::run_impl() {
     s.train_step->optimizer().set_lr(static_cast<float>(s.schedule->lr_at(s.step)));
     beats::MlpOutput out;
     beats::StepStats st;
+    // Overlapped gradient sums: the layout follows the optimiser's parameters (rebuilt, identically on every
+    // process, when the online codebook grows the head).
+    const bool overlap = dist.multi() && p.overlap_allreduce;
+    if (overlap) {
+      const std::vector<ag::Var>& params = s.train_step->optimizer().params();
+      if (!s.grad_sum || !s.grad_sum->covers(params))
+        s.grad_sum = std::make_unique<OverlappedGradientSum>(params, dist, p.allreduce_bucket_bytes);
+      s.grad_sum->begin();
+    }
     try {
+      std::optional<ag::LeafGradReadyScope> leaf_ready;
+      if (overlap) leaf_ready.emplace(s.grad_sum->hook());
       st = s.train_step->run(
           [&]() {
             nn::RngScope scope(s.dropout_gen);
@@ -787,7 +799,12 @@ PretrainResult Trainer::run_impl() {
             }
             return loss;
           },
-          [&]() { allreduce_gradients(s.train_step->optimizer().params(), dist); });
+          [&]() {
+            if (overlap)
+              s.grad_sum->finish();
+            else
+              allreduce_gradients(s.train_step->optimizer().params(), dist, p.allreduce_bucket_bytes);
+          });
     } catch (const Error& e) {
       SONAR_FAIL("step ", s.step + 1, " of ", p.steps, ": ", e.what(), " (the last checkpoint is ", s.ckpt_path, ")");
     }

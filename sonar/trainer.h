@@ -135,6 +135,10 @@ struct PretrainOptions {
   int loader_workers = 1;          // background loading threads
   int prefetch_batches = 4;
   std::string cache_dir;           // fbank cache folder ("" = none)
+  // Data parallelism: sum the gradients in buckets during the backward pass (sonar/distributed.h,
+  // OverlappedGradientSum) rather than after it (allreduce_gradients). Same sums; not part of a run's identity.
+  bool overlap_allreduce = true;
+  int64_t allreduce_bucket_bytes = 16 << 20;  // gradient bytes per all-reduce call (either way)
   bool force = false;              // start over even if the folder holds a finished or different run
 
   // Progress lines (default: stdout). Called from the training thread.

@@ -1,12 +1,13 @@
 // Tests of the backward engine: accumulation of shared inputs, diamonds, deep chains (no recursion), graph
-// freeing, NoGradGuard, detach, retain_grad, make_result's checks and error messages. Not the per-op gradients
-// (test_autograd_ops.cpp).
+// freeing, NoGradGuard, detach, retain_grad, make_result's checks and error messages, leaf-gradient-ready
+// callbacks. Not the per-op gradients (test_autograd_ops.cpp).
 #include <gtest/gtest.h>
 
 #include <cmath>
 
 #include "autograd/ops.h"
 #include "autograd/var.h"
+#include "tensor/elementwise.h"
 #include "tensor/ops.h"
 #include "tests/test_util.h"
 
@@ -213,4 +214,55 @@ TEST(AutogradEngine, BackwardOnLeafAccumulatesGradOutput) {
   EXPECT_EQ(g[1], -1.0f);
   Var c(vec({1.0f}));
   expect_error([&] { c.backward(); }, {"does not require grad"});
+}
+
+TEST(AutogradEngine, LeafGradReadyFiresOnceWhenTheGradientIsFinal) {
+  // y = sum(tanh(x * w) * w + b): w is reached twice (late and early in the backward), b once, u never.
+  Var x(vec({0.3f, -1.2f, 2.0f}), false);
+  Var w(vec({0.7f, 0.4f, -0.9f}), true), b(vec({0.1f, 0.2f, 0.3f}), true), u(vec({1.0f}), true);
+  std::vector<const VarImpl*> order;
+  std::vector<Tensor> at_ready;  // each gradient as the callback saw it
+  {
+    LeafGradReadyScope scope([&](VarImpl& leaf) {
+      order.push_back(&leaf);
+      at_ready.push_back(leaf.grad.clone());
+    });
+    sum(tanh(x * w) * w + b).backward();
+  }
+  ASSERT_EQ(order.size(), 2u);
+  EXPECT_EQ(order[0], b.impl().get());  // b's only use is the last op; w's second use is the first op
+  EXPECT_EQ(order[1], w.impl().get());
+  EXPECT_EQ(testutil::max_abs_diff(at_ready[0], b.grad()), 0.0);
+  EXPECT_EQ(testutil::max_abs_diff(at_ready[1], w.grad()), 0.0);  // both contributions were in
+  // dy/dw = tanh(xw) + w x (1 - tanh^2(xw)), dy/db = 1, checked against a double computation.
+  const std::vector<float> xs = {0.3f, -1.2f, 2.0f}, ws = {0.7f, 0.4f, -0.9f};
+  const auto gw = w.grad().to_vector<float>();
+  for (size_t i = 0; i < xs.size(); ++i) {
+    const double t = std::tanh(static_cast<double>(xs[i]) * ws[i]);
+    EXPECT_NEAR(gw[i], t + ws[i] * xs[i] * (1 - t * t), kTol);
+  }
+  EXPECT_FALSE(u.grad().defined());
+
+  // Without a scope (and after it ended) nothing is called and the gradients are the same.
+  w.zero_grad();
+  b.zero_grad();
+  sum(tanh(x * w) * w + b).backward();
+  EXPECT_EQ(order.size(), 2u);
+  EXPECT_EQ(testutil::max_abs_diff(at_ready[1], w.grad()), 0.0);
+}
+
+TEST(AutogradEngine, LeafGradReadyCanReplaceTheGradientAndSeesLeafRoots) {
+  Var w(vec({1.0f, 2.0f}), true);
+  int calls = 0;
+  LeafGradReadyScope scope([&](VarImpl& leaf) {
+    ++calls;
+    leaf.grad = sonar::mul(leaf.grad, 2.0f);
+  });
+  sum(w * w).backward();  // 2w, doubled by the callback
+  EXPECT_EQ(calls, 1);
+  EXPECT_NEAR(w.grad().to_vector<float>()[1], 8.0, kTol);
+  w.zero_grad();
+  w.backward(vec({1.0f, 1.0f}));  // a leaf as the root
+  EXPECT_EQ(calls, 2);
+  EXPECT_NEAR(w.grad().to_vector<float>()[0], 2.0, kTol);
 }
