@@ -53,8 +53,9 @@ void read_run_flags(const Args& args, RunOptions& o) {
 
 // While alive, SIGINT and SIGTERM ask the run to stop: the first signal sets flag() (the run finishes its step,
 // saves a checkpoint and returns stopped) and prints "<command>: stopping after this step ..." on stderr; a
-// second one ends the process at once (the default action). The destructor restores the default actions. One
-// at a time per process.
+// second one ends the process at once (exit status 128 + signal). The signals are taken by a thread of the
+// guard's own (sigwait), never by a computing thread: construct the guard before the run starts its threads.
+// The destructor restores the default actions and the signal mask. One at a time per process.
 class StopOnSignal {
  public:
   explicit StopOnSignal(const std::string& command);
