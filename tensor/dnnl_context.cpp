@@ -3,6 +3,8 @@
 
 #include <omp.h>
 
+#include <atomic>
+#include <iterator>
 #include <mutex>
 #include <unordered_map>
 
@@ -53,8 +55,27 @@ Cache& cache() {
 }
 }  // namespace
 
-std::shared_ptr<void> cached_object(const std::string& key, const std::function<std::shared_ptr<void>()>& make) {
-  Cache& c = cache();
+// The calling thread's key prefix: a number never reused (a thread id can be, and a primitive must not outlive
+// the thread-local scratchpad of the thread that built it). The thread's entries go when it ends.
+struct ThreadEntries {
+  std::string prefix;
+  ThreadEntries() {
+    static std::atomic<uint64_t> next{0};
+    prefix = 't' + std::to_string(next++);
+    prefix += '|';
+  }
+  ~ThreadEntries() {
+    Cache& c = cache();
+    std::lock_guard<std::mutex> lock(c.mu);
+    for (auto it = c.map.begin(); it != c.map.end();)
+      it = it->first.compare(0, prefix.size(), prefix) == 0 ? c.map.erase(it) : std::next(it);
+  }
+};
+
+std::shared_ptr<void> cached_object(const std::string& op_key, const std::function<std::shared_ptr<void>()>& make) {
+  Cache& c = cache();  // constructed before the thread_local below, so destroyed after it
+  thread_local ThreadEntries thread_entries;
+  const std::string key = thread_entries.prefix + op_key;
   {
     std::lock_guard<std::mutex> lock(c.mu);
     auto it = c.map.find(key);

@@ -1,6 +1,8 @@
 // The process-wide oneDNN state: one CPU engine, one stream per thread, and a thread-safe cache of built
 // primitives keyed by a string that callers compose from shapes, strides, data type, attributes and the
-// OpenMP thread count. This file runs no math; matmul.cpp and conv.cpp build and execute the primitives.
+// OpenMP thread count, and by the calling thread: oneDNN built without DNNL_ENABLE_CONCURRENT_EXEC (Debian's
+// is) shares one scratchpad per thread between its primitives, so a primitive must run in the thread that
+// built it (two grid runs in two threads crashed in a convolution backward before this). This file runs no math; matmul.cpp and conv.cpp build and execute the primitives.
 #pragma once
 #include <cstdint>
 #include <functional>
@@ -29,8 +31,8 @@ class Key {
   std::string s_;
 };
 
-// Returns the object cached under `key`, building it with `make` on a miss. `make` runs outside the lock, so
-// two threads may both build on a simultaneous miss; the first inserted wins. The key must determine T.
+// Returns the object the calling thread cached under `key`, building it with `make` on a miss (each thread has
+// its own entries, dropped when the thread ends). `make` runs outside the lock. The key must determine T.
 std::shared_ptr<void> cached_object(const std::string& key, const std::function<std::shared_ptr<void>()>& make);
 
 template <class T, class F>
