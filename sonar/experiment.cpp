@@ -4,15 +4,21 @@
 #include "sonar/experiment.h"
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <limits>
 #include <set>
 #include <sstream>
+#include <mutex>
+#include <thread>
 #include <tuple>
+
+#include <omp.h>
 
 #include "sonar/method.h"
 #include "sonar/plot.h"
@@ -501,11 +507,49 @@ std::string first_difference(const json& a, const json& b) {
   return "";
 }
 
-struct ProbeSpec {
-  std::string model;  // checkpoint path
-  std::string task, manifest;
-  uint64_t seed = 0;
-};
+// Runs task(i) for i in [0, n) on `jobs` threads (inline when jobs is 1), each thread with `threads_each`
+// OpenMP threads. `halt` is the stop flag the tasks watch: it follows `outer` (Ctrl-C) through a watcher, and is
+// raised when a task throws, so the others stop at their next step with a checkpoint; the first error is then
+// rethrown. Tasks are taken in order, so runs start in the grid's order.
+void run_parallel(size_t n, int jobs, int threads_each, const std::atomic<bool>* outer, std::atomic<bool>& halt,
+                  const std::function<void(size_t)>& task) {
+  if (jobs <= 1 || n <= 1) {
+    for (size_t i = 0; i < n; ++i) {
+      if (outer && outer->load()) halt = true;
+      if (halt.load()) return;
+      task(i);
+    }
+    return;
+  }
+  std::atomic<size_t> next{0};
+  std::atomic<bool> done{false};
+  std::mutex error_mu;
+  std::exception_ptr error;
+  std::thread watcher([&] {
+    while (!done.load()) {
+      if (outer && outer->load()) halt = true;
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+  });
+  std::vector<std::thread> workers;
+  for (int w = 0; w < jobs; ++w)
+    workers.emplace_back([&] {
+      omp_set_num_threads(threads_each);  // a new thread starts from OpenMP's default, not the caller's setting
+      for (size_t i; !halt.load() && (i = next++) < n;) {
+        try {
+          task(i);
+        } catch (...) {
+          std::lock_guard<std::mutex> lock(error_mu);
+          if (!error) error = std::current_exception();
+          halt = true;
+        }
+      }
+    });
+  for (auto& t : workers) t.join();
+  done = true;
+  watcher.join();
+  if (error) std::rethrow_exception(error);
+}
 
 }  // namespace
 
@@ -543,28 +587,54 @@ ExperimentReport run_experiment(const ExperimentPlan& plan, const ExperimentOpti
   write_file_atomic((out / "plan.json").string(), plan.to_json().dump(2) + "\n");
 
   // ---- training ----
-  int64_t trained_steps = 0;
-  double training_seconds = 0.0;
-  int64_t steps_left = 0;
-  for (const auto& c : cells)
-    if (!fs::exists(fs::path(c.dir) / kModelFile)) steps_left += plan.train.steps;
+  // Concurrent runs (o.jobs) share the plan's threads; one job keeps the plan's setting as it is.
+  const int total_threads = plan.train.threads > 0 ? plan.train.threads : omp_get_max_threads();
+  const int jobs = std::max(1, o.jobs);
+  const int threads_each = std::max(1, total_threads / jobs);
+  std::atomic<bool> halt{o.stop && o.stop->load()};
+  std::mutex mu;  // guards the log and the counters below
+  auto say = [&](const std::string& s) {
+    std::lock_guard<std::mutex> lock(mu);
+    log(s);
+  };
+  int64_t trained_steps = 0, steps_left = 0;
+  double run_seconds = 0.0;  // summed over the runs finished in this session (concurrent ones overlap)
+  std::vector<size_t> pending;
   for (size_t i = 0; i < cells.size(); ++i) {
+    const GridCell& c = cells[i];
+    const std::string head = "run " + std::to_string(i + 1) + " of " + std::to_string(cells.size()) + ": " + c.domain +
+                             " / " + c.method + " / seed " + std::to_string(c.seed);
+    if (fs::exists(fs::path(c.dir) / kModelFile) && fs::exists(fs::path(c.dir) / kGridRunFile)) {
+      ++rep.reused;
+      log(head + ": finished earlier, reused");
+    } else {
+      pending.push_back(i);
+      steps_left += plan.train.steps;
+    }
+  }
+  const int train_jobs = static_cast<int>(std::min<size_t>(static_cast<size_t>(jobs), pending.size()));
+  if (train_jobs > 1)
+    log("training " + std::to_string(pending.size()) + " runs, " + std::to_string(train_jobs) + " at a time with " +
+        std::to_string(threads_each) + " thread" + (threads_each > 1 ? "s" : "") + " each");
+  bool run_stopped = false;
+  run_parallel(pending.size(), train_jobs, threads_each, o.stop, halt, [&](size_t k) {
+    const size_t i = pending[k];
     const GridCell& c = cells[i];
     const PlanMethod& m = *method_of[c.method];
     const PlanDomain& d = *domain_of[c.domain];
     const fs::path dir(c.dir);
+    const std::string name = c.domain + "/" + c.method + "/seed" + std::to_string(c.seed);
     const std::string head = "run " + std::to_string(i + 1) + " of " + std::to_string(cells.size()) + ": " + c.domain +
                              " / " + c.method + " / seed " + std::to_string(c.seed);
-    if (fs::exists(dir / kModelFile) && fs::exists(dir / kGridRunFile)) {
-      ++rep.reused;
-      log(head + ": finished earlier, reused");
-      continue;
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      // A run's seconds per step, times the steps not yet done, shared by the concurrent runs.
+      const std::string left =
+          trained_steps > 0 ? format_duration(run_seconds / static_cast<double>(trained_steps) *
+                                              static_cast<double>(steps_left) / static_cast<double>(train_jobs))
+                            : std::string("?");
+      log(head + " (" + std::to_string(plan.train.steps) + " steps; time left for training about " + left + ")");
     }
-    const std::string left = trained_steps > 0
-                                 ? format_duration(training_seconds / static_cast<double>(trained_steps) *
-                                                   static_cast<double>(steps_left))
-                                 : std::string("?");
-    log(head + " (" + std::to_string(plan.train.steps) + " steps; time left for training about " + left + ")");
     PretrainOptions po;
     po.data = d.data;
     po.splits = d.splits;
@@ -581,27 +651,33 @@ ExperimentReport run_experiment(const ExperimentPlan& plan, const ExperimentOpti
     po.seed = c.seed;
     po.log_every = plan.train.log_every;
     po.save_every = plan.train.save_every;
-    po.num_threads = plan.train.threads;
+    po.num_threads = train_jobs > 1 ? threads_each : plan.train.threads;
     po.loader_workers = plan.train.workers;
     po.cache_dir = (out / "cache").string();
-    po.stop = o.stop;
-    po.log = [&](const std::string& s) { log("  " + s); };
+    po.stop = train_jobs > 1 ? &halt : o.stop;
+    // Concurrent runs' lines interleave: each names its run.
+    const std::string prefix = train_jobs > 1 ? "  [" + name + "] " : "  ";
+    po.log = [&say, prefix](const std::string& s) { say(prefix + s); };
     const SonarOptions so = sonar_options_from_flags(cell_flags(plan, m));
     fs::create_directories(dir);
     write_file_atomic((dir / kGridRunFile).string(), cell_spec(plan, c, m, d).dump(2) + "\n");
-    const auto tr = std::chrono::steady_clock::now();
+    const auto t_run = std::chrono::steady_clock::now();
     const PretrainResult r = pretrain(po, make_extensions(so, c.seed));
-    const int64_t done = r.steps_done - r.start_step;
-    trained_steps += done;
+    std::lock_guard<std::mutex> lock(mu);
+    run_seconds += seconds_since(t_run);
+    trained_steps += r.steps_done - r.start_step;
     steps_left -= plan.train.steps;
-    training_seconds += seconds_since(tr);
     ++rep.trained;
     if (!r.finished) {
-      rep.stopped = true;
+      run_stopped = true;
+      halt = true;
       log("stopped in " + head + "; run the same command again to resume");
-      rep.seconds = seconds_since(t0);
-      return rep;
     }
+  });
+  if (run_stopped || halt.load()) {
+    rep.stopped = true;
+    rep.seconds = seconds_since(t0);
+    return rep;
   }
 
   // ---- probes ----
@@ -611,23 +687,44 @@ ExperimentReport run_experiment(const ExperimentPlan& plan, const ExperimentOpti
   for (const auto& [k, v] : plan.extra_tasks) tasks.emplace_back(k, v);
   std::map<std::string, std::string> fingerprints;
   auto fingerprint = [&](const std::string& path) {
-    auto it = fingerprints.find(path);
-    if (it == fingerprints.end()) it = fingerprints.emplace(path, file_fingerprint(path)).first;
-    return it->second;
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      auto it = fingerprints.find(path);
+      if (it != fingerprints.end()) return it->second;
+    }
+    const std::string f = file_fingerprint(path);
+    std::lock_guard<std::mutex> lock(mu);
+    return fingerprints.emplace(path, f).first->second;
   };
-  const int64_t total_probes =
-      static_cast<int64_t>((cells.size() + plan.seeds.size()) * tasks.size());
-  int64_t probe_i = 0;
-  double probe_seconds = 0.0;
-  int64_t probes_run = 0;
-  auto probe = [&](const std::string& model_name, const std::string& model, const std::string& task,
-                   const std::string& manifest, uint64_t seed) -> json {
-    ++probe_i;
-    const fs::path cache = out / "probes" / model_name / (task + "-seed" + std::to_string(seed) + ".json");
-    json key = {{"model", fingerprint(model)},
-                {"manifest", manifest},
-                {"manifest_fingerprint", fingerprint(manifest)},
-                {"seed", seed},
+  // Every probe the results need, in table order; run (or found in the cache) below, `jobs` at a time.
+  struct ProbeJob {
+    std::string model_name, model, task, manifest;
+    uint64_t seed = 0;
+    json report;
+  };
+  std::vector<ProbeJob> probe_jobs;
+  std::map<std::tuple<std::string, std::string, uint64_t>, size_t> probe_index;  // (model name, task, seed)
+  auto want_probe = [&](const std::string& model_name, const std::string& model, uint64_t seed) {
+    for (const auto& [task, manifest] : tasks)
+      if (probe_index.emplace(std::make_tuple(model_name, task, seed), probe_jobs.size()).second)
+        probe_jobs.push_back({model_name, model, task, manifest, seed, json()});
+  };
+  for (uint64_t s : plan.seeds) want_probe(kStartMethodName, plan.start_model, s);
+  for (const auto& d : plan.domains)
+    for (uint64_t s : plan.seeds)
+      for (const auto& c : cells)
+        if (c.domain == d.name && c.seed == s)
+          want_probe(c.domain + "/" + c.method + "/seed" + std::to_string(c.seed),
+                     (fs::path(c.dir) / kModelFile).string(), s);
+  const int64_t total_probes = static_cast<int64_t>(probe_jobs.size());
+  int64_t probes_done = 0, probes_run = 0;
+  const auto t_probes = std::chrono::steady_clock::now();
+  auto probe = [&](ProbeJob& job) {
+    const fs::path cache = out / "probes" / job.model_name / (job.task + "-seed" + std::to_string(job.seed) + ".json");
+    json key = {{"model", fingerprint(job.model)},
+                {"manifest", job.manifest},
+                {"manifest_fingerprint", fingerprint(job.manifest)},
+                {"seed", job.seed},
                 {"epochs", plan.probe.epochs},
                 {"patience", plan.probe.patience},
                 {"layer", plan.probe.layer},
@@ -636,40 +733,56 @@ ExperimentReport run_experiment(const ExperimentPlan& plan, const ExperimentOpti
       try {
         json c = json::parse(read_file(cache.string()));
         if (c.contains("key") && c["key"] == key) {
+          job.report = c["report"];
+          std::lock_guard<std::mutex> lock(mu);
           ++rep.probes_reused;
-          return c["report"];
+          ++probes_done;
+          return;
         }
       } catch (const json::exception&) {
         // an unreadable cache entry is recomputed
       }
     }
     ProbeOptions po;
-    po.checkpoint = model;
-    po.data = manifest;
+    po.checkpoint = job.model;
+    po.data = job.manifest;
     po.features.layer = plan.probe.layer;
     po.features.max_seconds = plan.probe.max_seconds;
     po.features.batch_size = plan.probe.batch;
     po.features.workers = plan.train.workers;
     po.classifier.epochs = plan.probe.epochs;
     po.classifier.patience = plan.probe.patience;
-    po.classifier.seed = seed;
+    po.classifier.seed = job.seed;
     po.log = [](const std::string&) {};
-    const auto tp = std::chrono::steady_clock::now();
     const ProbeReport pr = run_probe(po);
-    probe_seconds += seconds_since(tp);
-    ++probes_run;
-    ++rep.probes;
-    const json report = pr.to_json();
+    job.report = pr.to_json();
     fs::create_directories(cache.parent_path());
-    write_file_atomic(cache.string(), json({{"key", key}, {"report", report}}).dump(2) + "\n");
+    write_file_atomic(cache.string(), json({{"key", key}, {"report", job.report}}).dump(2) + "\n");
+    std::lock_guard<std::mutex> lock(mu);
+    ++probes_run;
+    ++probes_done;
+    ++rep.probes;
+    // Time left from the wall time of the probes run so far (concurrent probes overlap).
+    const double left = seconds_since(t_probes) / static_cast<double>(probes_run) *
+                        static_cast<double>(total_probes - probes_done);
     char line[256];
-    const double left = probe_seconds / static_cast<double>(probes_run) * static_cast<double>(total_probes - probe_i);
     std::snprintf(line, sizeof line, "probe %lld of %lld: %s on %s (seed %llu): %s %.4f; time left about %s",
-                  static_cast<long long>(probe_i), static_cast<long long>(total_probes), model_name.c_str(),
-                  task.c_str(), static_cast<unsigned long long>(seed), pr.multi_label ? "mAP" : "macro-F1",
+                  static_cast<long long>(probes_done), static_cast<long long>(total_probes), job.model_name.c_str(),
+                  job.task.c_str(), static_cast<unsigned long long>(job.seed), pr.multi_label ? "mAP" : "macro-F1",
                   pr.multi_label ? pr.test.mAP : pr.test.macro_f1, format_duration(left).c_str());
     log(line);
-    return report;
+  };
+  const int probe_jobs_at_once = static_cast<int>(std::min<size_t>(static_cast<size_t>(jobs), probe_jobs.size()));
+  run_parallel(probe_jobs.size(), probe_jobs_at_once, threads_each, o.stop, halt,
+               [&](size_t i) { probe(probe_jobs[i]); });
+  if (halt.load()) {
+    log("stopped during the probes; run the same command again to resume (finished probes are kept)");
+    rep.stopped = true;
+    rep.seconds = seconds_since(t0);
+    return rep;
+  }
+  auto report_of = [&](const std::string& model_name, const std::string& task, uint64_t seed) -> const json& {
+    return probe_jobs[probe_index.at(std::make_tuple(model_name, task, seed))].report;
   };
   auto row_of = [](const std::string& domain, const std::string& method, uint64_t seed, const std::string& task,
                    const std::string& role, const json& r) {
@@ -692,21 +805,16 @@ ExperimentReport run_experiment(const ExperimentPlan& plan, const ExperimentOpti
   };
 
   std::vector<ResultRow> rows;
-  std::map<std::pair<uint64_t, std::string>, json> start_reports;
-  for (uint64_t s : plan.seeds)
-    for (const auto& [task, manifest] : tasks)
-      start_reports[{s, task}] = probe(kStartMethodName, plan.start_model, task, manifest, s);
   for (const auto& d : plan.domains)
     for (uint64_t s : plan.seeds) {
       for (const auto& [task, manifest] : tasks)
-        rows.push_back(row_of(d.name, kStartMethodName, s, task, role_of(d.name, task), start_reports[{s, task}]));
+        rows.push_back(row_of(d.name, kStartMethodName, s, task, role_of(d.name, task),
+                              report_of(kStartMethodName, task, s)));
       for (const auto& c : cells) {
         if (c.domain != d.name || c.seed != s) continue;
-        const std::string model = (fs::path(c.dir) / kModelFile).string();
         const std::string name = c.domain + "/" + c.method + "/seed" + std::to_string(c.seed);
         for (const auto& [task, manifest] : tasks)
-          rows.push_back(row_of(d.name, c.method, s, task, role_of(d.name, task),
-                                probe(name, model, task, manifest, s)));
+          rows.push_back(row_of(d.name, c.method, s, task, role_of(d.name, task), report_of(name, task, s)));
       }
     }
 

@@ -111,6 +111,11 @@ struct ExperimentOptions {
   std::string out_dir;
   std::function<void(const std::string&)> log;  // progress lines (default: stdout)
   const std::atomic<bool>* stop = nullptr;      // finish the current step, save, return
+  // Runs (and probes) done at the same time, each with its share of the plan's threads (at least one). A tiny
+  // model's step is too short to keep two cores busy, so two runs of one thread each finish the grid about 1.5x
+  // sooner than one run of two threads (docs/results.md); a large model gains little and needs the memory of
+  // every concurrent run. Results do not depend on it beyond the float summation order of a thread count.
+  int jobs = 1;
 };
 
 struct ExperimentReport {

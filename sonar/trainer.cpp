@@ -663,7 +663,7 @@ PretrainResult Trainer::run_impl() {
         " clips, " + std::to_string(stream.batches_per_epoch()) + " batches of " + std::to_string(stream.batch_size()) +
         " per epoch, " + std::to_string(stream.crop_frames()) + " frames per crop; tokenizer " + s.tokenizer.kind() +
         " (" + std::to_string(s.tokenizer.num_codes()) + " codes); " + std::to_string(omp_get_max_threads()) +
-        " threads" + (dist.multi() ? " in each of " + std::to_string(dist.size()) + " processes (" +
+        (omp_get_max_threads() == 1 ? " thread" : " threads") + (dist.multi() ? " in each of " + std::to_string(dist.size()) + " processes (" +
                                          std::to_string(stream.local_batch_size()) + " clips each per batch)"
                                    : std::string()) +
         (resume ? "; at step " + std::to_string(s.step) + "/" + std::to_string(p.steps) : ""));

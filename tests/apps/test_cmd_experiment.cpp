@@ -137,6 +137,58 @@ TEST(CmdExperiment, TinyGridEndToEndThenReusedOnRerun) {
   EXPECT_NE(nometrics.out.find("has no metrics.jsonl"), std::string::npos) << nometrics.out;
 }
 
+// --jobs 2 runs two cells at a time; with one thread per run either way, the results are the same bit for bit.
+TEST(CmdExperiment, TwoJobsGiveTheSameResultsAsOne) {
+  const GridSetup& s = setup();
+  const std::string dir = tmp_dir("jobs");
+  json p = s.plan();
+  p["train"]["threads"] = 1;
+  const std::string plan = write_plan(dir + "-plans", p);
+  auto one = run_sonar("experiment --plan " + plan + " --out " + dir + "/one --jobs 1");
+  ASSERT_EQ(one.code, 0) << one.out;
+  EXPECT_EQ(one.out.find(" at a time"), std::string::npos) << one.out;
+  auto two = run_sonar("experiment --plan " + plan + " --out " + dir + "/two --jobs 2");
+  ASSERT_EQ(two.code, 0) << two.out;
+  EXPECT_NE(two.out.find("training 2 runs, 2 at a time with 1 thread each"), std::string::npos) << two.out;
+  EXPECT_NE(two.out.find("[birds/distill/seed3] step 1/3"), std::string::npos) << "lines name their run: " << two.out;
+  EXPECT_NE(two.out.find("probe 9 of 9"), std::string::npos) << two.out;
+  EXPECT_EQ(sonar::read_file(dir + "/two/results.csv"), sonar::read_file(dir + "/one/results.csv"));
+  for (const char* run : {"runs/birds/dcpt/seed3", "runs/birds/distill/seed3"})
+    EXPECT_EQ(sonar::read_file(dir + "/two/" + run + "/model.safetensors"),
+              sonar::read_file(dir + "/one/" + run + "/model.safetensors"))
+        << run;
+  auto bad = run_sonar("experiment --plan " + plan + " --out " + dir + "/bad --jobs 0");
+  EXPECT_NE(bad.code, 0);
+  EXPECT_NE(bad.out.find("--jobs must be between 1 and 64, got 0"), std::string::npos) << bad.out;
+}
+
+// A run that fails stops the run beside it at its next step, with a checkpoint it resumes from, and the grid
+// ends with the failing run's error (one line naming the file); no results are written.
+TEST(CmdExperiment, AFailingRunStopsTheConcurrentOneResumably) {
+  const GridSetup& s = setup();
+  const std::string dir = tmp_dir("fail");
+  fs::create_directories(dir);
+  // A manifest whose every clip is not audio: the run on it fails at its start.
+  const std::string junk = dir + "/junk.wav";
+  std::ofstream(junk) << "this is not a RIFF file, only text pretending to be audio";
+  std::ofstream(dir + "/broken.csv") << "path,label,split\\n" << junk << ",x,train\\n" << junk << ",y,train\\n";
+  json p = s.plan();
+  p["domains"] = json::array({{{"name", "broken"}, {"data", dir + "/broken.csv"}},
+                              {{"name", "birds"}, {"data", s.corpus + "/birds.csv"}, {"splits", {"train", "val"}}}});
+  p["methods"] = json::array({"dcpt"});
+  p["train"]["steps"] = 20000;  // far more than the birds run can do before the broken one fails
+  p["train"]["save_every"] = 20000;
+  p["train"]["threads"] = 2;
+  const std::string plan = write_plan(dir + "-plans", p);
+  auto r = run_sonar("experiment --plan " + plan + " --out " + dir + "/out --jobs 2");
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.out.find("broken.csv: no audio clips"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("[birds/dcpt/seed3] stopped at step"), std::string::npos) << r.out;
+  EXPECT_TRUE(fs::exists(dir + "/out/runs/birds/dcpt/seed3/checkpoint.safetensors")) << r.out;
+  EXPECT_FALSE(fs::exists(dir + "/out/runs/birds/dcpt/seed3/model.safetensors")) << r.out;
+  EXPECT_FALSE(fs::exists(dir + "/out/results.csv"));
+}
+
 TEST(CmdExperiment, BadPlansFailWithOneLineAndWriteNothing) {
   const GridSetup& s = setup();
   const std::string dir = tmp_dir("bad");
@@ -169,7 +221,7 @@ TEST(CmdExperiment, BadPlansFailWithOneLineAndWriteNothing) {
 TEST(CmdExperiment, HelpNamesEveryFlag) {
   auto r = run_sonar("experiment --help");
   ASSERT_EQ(r.code, 0);
-  for (const char* f : {"--plan", "--preset", "--out", "--domain", "--seeds", "--steps", "--threads"})
+  for (const char* f : {"--plan", "--preset", "--out", "--domain", "--seeds", "--steps", "--threads", "--jobs"})
     EXPECT_NE(r.out.find(f), std::string::npos) << f;
   auto p = run_sonar("plot --help");
   ASSERT_EQ(p.code, 0);
