@@ -18,7 +18,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-domain=noise
+domain=music
 seeds=0,1
 out=out/demo
 build=${SONAR_BUILD_DIR:-build}
