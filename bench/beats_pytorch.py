@@ -13,7 +13,13 @@ Modes (one per process, so that the peak RSS printed belongs to that mode alone)
   layers        fbank, patch embedding, one encoder layer forward / forward+backward, attention core
                 forward / forward+backward
 
-Usage: /usr/bin/python3 bench/beats_pytorch.py --mode forward --threads 2 --reps 5
+With --official DIR (forward and step_full only), the model is the official BEATs code instead
+(microsoft/unilm `beats/`: BEATs.py, backbone.py, modules.py copied into DIR by the user; nothing of it is in
+this repository), built with the BEATs_iter3 base configuration and random weights, and timed on the same
+work: `extract_features` on the clip (its own torchaudio fbank), and for step_full the same head, masking,
+loss, clipping and AdamW as above. This is the issue's "official code" baseline.
+
+Usage: /usr/bin/python3 bench/beats_pytorch.py --mode forward --threads 2 --reps 5 [--official DIR]
 """
 import argparse
 import math
@@ -160,6 +166,21 @@ def test_wave(seconds=10.0):
     return (0.3 * torch.sin(2 * math.pi * torch.cumsum(f, 0) / 16000) + 0.1 * torch.sin(2 * math.pi * 880 * t))[None]
 
 
+def official_model(code_dir, train):
+    """The official BEATs model (random weights) with the BEATs_iter3 base configuration; dropout as our
+    benchmark uses it (0.1 in training, none in eval), no layer drop so every step runs every block."""
+    sys.path.insert(0, code_dir)
+    from BEATs import BEATs, BEATsConfig  # noqa: E402 (the user's copy of the official code)
+    cfg = BEATsConfig(dict(
+        input_patch_size=16, embed_dim=512, conv_bias=False, encoder_layers=12, encoder_embed_dim=768,
+        encoder_ffn_embed_dim=3072, encoder_attention_heads=12, activation_fn="gelu", layer_norm_first=False,
+        deep_norm=True, dropout=0.1 if train else 0.0, attention_dropout=0.1 if train else 0.0,
+        activation_dropout=0.0, encoder_layerdrop=0.0, dropout_input=0.0, conv_pos=128, conv_pos_groups=16,
+        relative_position_embedding=True, num_buckets=320, max_distance=800, gru_rel_pos=True,
+        finetuned_model=False))
+    return BEATs(cfg)
+
+
 def mask_indices(P, ratio, gen):
     perm = torch.randperm(P, generator=gen)
     keep = round(P * (1 - ratio))
@@ -190,15 +211,43 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument("--official", metavar="DIR", help="time the official BEATs code found in DIR instead")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
-    model = Beats(CFG)
     wave = test_wave(a.seconds)
     gen = torch.Generator().manual_seed(1)
     report = []
+    if a.official and a.mode not in ("forward", "step_full"):
+        sys.exit("beats_pytorch.py: --official times the forward and step_full modes only")
+    model = official_model(a.official, a.mode == "step_full") if a.official else Beats(CFG)
 
-    if a.mode == "forward":
+    if a.official and a.mode == "forward":
+        model.eval()
+
+        def fwd():
+            with torch.no_grad():
+                return model.extract_features(wave)[0]
+        report.append(("official forward (fbank included)", *timeit(fwd, a.reps)))
+    elif a.official:
+        model.train()
+        with torch.no_grad():
+            P = model.extract_features(wave)[0].shape[1]
+        labels = torch.randint(0, CFG["codes"], (1, P), generator=gen)
+        head = nn.Linear(CFG["dim"], CFG["codes"])
+        params = list(model.parameters()) + list(head.parameters())
+        opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.01)
+
+        def step():
+            vis, msk = mask_indices(P, 0.75, gen)
+            opt.zero_grad(set_to_none=True)
+            h = model.extract_features(wave)[0][0, msk]  # every patch encoded, head on the masked 75%
+            loss = F.cross_entropy(head(h), labels[0, msk], label_smoothing=0.1)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+        report.append(("official training step (step_full)", *timeit(step, a.reps)))
+    elif a.mode == "forward":
         model.eval()
 
         def fwd():
