@@ -202,6 +202,28 @@ TEST(Matmul, PrimitivesAreCachedAndThreadCountIsPartOfTheKey) {
   expect_close_finite(c2, c1, tol_for(19), kRelTol, "1 thread vs many");
 }
 
+// Wide 2-D products (more columns than rows, at least 2^24 multiply-adds) run as one sgemm per block of output
+// columns when there are several threads (tensor/matmul.cpp). N = 1000 is not a multiple of the 16-column
+// block rounding, so the last block is a remainder. Both operand layouts, the bias, and 1 vs 2 threads.
+TEST(Matmul, WideProductsSplitOverThreadsMatchTheReference) {
+  const int threads = omp_get_max_threads();
+  omp_set_num_threads(2);
+  const int64_t M = 64, K = 640, N = 1000;  // 41 M multiply-adds
+  Tensor x = uniform({M, K}, 95), w = uniform({N, K}, 96), wt = uniform({K, N}, 97), bias = uniform({N}, 98);
+  check_all(x, w, false, true, "x w^T (weights layout)");
+  check_all(x, wt, false, false, "x w (row-major right operand)");
+  Tensor ref = matmul(x, w, false, true, MatmulBackend::Reference);
+  std::vector<float> rv = ref.to_vector<float>();
+  const std::vector<float> bv = bias.to_vector<float>();
+  for (size_t i = 0; i < rv.size(); ++i) rv[i] = static_cast<float>(static_cast<double>(rv[i]) + bv[i % N]);
+  const Tensor two = linear(x, w, bias);
+  expect_close_finite(two, from_vector(rv, ref.shape()), tol_for(K), kRelTol, "linear with bias, 2 threads");
+  omp_set_num_threads(1);
+  const Tensor one = linear(x, w, bias);
+  omp_set_num_threads(threads);
+  expect_close_finite(two, one, tol_for(K), kRelTol, "2 threads (split) vs 1 thread (one sgemm)");
+}
+
 TEST(Matmul, DefaultBackendSwitch) {
   EXPECT_EQ(default_matmul_backend(), MatmulBackend::OneDNN);
   Tensor a = uniform({5, 6}, 80), b = uniform({6, 7}, 81);
