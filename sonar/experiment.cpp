@@ -507,6 +507,16 @@ std::string first_difference(const json& a, const json& b) {
   return "";
 }
 
+// A cell's short name, as its lines, probe cache folder and results name it: domain/method/seedS.
+std::string cell_name(const GridCell& c) { return c.domain + "/" + c.method + "/seed" + std::to_string(c.seed); }
+
+// "run i of N: domain / method / seed S", the head of a cell's progress lines.
+std::string run_head(const std::vector<GridCell>& cells, size_t i) {
+  const GridCell& c = cells[i];
+  return "run " + std::to_string(i + 1) + " of " + std::to_string(cells.size()) + ": " + c.domain + " / " + c.method +
+         " / seed " + std::to_string(c.seed);
+}
+
 // Runs task(i) for i in [0, n) on `jobs` threads (inline when jobs is 1), each thread with `threads_each`
 // OpenMP threads. `halt` is the stop flag the tasks watch: it follows `outer` (Ctrl-C) through a watcher, and is
 // raised when a task throws, so the others stop at their next step with a checkpoint; the first error is then
@@ -602,11 +612,9 @@ ExperimentReport run_experiment(const ExperimentPlan& plan, const ExperimentOpti
   std::vector<size_t> pending;
   for (size_t i = 0; i < cells.size(); ++i) {
     const GridCell& c = cells[i];
-    const std::string head = "run " + std::to_string(i + 1) + " of " + std::to_string(cells.size()) + ": " + c.domain +
-                             " / " + c.method + " / seed " + std::to_string(c.seed);
     if (fs::exists(fs::path(c.dir) / kModelFile) && fs::exists(fs::path(c.dir) / kGridRunFile)) {
       ++rep.reused;
-      log(head + ": finished earlier, reused");
+      log(run_head(cells, i) + ": finished earlier, reused");
     } else {
       pending.push_back(i);
       steps_left += plan.train.steps;
@@ -615,17 +623,14 @@ ExperimentReport run_experiment(const ExperimentPlan& plan, const ExperimentOpti
   const int train_jobs = static_cast<int>(std::min<size_t>(static_cast<size_t>(jobs), pending.size()));
   if (train_jobs > 1)
     log("training " + std::to_string(pending.size()) + " runs, " + std::to_string(train_jobs) + " at a time with " +
-        std::to_string(threads_each) + " thread" + (threads_each > 1 ? "s" : "") + " each");
-  bool run_stopped = false;
+        format_threads(threads_each) + " each");
   run_parallel(pending.size(), train_jobs, threads_each, o.stop, halt, [&](size_t k) {
     const size_t i = pending[k];
     const GridCell& c = cells[i];
     const PlanMethod& m = *method_of[c.method];
     const PlanDomain& d = *domain_of[c.domain];
     const fs::path dir(c.dir);
-    const std::string name = c.domain + "/" + c.method + "/seed" + std::to_string(c.seed);
-    const std::string head = "run " + std::to_string(i + 1) + " of " + std::to_string(cells.size()) + ": " + c.domain +
-                             " / " + c.method + " / seed " + std::to_string(c.seed);
+    const std::string head = run_head(cells, i);
     {
       std::lock_guard<std::mutex> lock(mu);
       // A run's seconds per step, times the steps not yet done, shared by the concurrent runs.
@@ -656,7 +661,7 @@ ExperimentReport run_experiment(const ExperimentPlan& plan, const ExperimentOpti
     po.cache_dir = (out / "cache").string();
     po.stop = train_jobs > 1 ? &halt : o.stop;
     // Concurrent runs' lines interleave: each names its run.
-    const std::string prefix = train_jobs > 1 ? "  [" + name + "] " : "  ";
+    const std::string prefix = train_jobs > 1 ? "  [" + cell_name(c) + "] " : "  ";
     po.log = [&say, prefix](const std::string& s) { say(prefix + s); };
     const SonarOptions so = sonar_options_from_flags(cell_flags(plan, m));
     fs::create_directories(dir);
@@ -668,13 +673,12 @@ ExperimentReport run_experiment(const ExperimentPlan& plan, const ExperimentOpti
     trained_steps += r.steps_done - r.start_step;
     steps_left -= plan.train.steps;
     ++rep.trained;
-    if (!r.finished) {
-      run_stopped = true;
+    if (!r.finished) {  // stopped by Ctrl-C or by another run's failure: no new run starts
       halt = true;
       log("stopped in " + head + "; run the same command again to resume");
     }
   });
-  if (run_stopped || halt.load()) {
+  if (halt.load()) {
     rep.stopped = true;
     rep.seconds = seconds_since(t0);
     return rep;
@@ -710,12 +714,7 @@ ExperimentReport run_experiment(const ExperimentPlan& plan, const ExperimentOpti
         probe_jobs.push_back({model_name, model, task, manifest, seed, json()});
   };
   for (uint64_t s : plan.seeds) want_probe(kStartMethodName, plan.start_model, s);
-  for (const auto& d : plan.domains)
-    for (uint64_t s : plan.seeds)
-      for (const auto& c : cells)
-        if (c.domain == d.name && c.seed == s)
-          want_probe(c.domain + "/" + c.method + "/seed" + std::to_string(c.seed),
-                     (fs::path(c.dir) / kModelFile).string(), s);
+  for (const auto& c : cells) want_probe(cell_name(c), (fs::path(c.dir) / kModelFile).string(), c.seed);
   const int64_t total_probes = static_cast<int64_t>(probe_jobs.size());
   int64_t probes_done = 0, probes_run = 0;
   const auto t_probes = std::chrono::steady_clock::now();
@@ -812,9 +811,8 @@ ExperimentReport run_experiment(const ExperimentPlan& plan, const ExperimentOpti
                               report_of(kStartMethodName, task, s)));
       for (const auto& c : cells) {
         if (c.domain != d.name || c.seed != s) continue;
-        const std::string name = c.domain + "/" + c.method + "/seed" + std::to_string(c.seed);
         for (const auto& [task, manifest] : tasks)
-          rows.push_back(row_of(d.name, c.method, s, task, role_of(d.name, task), report_of(name, task, s)));
+          rows.push_back(row_of(d.name, c.method, s, task, role_of(d.name, task), report_of(cell_name(c), task, s)));
       }
     }
 

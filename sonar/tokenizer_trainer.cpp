@@ -304,7 +304,7 @@ TokenizerTrainResult train_tokenizer(const TokenizerTrainOptions& p) {
       " per epoch, " + std::to_string(stream.crop_frames()) + " frames per crop; teacher " + p.teacher + " (" +
       std::to_string(teacher->cfg.encoder_layers) + " blocks, " + std::to_string(teacher->cfg.encoder_embed_dim) +
       " wide); tokenizer " + tokenizer_what + "; estimator " + std::to_string(p.estimator_layers) + " blocks; " +
-      std::to_string(omp_get_max_threads()) + (omp_get_max_threads() == 1 ? " thread" : " threads") +
+      format_threads(omp_get_max_threads()) +
       (resume ? "; at step " + std::to_string(step) + "/" + std::to_string(p.steps) : ""));
 
   auto save = [&](bool finished) {

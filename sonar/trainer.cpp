@@ -193,6 +193,10 @@ std::string LabelTokenizer::fingerprint() const {
 
 // ---- progress ----
 
+std::string format_threads(int threads) {
+  return std::to_string(threads) + (threads == 1 ? " thread" : " threads");
+}
+
 std::string format_duration(double s) {
   if (!std::isfinite(s) || s < 0) return "?";
   const long long t = static_cast<long long>(std::llround(s));
@@ -662,8 +666,7 @@ PretrainResult Trainer::run_impl() {
   s.log(std::string(resume ? "resuming " : "starting ") + s.out + ": " + std::to_string(s.data.size()) +
         " clips, " + std::to_string(stream.batches_per_epoch()) + " batches of " + std::to_string(stream.batch_size()) +
         " per epoch, " + std::to_string(stream.crop_frames()) + " frames per crop; tokenizer " + s.tokenizer.kind() +
-        " (" + std::to_string(s.tokenizer.num_codes()) + " codes); " + std::to_string(omp_get_max_threads()) +
-        (omp_get_max_threads() == 1 ? " thread" : " threads") + (dist.multi() ? " in each of " + std::to_string(dist.size()) + " processes (" +
+        " (" + std::to_string(s.tokenizer.num_codes()) + " codes); " + format_threads(omp_get_max_threads()) + (dist.multi() ? " in each of " + std::to_string(dist.size()) + " processes (" +
                                          std::to_string(stream.local_batch_size()) + " clips each per batch)"
                                    : std::string()) +
         (resume ? "; at step " + std::to_string(s.step) + "/" + std::to_string(p.steps) : ""));

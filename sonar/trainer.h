@@ -170,6 +170,8 @@ struct Progress {
 std::string format_progress(const Progress& p);
 // H:MM:SS (negative or non-finite: "?").
 std::string format_duration(double seconds);
+// "1 thread", "2 threads": the thread count in start lines.
+std::string format_threads(int threads);
 
 // ---- crops (the trainer's data stream and replay share them) ----
 
