@@ -370,31 +370,32 @@ void run_dnnl_sgemm(const Problem& p) {
       for (int64_t n = 0; n < p.N; ++n) p.C[m * p.ldc + n] = (p.accumulate ? p.C[m * p.ldc + n] : 0.0f) + p.bias[n];
     beta = 1.0f;
   }
-  const char ta = p.A.col_major ? 'T' : 'N', tb = p.B.col_major ? 'T' : 'N';
-  auto fail = [&](dnnl_status_t st) {
-    SONAR_FAIL("matmul: dnnl_sgemm failed (status ", static_cast<int>(st), ") for M=", p.M, " N=", p.N, " K=", p.K);
+  // Output columns [n0, n0 + n): B's column n0 is n0 floats into a row-major [K x N], n0 rows into a
+  // column-major one (a transposed [N x K]).
+  auto columns = [&](int64_t n0, int64_t n) {
+    const float* b = p.B.col_major ? p.B.ptr + n0 * p.B.ld : p.B.ptr + n0;
+    return dnnl_sgemm(p.A.col_major ? 'T' : 'N', p.B.col_major ? 'T' : 'N', p.M, n, p.K, 1.0f, p.A.ptr, p.A.ld, b,
+                      p.B.ld, beta, p.C + n0, p.ldc);
   };
   const int threads = omp_in_parallel() ? 1 : omp_get_max_threads();
   const int64_t blocks = std::min<int64_t>(threads, p.N / kSplitMinCols);
+  std::atomic<int> status{dnnl_success};
   // Only where the output is wider than tall: for a tall one (the weight gradient [3072, 768] of fc1) sgemm's
   // own split over rows was 15% faster than columns.
   if (blocks < 2 || p.M >= p.N || p.M * p.N * p.K < kSplitMinWork) {
-    const dnnl_status_t st = dnnl_sgemm(ta, tb, p.M, p.N, p.K, 1.0f, p.A.ptr, p.A.ld, p.B.ptr, p.B.ld, beta, p.C, p.ldc);
-    if (st != dnnl_success) fail(st);
-    return;
-  }
-  const int64_t per = ((p.N + blocks - 1) / blocks + 15) & ~int64_t{15};  // a multiple of 16 columns
-  std::atomic<int> status{dnnl_success};
+    status = columns(0, p.N);
+  } else {
+    const int64_t per = ((p.N + blocks - 1) / blocks + 15) & ~int64_t{15};  // a multiple of 16 columns
 #pragma omp parallel for num_threads(static_cast<int>(blocks)) schedule(static, 1)
-  for (int64_t i = 0; i < blocks; ++i) {
-    const int64_t n0 = std::min(p.N, i * per), n = std::min(p.N, n0 + per) - n0;
-    if (n <= 0) continue;
-    // B's column n0: row-major [K x N] starts n0 floats in; column-major (a transposed [N x K]) n0 rows in.
-    const float* b = p.B.col_major ? p.B.ptr + n0 * p.B.ld : p.B.ptr + n0;
-    const dnnl_status_t st = dnnl_sgemm(ta, tb, p.M, n, p.K, 1.0f, p.A.ptr, p.A.ld, b, p.B.ld, beta, p.C + n0, p.ldc);
-    if (st != dnnl_success) status = st;
+    for (int64_t i = 0; i < blocks; ++i) {
+      const int64_t n0 = std::min(p.N, i * per), n = std::min(p.N, n0 + per) - n0;
+      if (n <= 0) continue;
+      const dnnl_status_t st = columns(n0, n);
+      if (st != dnnl_success) status = st;
+    }
   }
-  if (status != dnnl_success) fail(static_cast<dnnl_status_t>(status.load()));
+  SONAR_CHECK(status == dnnl_success, "matmul: dnnl_sgemm failed (status ", status.load(), ") for M=", p.M,
+              " N=", p.N, " K=", p.K);
 }
 
 // Elements from an operand's first element to its last (inclusive), through its strides.
