@@ -21,7 +21,7 @@ namespace {
 std::string usage() {
   const sonar::method::PretrainOptions d;
   std::ostringstream u;
-  u << "usage: sonar pretrain --data MANIFEST|DIR|LIST --out RUN_DIR [--init CKPT | --preset tiny|base]\n"
+  u << "usage: sonar pretrain --data MANIFEST|DIR|LIST --out RUN_DIR [--init CKPT | --preset tiny|small|base]\n"
        "                      [--tokenizer CKPT] [--steps N] [--batch B] [--crop-seconds S] [--lr LR] [--warmup N]\n"
        "                      [--seed S] [--log-every N] [--save-every N] [--threads N] [--force]\n"
        "                      [--method dcpt|sonar --prior SRC ...] [more flags below]\n\n"
@@ -42,7 +42,8 @@ std::string usage() {
        "                       end, model.safetensors (created)\n"
        "  --init CKPT          start from this BEATs checkpoint (official .pt or project safetensors; a fine-tuned\n"
        "                       model's head is dropped). Without it, a fresh model of --preset\n"
-       "  --preset NAME        tiny (2 blocks, 64 wide) or base (BEATs base, 12 blocks, 768 wide); default tiny\n"
+       "  --preset NAME        tiny (2 blocks, 64 wide), small (4 blocks, 256 wide) or base (BEATs base, 12\n"
+       "                       blocks, 768 wide); default tiny\n"
        "  --tokenizer CKPT     tokenizer whose labels are the targets (BEATs tokenizer or random-projection\n"
        "                       tokenizer checkpoint). Without it, a fresh random-projection tokenizer (iteration 0)\n"
        "  --codes K            codebook size of that fresh random-projection tokenizer (default: the model\n"

@@ -19,7 +19,7 @@ namespace {
 std::string usage() {
   const sonar::method::ProbeOptions d;
   std::ostringstream u;
-  u << "usage: sonar probe (--checkpoint CKPT | --preset tiny|base) --data MANIFEST [--layer N] [--epochs N]\n"
+  u << "usage: sonar probe (--checkpoint CKPT | --preset tiny|small|base) --data MANIFEST [--layer N] [--epochs N]\n"
        "                   [--seed S] [--output metrics.json] [more flags below]\n\n"
        "Linear-probe evaluation of a frozen model: every clip's features (one block's output, mean-pooled over\n"
        "its unpadded patches) feed a logistic-regression classifier trained with AdamW on the training split,\n"
@@ -29,7 +29,7 @@ std::string usage() {
        "the test set once; the mean is reported).\n\n"
        "  --checkpoint CKPT   BEATs model to probe (.pt or safetensors; a pre-training run's checkpoint or model\n"
        "                      file works; a tokenizer checkpoint probes the tokenizer's encoder)\n"
-       "  --preset NAME       instead: a freshly initialised model of this preset (tiny, base), a baseline\n"
+       "  --preset NAME       instead: a freshly initialised model of this preset (tiny, small, base), a baseline\n"
        "  --model-seed S      initialisation seed of that fresh model (default 0)\n"
        "  --data MANIFEST     labelled CSV/TSV manifest (path,label,split,... ) or class folder\n"
        "  --task T            auto (default: multi-label when some clip has several labels), single, multi\n"

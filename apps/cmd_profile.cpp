@@ -36,7 +36,7 @@ namespace {
 
 using namespace sonar;
 
-const char* kUsage = R"(usage: sonar profile (--preset tiny|base | --checkpoint CKPT) [--mode forward|train|pretrain]
+const char* kUsage = R"(usage: sonar profile (--preset tiny|small|base | --checkpoint CKPT) [--mode forward|train|pretrain]
                      [--seconds 10] [--batch 1] [--steps 3] [--codes 1024] [--precision f32|bf16]
                      [--threads N] [--clock wall|cpu] [--json OUT]
 
@@ -56,7 +56,8 @@ products; "peak" is the rate of a 512x768x3072 matrix product measured by this c
 in the same precision (the best of 10 bursts). The last lines give the step time measured around the whole step, how much of it
 the parts cover, and the process's peak RSS.
 
-  --preset NAME       a fresh model: tiny (2 blocks, 64 wide) or base (BEATs base), layer drop off so
+  --preset NAME       a fresh model: tiny (2 blocks, 64 wide), small (4 blocks, 256 wide) or base
+                      (BEATs base), layer drop off so
                       that every step runs every block
   --checkpoint CKPT   a BEATs checkpoint (official .pt or sonar safetensors) instead
   --mode MODE         forward: features without gradients (eval mode); train: every patch encoded, a

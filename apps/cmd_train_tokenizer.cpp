@@ -20,7 +20,7 @@ std::string usage() {
   const sonar::method::TokenizerTrainOptions d;
   std::ostringstream u;
   u << "usage: sonar train-tokenizer --teacher MODEL --data MANIFEST|DIR|LIST --out RUN_DIR\n"
-       "                             [--init TOKENIZER_CKPT | --preset tiny|base] [--steps N] [--batch B]\n"
+       "                             [--init TOKENIZER_CKPT | --preset tiny|small|base] [--steps N] [--batch B]\n"
        "                             [--crop-seconds S] [--lr LR] [--warmup N] [--codes K] [--commitment W]\n"
        "                             [--estimator-layers N] [--seed S] [--log-every N] [--save-every N]\n"
        "                             [--threads N] [--workers N] [--cache DIR] [--force] [more flags below]\n\n"
@@ -40,9 +40,9 @@ std::string usage() {
        "                       tokenizer.safetensors (created)\n"
        "  --init CKPT          continue training this BEATs tokenizer (official Tokenizer_*.pt or safetensors; its\n"
        "                       codebook is kept). Without it, a fresh tokenizer of --preset\n"
-       "  --preset NAME        tiny (2 blocks, 64 wide, 256 x 32 codebook) or base (BEATs base, 1024 x 256\n"
-       "                       codebook); default tiny\n"
-       "  --codes K            codebook size of the fresh tokenizer (default: the preset's, 256 tiny, 1024 base)\n"
+       "  --preset NAME        tiny (2 blocks, 64 wide, 256 x 32 codebook), small (4 blocks, 256 wide, 512 x 64)\n"
+       "                       or base (BEATs base, 1024 x 256 codebook); default tiny\n"
+       "  --codes K            codebook size of the fresh tokenizer (default: the preset's: 256, 512, 1024)\n"
        "  --commitment W       weight of the commitment term (default " << d.commitment_weight << ")\n"
        "  --estimator-layers N transformer blocks of the estimator (default " << d.estimator_layers << ", as BEATs)\n\n"
        "Training:\n"

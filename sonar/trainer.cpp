@@ -45,7 +45,7 @@ constexpr const char* kExtensionPrefix = "ext.";
 // ---- presets ----
 
 const std::vector<std::string>& preset_names() {
-  static const std::vector<std::string> names = {"tiny", "base"};
+  static const std::vector<std::string> names = {"tiny", "small", "base"};
   return names;
 }
 
@@ -76,6 +76,20 @@ beats::BeatsConfig preset_config(const std::string& name) {
     c.max_distance = 64;
     c.quant_n = 256;
     c.quant_dim = 32;
+  } else if (name == "small") {
+    // Between the two: 4 blocks of 256 (head width 64, as base), about 3.5 M parameters. Big enough to learn a
+    // real prior pool (docs/results.md: the benchmark's start model), small enough to pre-train on 2 cores.
+    c.embed_dim = 128;
+    c.encoder_layers = 4;
+    c.encoder_embed_dim = 256;
+    c.encoder_ffn_embed_dim = 1024;
+    c.encoder_attention_heads = 4;
+    c.conv_pos = 64;
+    c.conv_pos_groups = 16;
+    c.num_buckets = 320;
+    c.max_distance = 800;
+    c.quant_n = 512;
+    c.quant_dim = 64;
   } else if (name == "base") {
     c.embed_dim = 512;
     c.encoder_layers = 12;

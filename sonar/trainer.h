@@ -56,8 +56,9 @@ namespace sonar::method {
 // ---- model presets ----
 
 // A fresh BEATs configuration by name: "tiny" (2 blocks, 64 wide, patch embedding 32, 4 heads; a 256-code
-// tokenizer codebook; for tests and the demo) or "base" (BEATs base: 12 blocks, 768 wide, 12 heads, patch
-// embedding 512; 1024 x 256 codebook). Both pre-train with dropout 0.1. Throws naming the unknown name.
+// tokenizer codebook; for tests and the demo), "small" (4 blocks, 256 wide, 4 heads, patch embedding 128; 512 x 64
+// codebook; the benchmark's start model) or "base" (BEATs base: 12 blocks, 768 wide, 12 heads, patch embedding
+// 512; 1024 x 256 codebook). All pre-train with dropout 0.1. Throws naming the unknown name.
 beats::BeatsConfig preset_config(const std::string& name);
 const std::vector<std::string>& preset_names();
 
