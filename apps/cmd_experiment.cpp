@@ -18,7 +18,7 @@
 #include "audio/synth_corpus.h"
 #include "sonar/experiment.h"
 #include "sonar/method.h"
-#include "sonar/tokenizer_trainer.h"
+#include "sonar/start_model.h"
 #include "sonar/trainer.h"
 #include "tensor/error.h"
 #include "tensor/io.h"
@@ -63,62 +63,6 @@ void log_line(const std::string& s) {
   std::fflush(stdout);
 }
 
-// A pre-training stage of the start chain; a finished one is reused, an interrupted one resumes. False when
-// stopped by the flag (a checkpoint was saved).
-bool pretrain_stage(const std::string& dir, const std::string& data, const std::string& init,
-                    const std::string& tokenizer, int64_t steps, double lr, const DemoSettings& s,
-                    std::atomic<bool>* stop) {
-  if (fs::exists(fs::path(dir) / sonar::method::kModelFile)) {
-    log_line(dir + ": finished earlier, reused");
-    return true;
-  }
-  sonar::method::PretrainOptions o;
-  o.data = data;
-  o.splits = {"train", "val"};
-  o.out_dir = dir;
-  o.init = init;
-  o.tokenizer = tokenizer;
-  o.steps = steps;
-  o.batch_size = s.batch;
-  o.crop_seconds = s.crop;
-  o.adamw.lr = static_cast<float>(lr);
-  o.seed = 0;
-  o.log_every = 50;
-  o.save_every = 100;
-  o.num_threads = s.threads;
-  o.stop = stop;
-  o.log = [](const std::string& l) { log_line("  " + l); };
-  return sonar::method::pretrain(o).finished;
-}
-
-// Stage 2: `sonar train-tokenizer` from the stage-1 model; a finished one is reused. Returns the tokenizer file,
-// or nothing when stopped by the flag.
-std::optional<std::string> tokenizer_stage(const std::string& dir, const std::string& data, const std::string& teacher,
-                            const DemoSettings& s, std::atomic<bool>* stop) {
-  const std::string file = (fs::path(dir) / sonar::method::kTokenizerFile).string();
-  if (fs::exists(file)) {
-    log_line(dir + ": finished earlier, reused");
-    return file;
-  }
-  sonar::method::TokenizerTrainOptions o;
-  o.teacher = teacher;
-  o.data = data;
-  o.splits = {"train", "val"};
-  o.out_dir = dir;
-  o.steps = s.tokenizer_steps;
-  o.batch_size = s.batch;
-  o.crop_seconds = s.crop;
-  o.seed = 0;
-  o.log_every = 50;
-  o.num_threads = s.threads;
-  o.stop = stop;
-  o.log = [](const std::string& l) { log_line("  " + l); };
-  const auto r = sonar::method::train_tokenizer(o);
-  if (!r.finished) return std::nullopt;
-  SONAR_CHECK(fs::exists(file), "sonar train-tokenizer finished without writing ", file);
-  return file;
-}
-
 // Writes the corpus and the start model, and returns the plan of the demo grid; nothing when stopped by the flag
 // (the interrupted stage saved a checkpoint and resumes on the next call).
 std::optional<json> prepare_demo(const std::string& out_arg, const DemoSettings& s, std::atomic<bool>* stop) {
@@ -133,24 +77,26 @@ std::optional<json> prepare_demo(const std::string& out_arg, const DemoSettings&
   sonar::audio::build_synth_corpus(corpus, co, [](const std::string& l) { log_line("  " + l); });
   const std::string prior = corpus + "/prior.csv";
 
-  const fs::path start = fs::path(out) / "start";
-  const std::string stage1 = (start / "1-random-projection").string();
-  log_line("start model, stage 1: a fresh tiny BEATs on the prior pool, random-projection targets -> " + stage1);
-  if (!pretrain_stage(stage1, prior, "", "", s.prior_steps, s.prior_lr, s, stop)) return std::nullopt;
-  const std::string stage2 = (start / "2-tokenizer").string();
-  log_line("start model, stage 2: a tokenizer distilled from the stage-1 model -> " + stage2);
-  const auto tok_file = tokenizer_stage(stage2, prior, stage1 + "/" + sonar::method::kModelFile, s, stop);
-  if (!tok_file) return std::nullopt;
-  const std::string stage3 = (start / "3-tokenizer-targets").string();
-  log_line("start model, stage 3: the stage-1 model trained on the stage-2 tokenizer's labels -> " + stage3);
-  if (!pretrain_stage(stage3, prior, stage1 + "/" + sonar::method::kCheckpointFile, *tok_file, s.start_steps,
-                      s.start_lr, s, stop))
-    return std::nullopt;
+  sonar::method::StartModelOptions so;
+  so.data = prior;
+  so.out_dir = (fs::path(out) / "start").string();
+  so.preset = "tiny";
+  so.projection_steps = s.prior_steps;
+  so.projection_lr = s.prior_lr;
+  so.tokenizer_steps = s.tokenizer_steps;
+  so.steps = s.start_steps;
+  so.lr = s.start_lr;
+  so.batch_size = s.batch;
+  so.crop_seconds = s.crop;
+  so.num_threads = s.threads;
+  so.stop = stop;
+  so.log = log_line;
+  const auto start = sonar::method::make_start_model(so);
+  if (!start.finished) return std::nullopt;
 
   json plan;
   plan["name"] = "SONAR demo: new domain '" + s.domain + "' (synthetic corpus, tiny BEATs)";
-  plan["start"] = {{"model", stage3 + "/" + sonar::method::kCheckpointFile},
-                   {"tokenizer", stage3 + "/" + sonar::method::kTokenizerFile}};
+  plan["start"] = {{"model", start.model}, {"tokenizer", start.tokenizer}};
   // The prior task is the fine one (the classes of each mixture's sources, as AudioSet's 527 classes): the
   // coarse one (which domains are mixed) sits near its ceiling even for an untrained model.
   plan["prior"] = {{"data", prior}, {"splits", {"train", "val"}}, {"task", corpus + "/prior_fine.csv"}};
