@@ -234,6 +234,6 @@ run_jobs "fingerprint" fingerprint_one "$WORK/fingerprint.txt"
   fpcalc -version 2>&1 | head -1; dpkg-query -W mma
 } > "$BUILD/tools.txt"
 python3 "$here/benchmark/bench.py" finish --size "$SIZE" --seed "$SEED" --data "$DATA" --out "$BUILD" --work "$WORK" \
-  || { rc=$?; echo "build-benchmark: checks failed (exit $rc); manifests were written, see above" >&2; exit "$rc"; }
+  --jobs "$JOBS" || { rc=$?; echo "build-benchmark: checks failed (exit $rc); manifests were written, see above" >&2; exit "$rc"; }
 du_mb=$(du -sm "$BUILD/audio" | cut -f1)
 say "done: manifests in $BUILD (emotion.csv genre.csv animal.csv environment.csv prior.csv tasks.csv), audio $du_mb MB"

@@ -9,8 +9,10 @@ set -euo pipefail
 # --no-install-recommends, so it is named here.
 pkgs=(build-essential cmake pkg-config libopenblas-dev libdnnl-dev ocl-icd-opencl-dev libfftw3-dev
       libsndfile1-dev libsoxr-dev libzip-dev nlohmann-json3-dev libgtest-dev libgmock-dev libbenchmark-dev
-      libopenmpi-dev openmpi-bin)
+      libopenmpi-dev openmpi-bin python3)
 # libopenmpi-dev / openmpi-bin: data-parallel training (mpirun -np N sonar pretrain ...) and its tests.
+# python3: the benchmark builder (scripts/build-benchmark.sh) and its test, BenchmarkBuilder.Excerpts (standard
+# library only; never used by the build, the `sonar` program or its tests).
 # clang-14 and libclang-rt-14-dev: libFuzzer and clang's ASan/UBSan runtimes for the harnesses in fuzz/
 # (scripts/fuzz.sh, also the short fuzz step of scripts/test.sh); libomp-14-dev: clang's OpenMP runtime, which
 # CMake's find_package(OpenMP) needs under clang (clang-14 only suggests it). GCC's sanitizers
