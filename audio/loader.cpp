@@ -145,6 +145,7 @@ void DataLoader::start_epoch(int64_t epoch) {
 void DataLoader::report_bad(const std::string& path, const std::string& reason) {
   std::lock_guard<std::mutex> lock(stats_mu_);
   stats_.clips_skipped++;
+  if (!reported_.insert(path).second) return;  // reported when it was first skipped
   stats_.skipped.emplace_back(path, reason);
   if (opts_.on_bad_file)
     opts_.on_bad_file(path, reason);

@@ -23,6 +23,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -62,8 +63,9 @@ struct LoaderOptions {
   double std = kBeatsFbankStd;
   bool keep_waveforms = true;  // fill Batch::waves (with a cache hit this is the only reason to decode)
   std::string cache_dir;       // "" = no fbank cache
-  // Called once per skipped file in lenient mode, possibly from a worker thread (calls are serialised).
-  // Unset: a line "skipping PATH: REASON" on stderr.
+  // Called once per skipped file in lenient mode, the first time it is skipped (a file drawn again in a
+  // later epoch is skipped again, counted, but not reported again), possibly from a worker thread (calls
+  // are serialised). Unset: a line "skipping PATH: REASON" on stderr.
   std::function<void(const std::string& path, const std::string& reason)> on_bad_file;
 };
 
@@ -83,10 +85,10 @@ struct Batch {
 
 struct LoaderStats {
   int64_t clips_loaded = 0;
-  int64_t clips_skipped = 0;
+  int64_t clips_skipped = 0;     // every skip, a file drawn in several epochs counted each time
   int64_t cache_hits = 0;
   int64_t cache_misses = 0;
-  std::vector<std::pair<std::string, std::string>> skipped;  // (path, reason), in the order they were found
+  std::vector<std::pair<std::string, std::string>> skipped;  // (path, reason), each file once, in order found
 };
 
 // One clip, loaded and cropped as the loader would (also used by tools such as fbank-stats).
@@ -142,6 +144,7 @@ class DataLoader {
 
   mutable std::mutex stats_mu_;
   LoaderStats stats_;
+  std::set<std::string> reported_;  // files already in stats_.skipped (under stats_mu_)
 };
 
 }  // namespace sonar::audio

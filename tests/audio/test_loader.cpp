@@ -264,10 +264,22 @@ TEST(Loader, LenientModeReportsAndSkipsBadFiles) {
   want.insert(missing.items[1].path);
   want.insert(missing.items[2].path);
   EXPECT_EQ(rep, want);
+  EXPECT_EQ(reported.size(), want.size());
   for (const auto& [path, why] : s.skipped) {
     EXPECT_FALSE(why.empty());
     std::printf("skipped %s: %s\n", path.c_str(), why.c_str());
   }
+
+  // A second epoch skips the same files again and counts them, but reports each only once (a long run
+  // would otherwise repeat the same lines every epoch).
+  dl.start_epoch(1);
+  int64_t again = 0;
+  for (auto& b : epoch(dl)) again += b.size();
+  EXPECT_EQ(again, 6);
+  s = dl.stats();
+  EXPECT_EQ(s.clips_skipped, 12);
+  EXPECT_EQ(s.skipped.size(), want.size());
+  EXPECT_EQ(reported.size(), want.size());
 }
 
 TEST(Loader, StrictModeStopsWithThePath) {
