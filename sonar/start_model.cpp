@@ -125,6 +125,7 @@ const std::vector<std::string>& start_model_stages() {
 StartModelResult make_start_model(const StartModelOptions& o) {
   SONAR_CHECK(!o.data.empty(), "start model: no prior pool given (data)");
   SONAR_CHECK(!o.out_dir.empty(), "start model: no output folder given");
+  SONAR_CHECK(fs::exists(o.data), "start model: the prior pool ", o.data, " does not exist");
   preset_config(o.preset);  // throws naming an unknown preset
   for (const int64_t s : {o.projection_steps, o.tokenizer_steps, o.steps})
     SONAR_CHECK(s > 0, "start model: every stage needs a positive number of steps, got ", s);

@@ -171,6 +171,10 @@ TEST(StartModel, BadSettingsAreRefusedBeforeAnythingIsWritten) {
   StartModelOptions none = tiny_chain(fresh);
   none.tokenizer_steps = 0;
   EXPECT_NE(error_of(none).find("every stage needs a positive number of steps, got 0"), std::string::npos);
+  StartModelOptions nowhere = tiny_chain(fresh);
+  nowhere.data = fresh + "-no-such-pool.csv";
+  EXPECT_NE(error_of(nowhere).find("the prior pool " + nowhere.data + " does not exist"), std::string::npos)
+      << error_of(nowhere);
   EXPECT_FALSE(fs::exists(fresh));
 
   // Stage folders without a record (an older sonar's, or made by hand): their settings are unknown.
