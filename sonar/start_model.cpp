@@ -5,12 +5,12 @@
 
 #include <algorithm>
 #include <chrono>
-#include <cstdio>
 #include <filesystem>
 
 #include <nlohmann/json.hpp>
 
 #include "sonar/experiment.h"
+#include "sonar/run_folder.h"
 #include "sonar/tokenizer_trainer.h"
 #include "sonar/trainer.h"
 #include "tensor/error.h"
@@ -23,13 +23,34 @@ namespace {
 namespace fs = std::filesystem;
 using nlohmann::json;
 
-void emit(const StartModelOptions& o, const std::string& line) {
-  if (o.log) {
-    o.log(line);
-  } else {
-    std::printf("%s\n", line.c_str());
-    std::fflush(stdout);
-  }
+void emit(const StartModelOptions& o, const std::string& line) { (o.log ? o.log : default_log)(line); }
+
+// A stage whose final file exists is reused as it is (its run folder writes that file only when finished).
+bool reused_stage(const StartModelOptions& o, const fs::path& dir, const char* final_file, bool* reused) {
+  if (!fs::exists(dir / final_file)) return false;
+  emit(o, "  " + dir.string() + ": finished earlier, reused");
+  *reused = true;
+  return true;
+}
+
+// What every stage's run options share (PretrainOptions and TokenizerTrainOptions alike): the pool, its
+// splits, the folder, the preset, the steps, batch, crop, seed, logging, threads and the stop flag.
+template <class RunOptions>
+RunOptions stage_options(const StartModelOptions& o, const fs::path& dir, int64_t steps) {
+  RunOptions r;
+  r.data = o.data;
+  r.splits = o.splits;
+  r.out_dir = dir.string();
+  r.preset = o.preset;
+  r.steps = steps;
+  r.batch_size = o.batch_size;
+  r.crop_seconds = o.crop_seconds;
+  r.seed = o.seed;
+  r.log_every = o.log_every;
+  r.num_threads = o.num_threads;
+  r.stop = o.stop;
+  r.log = [&o](const std::string& l) { emit(o, "  " + l); };
+  return r;
 }
 
 // The training time a finished stage's metrics.jsonl records (its last line's elapsed_seconds; earlier
@@ -45,52 +66,20 @@ double stage_seconds(const fs::path& dir) {
 // Stages 1 and 3: a pre-training run; a finished one (model file written) is reused. False when stopped.
 bool pretrain_stage(const StartModelOptions& o, const fs::path& dir, const std::string& init,
                     const std::string& tokenizer, int64_t steps, double lr, bool* reused) {
-  if (fs::exists(dir / kModelFile)) {
-    emit(o, "  " + dir.string() + ": finished earlier, reused");
-    *reused = true;
-    return true;
-  }
-  PretrainOptions p;
-  p.data = o.data;
-  p.splits = o.splits;
-  p.out_dir = dir.string();
+  if (reused_stage(o, dir, kModelFile, reused)) return true;
+  PretrainOptions p = stage_options<PretrainOptions>(o, dir, steps);
   p.init = init;
-  p.preset = o.preset;
   p.tokenizer = tokenizer;
-  p.steps = steps;
-  p.batch_size = o.batch_size;
-  p.crop_seconds = o.crop_seconds;
   p.adamw.lr = static_cast<float>(lr);
-  p.seed = o.seed;
-  p.log_every = o.log_every;
   p.save_every = o.save_every;
-  p.num_threads = o.num_threads;
-  p.stop = o.stop;
-  p.log = [&o](const std::string& l) { emit(o, "  " + l); };
   return pretrain(p).finished;
 }
 
 // Stage 2: a tokenizer of the preset distilled from the stage-1 model; a finished one is reused.
 bool tokenizer_stage(const StartModelOptions& o, const fs::path& dir, const std::string& teacher, bool* reused) {
-  if (fs::exists(dir / kTokenizerFile)) {  // train-tokenizer writes it only when it finishes
-    emit(o, "  " + dir.string() + ": finished earlier, reused");
-    *reused = true;
-    return true;
-  }
-  TokenizerTrainOptions t;
+  if (reused_stage(o, dir, kTokenizerFile, reused)) return true;
+  TokenizerTrainOptions t = stage_options<TokenizerTrainOptions>(o, dir, o.tokenizer_steps);
   t.teacher = teacher;
-  t.data = o.data;
-  t.splits = o.splits;
-  t.out_dir = dir.string();
-  t.preset = o.preset;
-  t.steps = o.tokenizer_steps;
-  t.batch_size = o.batch_size;
-  t.crop_seconds = o.crop_seconds;
-  t.seed = o.seed;
-  t.log_every = o.log_every;
-  t.num_threads = o.num_threads;
-  t.stop = o.stop;
-  t.log = [&o](const std::string& l) { emit(o, "  " + l); };
   const TokenizerTrainResult r = train_tokenizer(t);
   if (!r.finished) return false;
   SONAR_CHECK(fs::exists(dir / kTokenizerFile), "sonar train-tokenizer finished without writing ",
