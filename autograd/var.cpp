@@ -42,10 +42,20 @@ struct GradSlot {
   }
 };
 
-void accumulate_into(VarImpl& v, const Tensor& g) {
+// True when g is the only handle on its storage and covers all of it, densely: then it can become a
+// variable's gradient as it is, with nobody else seeing the optimiser's in-place edits.
+bool sole_owner(const Tensor& g) {
+  return g.is_contiguous() && g.offset() == 0 && g.storage().use_count() == 1 && g.nbytes() == g.storage()->nbytes();
+}
+
+// v.grad += g. The first contribution becomes v.grad without a copy when the engine holds the only handle on
+// it (the usual case: a gradient a backward kernel has just made); otherwise v.grad is an own contiguous copy,
+// since the optimiser edits it in place. Taking it over saves a read and a write of every gradient per step
+// (90 M parameters for BEATs-base: 0.7 GB of memory traffic).
+void accumulate_into(VarImpl& v, Tensor&& g) {
   if (!g.defined()) return;
   if (!v.grad.defined()) {
-    v.grad = g.clone();  // own contiguous copy: the optimiser edits it in place
+    v.grad = sole_owner(g) ? std::move(g) : g.clone();
   } else {
     add_(v.grad, g);
   }
@@ -54,7 +64,7 @@ void accumulate_into(VarImpl& v, const Tensor& g) {
 void run_backward(const std::shared_ptr<VarImpl>& root, const Tensor& grad_output) {
   const LeafGradReadyFn* leaf_ready = g_leaf_ready;
   if (!root->node) {  // a leaf: its gradient is grad_output itself
-    accumulate_into(*root, grad_output);
+    accumulate_into(*root, Tensor(grad_output));
     if (leaf_ready) (*leaf_ready)(*root);
     return;
   }
@@ -106,7 +116,7 @@ void run_backward(const std::shared_ptr<VarImpl>& root, const Tensor& grad_outpu
       if (grad_outs[k].defined()) {
         any = true;
         if (k < node->retained.size())
-          if (auto keep = node->retained[k].lock()) accumulate_into(*keep, grad_outs[k]);
+          if (auto keep = node->retained[k].lock()) accumulate_into(*keep, Tensor(grad_outs[k]));
       }
     }
     std::vector<Tensor> grads;
@@ -127,11 +137,12 @@ void run_backward(const std::shared_ptr<VarImpl>& root, const Tensor& grad_outpu
     for (size_t i = 0; i < edges.size(); ++i) {
       const Edge& e = edges[i];
       if (!e.active()) continue;
-      const Tensor g = any ? grads[i] : Tensor();
+      // Moved out, so that a gradient this loop hands on is not also held by `grads`.
+      Tensor g = any ? std::move(grads[i]) : Tensor();
       if (g.defined())
         check_grad_tensor(g, node->input_shapes[i], node->name, ("gradient of input " + std::to_string(i)).c_str());
       if (e.leaf) {
-        accumulate_into(*e.leaf, g);
+        accumulate_into(*e.leaf, std::move(g));
         if (leaf_ready && --leaf_pending[e.leaf.get()] == 0) (*leaf_ready)(*e.leaf);
       } else {
         slots_of(e.node.get())[e.output_nr].add(g);

@@ -180,6 +180,42 @@ TEST(AutogradEngine, MakeResultChecksGradientShapes) {
   expect_error([&] { sum(wrong_count).backward(); }, {"two_grads", "2 gradients", "1 inputs"});
 }
 
+// A fresh gradient becomes the leaf's gradient without a copy, but one that something else still holds (the
+// same tensor handed to two leaves, or kept by the caller) is copied: in-place edits of one leaf's gradient,
+// as the optimiser makes, must never reach another's or the caller's tensor.
+TEST(AutogradEngine, LeafGradientsNeverAliasEachOther) {
+  Var a(vec({1.0f, 2.0f}), true), b(vec({3.0f, 4.0f}), true);
+  Tensor kept;
+  Var both = make_result(add(a.value(), b.value()), {a, b}, [&kept](const Tensor& g) {
+    Tensor fresh = mul(g, 3.0f);
+    kept = fresh;  // also held here
+    return std::vector<Tensor>{fresh, fresh};
+  }, "same_for_both");
+  sum(both).backward();
+  ASSERT_TRUE(a.grad().defined() && b.grad().defined());
+  EXPECT_FALSE(a.grad().shares_storage(b.grad()));
+  EXPECT_FALSE(a.grad().shares_storage(kept));
+  EXPECT_FALSE(b.grad().shares_storage(kept));
+  Tensor ga = a.grad();
+  mul_(ga, 10.0f);
+  EXPECT_EQ(b.grad().to_vector<float>(), (std::vector<float>{3.0f, 3.0f}));
+  EXPECT_EQ(kept.to_vector<float>(), (std::vector<float>{3.0f, 3.0f}));
+  EXPECT_EQ(a.grad().to_vector<float>(), (std::vector<float>{30.0f, 30.0f}));
+
+  // Sole owner: the kernel's fresh tensor is taken over (the gradient's storage has no other handle).
+  Var w(vec({1.0f, -1.0f}), true);
+  const float* made = nullptr;
+  Var y = make_result(mul(w.value(), 2.0f), {w}, [&made](const Tensor& g) {
+    Tensor fresh = mul(g, 2.0f);
+    made = fresh.data<float>();
+    return std::vector<Tensor>{fresh};
+  }, "fresh");
+  sum(y).backward();
+  EXPECT_EQ(w.grad().data<float>(), made);
+  EXPECT_EQ(w.grad().storage().use_count(), 1);
+  EXPECT_EQ(w.grad().to_vector<float>(), (std::vector<float>{2.0f, 2.0f}));
+}
+
 TEST(AutogradEngine, MultiOutputNodePassesZerosForUnusedOutputs) {
   Var x(vec({1.0f, 2.0f}), true);
   std::vector<Var> outs = make_results({x.value().clone(), mul(x.value(), 2.0f)}, {x},
