@@ -1,7 +1,8 @@
 // `sonar probe`: linear-probe evaluation of a frozen BEATs model on a labelled manifest (sonar/probe.h): pooled
 // clip features, a logistic-regression classifier with early stopping on the validation split, test accuracy
-// and macro-F1 (single-label) or mAP (multi-label), optionally written to a JSON file (atomically). Thin: parses
-// flags and calls the library. Not fine-tuning.
+// and macro-F1 (single-label) or mAP (multi-label), optionally written to a JSON file (atomically). With --tasks,
+// every task of a corpus's tasks.csv in turn and a summary table. Thin: parses flags and calls the library.
+// Not fine-tuning.
 #include <cstdio>
 #include <sstream>
 #include <string>
@@ -19,8 +20,8 @@ namespace {
 std::string usage() {
   const sonar::method::ProbeOptions d;
   std::ostringstream u;
-  u << "usage: sonar probe (--checkpoint CKPT | --preset tiny|small|base) --data MANIFEST [--layer N] [--epochs N]\n"
-       "                   [--seed S] [--output metrics.json] [more flags below]\n\n"
+  u << "usage: sonar probe (--checkpoint CKPT | --preset tiny|small|base) (--data MANIFEST | --tasks TASKS.csv)\n"
+       "                   [--layer N] [--epochs N] [--seed S] [--output metrics.json] [more flags below]\n\n"
        "Linear-probe evaluation of a frozen model: every clip's features (one block's output, mean-pooled over\n"
        "its unpadded patches) feed a logistic-regression classifier trained with AdamW on the training split,\n"
        "stopped early on the validation loss, and scored on the test split: accuracy and macro-F1 for\n"
@@ -32,6 +33,9 @@ std::string usage() {
        "  --preset NAME       instead: a freshly initialised model of this preset (tiny, small, base), a baseline\n"
        "  --model-seed S      initialisation seed of that fresh model (default 0)\n"
        "  --data MANIFEST     labelled CSV/TSV manifest (path,label,split,... ) or class folder\n"
+       "  --tasks TASKS.csv   instead: every task of a corpus (the tasks.csv that scripts/build-benchmark.sh and\n"
+       "                      sonar synth-corpus write: task, manifest, type), one after the other, then a\n"
+       "                      table of the test scores; --output then holds every task's metrics\n"
        "  --task T            auto (default: multi-label when some clip has several labels), single, multi\n"
        "  --layer N           features from block N (1 = first); 0 = the last block (default 0)\n"
        "  --max-seconds S     clips are read from the start up to S seconds (default " << d.features.max_seconds << ")\n"
@@ -58,7 +62,7 @@ int run(int argc, char** argv) {
   sonar::app::Args args(argc, argv,
                         {"checkpoint", "preset", "model-seed", "data", "task", "layer", "max-seconds", "batch",
                          "epochs", "patience", "lr", "weight-decay", "val-fraction", "seed", "output", "threads",
-                         "workers", "cache", "precision"},
+                         "workers", "cache", "precision", "tasks"},
                         {});
   if (args.help()) {
     std::printf("%s", usage().c_str());
@@ -73,8 +77,12 @@ int run(int argc, char** argv) {
   const long long ms = args.get_int("model-seed", 0);
   SONAR_CHECK(ms >= 0, "--model-seed must be >= 0, got ", ms);
   o.model_seed = static_cast<uint64_t>(ms);
-  o.data = args.require("data");
+  SONAR_CHECK(args.has("data") != args.has("tasks"), "give either --data or --tasks (see --help)");
+  SONAR_CHECK(!(args.has("tasks") && args.has("task")), "--task does not go with --tasks: each task's type is in the tasks file");
+  o.data = args.get("data");
   o.task = args.get("task", "auto");
+  std::vector<sonar::method::ProbeTask> tasks;
+  if (args.has("tasks")) tasks = sonar::method::read_probe_tasks(args.get("tasks"));
   o.features.layer = args.get_int("layer", 0);
   SONAR_CHECK(o.features.layer >= 0, "--layer must be >= 0, got ", o.features.layer);
   o.features.max_seconds = args.get_double("max-seconds", o.features.max_seconds);
@@ -103,12 +111,42 @@ int run(int argc, char** argv) {
   const sonar::Precision precision = sonar::parse_precision(args.get("precision", "f32"));
   sonar::require_precision_supported(precision);
 
-  sonar::method::ProbeReport rep = [&] {
-    sonar::PrecisionGuard precision_scope(precision);
-    return sonar::method::run_probe(o);
-  }();
+  sonar::PrecisionGuard precision_scope(precision);
+  if (tasks.empty()) {
+    const sonar::method::ProbeReport rep = sonar::method::run_probe(o);
+    if (!output.empty()) {
+      sonar::write_file_atomic(output, rep.to_json().dump(2) + "\n");
+      std::printf("metrics: %s\n", output.c_str());
+    }
+    return 0;
+  }
+  nlohmann::json all = nlohmann::json::array();
+  std::string table = "| task | test score | test accuracy | test clips |\n| --- | ---: | ---: | ---: |\n";
+  for (size_t i = 0; i < tasks.size(); ++i) {
+    const auto& t = tasks[i];
+    std::printf("[task %zu of %zu] %s\n", i + 1, tasks.size(), t.name.c_str());
+    std::fflush(stdout);
+    o.data = t.manifest;
+    o.task = t.task;
+    const sonar::method::ProbeReport rep = sonar::method::run_probe(o);
+    nlohmann::json j = rep.to_json();
+    j["name"] = t.name;
+    all.push_back(j);
+    int64_t clips = 0;
+    for (const auto& f : rep.folds) clips += f.test;
+    char row[256];
+    if (rep.multi_label)
+      std::snprintf(row, sizeof row, "| %s | mAP %.4f | - | %lld |\n", t.name.c_str(), rep.test.mAP,
+                    static_cast<long long>(clips));
+    else
+      std::snprintf(row, sizeof row, "| %s | macro-F1 %.4f | %.4f | %lld |\n", t.name.c_str(), rep.test.macro_f1,
+                    rep.test.accuracy, static_cast<long long>(clips));
+    table += row;
+  }
+  std::printf("\n%s: %s\n%s", o.checkpoint.empty() ? ("untrained " + o.preset).c_str() : o.checkpoint.c_str(),
+              args.get("tasks").c_str(), table.c_str());
   if (!output.empty()) {
-    sonar::write_file_atomic(output, rep.to_json().dump(2) + "\n");
+    sonar::write_file_atomic(output, nlohmann::json{{"tasks", all}}.dump(2) + "\n");
     std::printf("metrics: %s\n", output.c_str());
   }
   return 0;

@@ -159,4 +159,16 @@ struct ProbeReport {
 
 ProbeReport run_probe(const ProbeOptions& opts);
 
+// ---- every task of a corpus ----
+
+// One row of the tasks.csv that `sonar synth-corpus` and scripts/build-benchmark.sh write beside their
+// manifests (columns task, manifest, type, splits): the task's name, its manifest (resolved against the
+// tasks.csv folder) and its type as ProbeOptions::task ("multiclass" -> "single", "multilabel" -> "multi").
+struct ProbeTask {
+  std::string name, manifest, task;
+};
+// Reads a tasks.csv; throws naming the file and line on a missing column, a row with another number of
+// fields, an unknown type, a repeated task name or a manifest that does not exist, before anything is probed.
+std::vector<ProbeTask> read_probe_tasks(const std::string& path);
+
 }  // namespace sonar::method

@@ -108,6 +108,62 @@ TEST(CmdPretrain, BadInputFailsWithOneLineAndWritesNothing) {
   fs::remove_all(root);
 }
 
+// `sonar probe --tasks`: every task of a corpus's tasks.csv, each scored exactly as `--data` scores it alone,
+// a summary table, one metrics file; a bad tasks file fails in one line before anything is probed.
+TEST(CmdProbe, EveryTaskOfACorpus) {
+  const std::string root = tmp_dir("tasks");
+  auto c = run_sonar("synth-corpus --out " + root + "/corpus --clips-per-class 4 --prior-clips 6 --seconds 1 --seed 4");
+  ASSERT_EQ(c.code, 0) << c.out;
+  const std::string common = "probe --preset tiny --epochs 20 --threads 2";
+  auto all = run_sonar(common + " --tasks " + root + "/corpus/tasks.csv --output " + root + "/all.json");
+  ASSERT_EQ(all.code, 0) << all.out;
+  EXPECT_NE(all.out.find("| task | test score | test accuracy | test clips |"), std::string::npos) << all.out;
+  std::ifstream in(root + "/all.json");
+  const nlohmann::json j = nlohmann::json::parse(in);
+  const std::vector<std::string> names = {"music", "birds", "noise", "speech", "prior", "prior_fine"};
+  ASSERT_EQ(j.at("tasks").size(), names.size());
+  for (size_t i = 0; i < names.size(); ++i) {
+    const nlohmann::json& t = j.at("tasks")[i];
+    EXPECT_EQ(t.at("name"), names[i]);
+    EXPECT_EQ(count_lines_with(all.out, "| " + names[i] + " | "), 1) << names[i];
+  }
+  // The same numbers as one task alone: the noise task (single-label) and the prior pool (multi-label).
+  for (const std::string name : {"noise", "prior"}) {
+    auto one = run_sonar(common + " --data " + root + "/corpus/" + name + ".csv --output " + root + "/" + name + ".json");
+    ASSERT_EQ(one.code, 0) << one.out;
+    std::ifstream oi(root + "/" + name + ".json");
+    const nlohmann::json o = nlohmann::json::parse(oi);
+    const size_t k = std::find(names.begin(), names.end(), name) - names.begin();
+    const nlohmann::json& t = j.at("tasks")[k];
+    const char* key = name == "prior" ? "test_mAP" : "test_macro_f1";
+    EXPECT_EQ(t.at(key).get<double>(), o.at(key).get<double>()) << name;
+    EXPECT_EQ(t.at("task"), o.at("task")) << name;
+  }
+
+  // Bad tasks files: one line naming the problem, no metrics file.
+  struct Case {
+    std::string text, needle;
+  };
+  const std::vector<Case> cases = {
+      {"task,file,type\nnoise,noise.csv,multiclass\n", "needs the columns task, manifest and type"},
+      {"task,manifest,type\nnoise,noise.csv,regression\n", "type 'regression'"},
+      {"task,manifest,type\nnoise,noise.csv,multiclass\nnoise,birds.csv,multiclass\n", "'noise' appears twice"},
+      {"task,manifest,type\nnoise,gone.csv,multiclass\n", "gone.csv"},
+      {"task,manifest,type\nnoise,noise.csv\n", "2 fields, the header has 3"},
+      {"task,manifest,type\n", "no tasks"},
+  };
+  for (const auto& bad : cases) {
+    std::ofstream(root + "/corpus/bad_tasks.csv") << bad.text;
+    sonar::testutil::expect_sonar_fails_in_one_line(
+        common + " --tasks " + root + "/corpus/bad_tasks.csv --output " + root + "/bad.json", bad.needle);
+    EXPECT_FALSE(fs::exists(root + "/bad.json")) << bad.text;
+  }
+  sonar::testutil::expect_sonar_fails_in_one_line(common + " --data x.csv --tasks y.csv", "either --data or --tasks");
+  sonar::testutil::expect_sonar_fails_in_one_line(
+      common + " --tasks " + root + "/corpus/tasks.csv --task single", "--task does not go with --tasks");
+  fs::remove_all(root);
+}
+
 TEST(CmdPretrain, HelpExplainsEveryFlag) {
   auto r = run_sonar("pretrain --help");
   ASSERT_EQ(r.code, 0);
@@ -120,6 +176,6 @@ TEST(CmdPretrain, HelpExplainsEveryFlag) {
   ASSERT_EQ(p.code, 0);
   for (const char* f : {"--checkpoint", "--preset", "--model-seed", "--data", "--task", "--layer", "--max-seconds",
                         "--batch", "--epochs", "--patience", "--lr", "--weight-decay", "--val-fraction", "--seed",
-                        "--output", "--threads", "--workers", "--cache"})
+                        "--output", "--threads", "--workers", "--cache", "--tasks"})
     EXPECT_EQ(count_lines_with(p.out, std::string("  ") + f + " "), 1) << f;
 }
