@@ -463,6 +463,39 @@ bool is_integer(const std::string& s) {
   return true;
 }
 
+}  // namespace
+
+// Dealing each class's groups round-robin gives every fold a share of every class with at least K groups.
+std::vector<std::string> probe_group_folds(const audio::Dataset& ds, int64_t K, uint64_t seed) {
+  SONAR_CHECK(K >= 2, "group folds must be at least 2, got ", K);
+  std::map<std::string, std::vector<int64_t>> members;  // group key -> items
+  std::vector<std::string> order;                        // group keys in first-appearance order
+  for (int64_t i = 0; i < ds.size(); ++i) {
+    const std::string key = ds.items[i].group.empty() ? "\x01item:" + std::to_string(i) : ds.items[i].group;
+    auto [it, fresh] = members.emplace(key, std::vector<int64_t>{});
+    if (fresh) order.push_back(key);
+    it->second.push_back(i);
+  }
+  std::map<std::string, std::vector<std::string>> by_class;  // class name -> its groups
+  for (const auto& key : order) {
+    const auto& labels = ds.items[members[key].front()].labels;
+    by_class[labels.empty() ? std::string() : labels.front()].push_back(key);
+  }
+  std::vector<std::string> fold(ds.size());
+  int64_t next = 0;
+  for (auto& [cls, groups] : by_class) {
+    const uint64_t class_seed = random_bits(seed, std::hash<std::string>{}(cls));
+    for (int64_t g : audio::shuffled_indices(static_cast<int64_t>(groups.size()), class_seed)) {
+      const std::string f = std::to_string(next % K + 1);
+      for (int64_t i : members[groups[g]]) fold[i] = f;
+      ++next;
+    }
+  }
+  return fold;
+}
+
+namespace {
+
 // A seeded, group-aware hold-out of about `fraction` of `items` (indices into ds): items sharing a non-empty
 // group stay on one side. Returns {kept, held_out}, each ascending.
 std::pair<std::vector<int64_t>, std::vector<int64_t>> hold_out(const audio::Dataset& ds,
@@ -568,6 +601,7 @@ nlohmann::json ProbeReport::to_json() const {
   j["task"] = multi_label ? "multi-label" : "single-label";
   j["classes"] = classes;
   j["layer"] = layer;
+  if (group_folds > 0) j["group_folds"] = group_folds;
   j["blocks"] = blocks;
   j["feature_dim"] = feature_dim;
   j["dropped_unlabelled"] = dropped;
@@ -626,6 +660,7 @@ ProbeReport run_probe(const ProbeOptions& o) {
   ProbeReport rep;
   rep.checkpoint = o.checkpoint.empty() ? "preset:" + o.preset : o.checkpoint;
   rep.data = o.data;
+  rep.group_folds = o.group_folds;
   rep.multi_label = o.task == "multi" || (o.task == "auto" && ds.multi_label());
   rep.classes = ds.classes;
   const int64_t K = ds.num_classes();
@@ -650,7 +685,13 @@ ProbeReport run_probe(const ProbeOptions& o) {
   };
   std::vector<Plan> plans;
   const uint64_t hold_seed = random_bits(o.classifier.seed, 0x56414cULL);  // "VAL"
-  if (values.count("train") && values.count("test")) {
+  if (o.group_folds > 0) {
+    split = probe_group_folds(ds, o.group_folds, random_bits(o.classifier.seed, 0x464f4c44ULL));  // "FOLD"
+    values = std::set<std::string>(split.begin(), split.end());
+    SONAR_CHECK(static_cast<int64_t>(values.size()) == o.group_folds, o.data, ": ", o.group_folds,
+                " group folds need at least as many groups, found ", values.size());
+  }
+  if (o.group_folds == 0 && values.count("train") && values.count("test")) {
     Plan p;
     p.test_split = "test";
     std::vector<int64_t> other;

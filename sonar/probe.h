@@ -131,6 +131,10 @@ struct ProbeOptions {
   std::string data;           // a labelled manifest (or class folder)
   std::string task = "auto";  // auto (multi-label when some clip has several labels), single, multi
   double val_fraction = 0.2;  // share of the training items held out for validation when there is no val split
+  // > 1: ignore the manifest's splits and cross-validate over this many folds of whole groups (a group's clips
+  // share a fold; each class's groups are dealt over the folds in a seeded order), each fold the test set
+  // once. Uses every clip for testing: a far less noisy score than one small test split.
+  int64_t group_folds = 0;
   ProbeFeatureOptions features;
   LinearProbeOptions classifier;
   std::function<void(const std::string&)> log;  // progress lines (default: stdout)
@@ -148,6 +152,7 @@ struct ProbeReport {
   bool multi_label = false;
   std::vector<std::string> classes;
   int64_t layer = 0, blocks = 0, feature_dim = 0;
+  int64_t group_folds = 0;        // ProbeOptions::group_folds (0: the manifest's splits)
   int64_t dropped = 0;            // clips without a usable label (single-label tasks), left out
   int64_t padded = 0;             // clips shorter than one patch, padded to one (see clip_features)
   std::vector<std::pair<std::string, std::string>> skipped;  // unreadable or empty clips, left out (path, reason)
@@ -158,6 +163,11 @@ struct ProbeReport {
 };
 
 ProbeReport run_probe(const ProbeOptions& opts);
+
+// The fold ("1".."K") of every item of ds for ProbeOptions::group_folds: items of one group (each item alone
+// when it has none) share a fold; each class's groups (a group's class: its first item's first label) are
+// shuffled with `seed` and dealt round-robin, continuing where the previous class stopped. K >= 2.
+std::vector<std::string> probe_group_folds(const audio::Dataset& ds, int64_t K, uint64_t seed);
 
 // ---- every task of a corpus ----
 

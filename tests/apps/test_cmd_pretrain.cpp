@@ -176,6 +176,6 @@ TEST(CmdPretrain, HelpExplainsEveryFlag) {
   ASSERT_EQ(p.code, 0);
   for (const char* f : {"--checkpoint", "--preset", "--model-seed", "--data", "--task", "--layer", "--max-seconds",
                         "--batch", "--epochs", "--patience", "--lr", "--weight-decay", "--val-fraction", "--seed",
-                        "--output", "--threads", "--workers", "--cache", "--tasks"})
+                        "--output", "--threads", "--workers", "--cache", "--tasks", "--group-folds"})
     EXPECT_EQ(count_lines_with(p.out, std::string("  ") + f + " "), 1) << f;
 }

@@ -9,6 +9,8 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <map>
+#include <set>
 #include <string>
 
 #include "audio/loader.h"
@@ -258,6 +260,63 @@ TEST(RunProbe, SplitsFoldsAndReport) {
   }
   o.data = dir + "/noise.csv";
   o.features.layer = 3;
+  EXPECT_THROW(run_probe(o), Error);
+  fs::remove_all(dir);
+}
+
+// --group-folds: every clip lands in exactly one of K folds, a group's clips together, each class spread
+// over the folds (dealt round-robin), the same seed the same folds; the probe then tests every clip once.
+TEST(RunProbe, GroupFoldsKeepGroupsTogetherAndTestEveryClip) {
+  audio::Dataset ds;
+  const std::vector<std::string> classes = {"a", "b", "c"};
+  for (int c = 0; c < 3; ++c)
+    for (int g = 0; g < 7; ++g)
+      for (int k = 0; k <= g % 3; ++k) {  // groups of 1-3 clips
+        audio::AudioItem it;
+        it.path = "x/" + classes[c] + std::to_string(g) + "_" + std::to_string(k) + ".wav";
+        it.labels = {classes[c]};
+        it.group = classes[c] + std::to_string(g);
+        ds.items.push_back(it);
+      }
+  ds.classes = classes;
+  const std::vector<std::string> f = probe_group_folds(ds, 3, 11);
+  ASSERT_EQ(f.size(), ds.items.size());
+  std::map<std::string, std::string> fold_of_group;
+  std::map<std::string, std::set<std::string>> groups_per_fold_class;
+  for (size_t i = 0; i < f.size(); ++i) {
+    ASSERT_TRUE(f[i] == "1" || f[i] == "2" || f[i] == "3") << f[i];
+    auto [it, fresh] = fold_of_group.emplace(ds.items[i].group, f[i]);
+    EXPECT_EQ(it->second, f[i]) << "group " << ds.items[i].group << " split over folds";
+    groups_per_fold_class[f[i] + ds.items[i].labels[0]].insert(ds.items[i].group);
+  }
+  // 7 groups of each class over 3 folds: 2 or 3 in each fold.
+  for (const auto& fc : groups_per_fold_class) EXPECT_GE(fc.second.size(), 2u) << fc.first;
+  EXPECT_EQ(groups_per_fold_class.size(), 9u);
+  EXPECT_EQ(probe_group_folds(ds, 3, 11), f);
+  // A clip without a group is a group of its own.
+  ds.items[0].group.clear();
+  EXPECT_EQ(probe_group_folds(ds, 3, 11).size(), ds.items.size());
+  EXPECT_THROW(probe_group_folds(ds, 1, 11), Error);
+
+  const std::string dir = tmp("group_folds");
+  audio::SynthCorpusOptions co;
+  co.clips_per_class = 6;
+  co.prior_clips = 12;
+  co.seconds = 1.0;
+  co.seed = 5;
+  audio::build_synth_corpus(dir, co);
+  ProbeOptions o;
+  o.preset = "tiny";
+  o.data = dir + "/noise.csv";
+  o.group_folds = 3;
+  o.log = [](const std::string&) {};
+  const ProbeReport r = run_probe(o);
+  ASSERT_EQ(r.folds.size(), 3u);
+  int64_t tested = 0;
+  for (const auto& fr : r.folds) tested += fr.test;
+  EXPECT_EQ(tested, 24);  // every clip of the 4 x 6 is tested exactly once
+  EXPECT_EQ(r.to_json().at("group_folds"), 3);
+  o.group_folds = 50;  // more folds than groups
   EXPECT_THROW(run_probe(o), Error);
   fs::remove_all(dir);
 }
