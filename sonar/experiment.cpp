@@ -728,6 +728,7 @@ ExperimentReport run_experiment(const ExperimentPlan& plan, const ExperimentOpti
                 {"patience", plan.probe.patience},
                 {"layer", plan.probe.layer},
                 {"max_seconds", plan.probe.max_seconds}};
+    if (plan.probe.group_folds > 0) key["group_folds"] = plan.probe.group_folds;  // earlier caches stay valid
     if (fs::exists(cache)) {
       try {
         json c = json::parse(read_file(cache.string()));
@@ -752,6 +753,7 @@ ExperimentReport run_experiment(const ExperimentPlan& plan, const ExperimentOpti
     po.classifier.epochs = plan.probe.epochs;
     po.classifier.patience = plan.probe.patience;
     po.classifier.seed = job.seed;
+    po.group_folds = plan.probe.group_folds;
     po.log = [](const std::string&) {};
     const ProbeReport pr = run_probe(po);
     job.report = pr.to_json();

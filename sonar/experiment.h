@@ -65,6 +65,9 @@ struct PlanTraining {
 struct PlanProbe {
   int64_t epochs = 200, patience = 30, layer = 0, batch = 8;
   double max_seconds = 10.0;
+  // > 1: every task is probed by cross-validation over this many folds of whole groups (ProbeOptions::
+  // group_folds; the probe seed, the run's seed, deals the folds), not on the manifests' splits.
+  int64_t group_folds = 0;
 };
 
 struct ExperimentPlan {

@@ -345,15 +345,18 @@ ExperimentPlan parse_plan(const json& j, const std::string& base_dir, const std:
   if (j.contains("probe")) {
     const json& t = j["probe"];
     const std::string wt = what + ": probe";
-    check_keys(t, {"epochs", "patience", "layer", "batch", "max_seconds"}, wt);
+    check_keys(t, {"epochs", "patience", "layer", "batch", "max_seconds", "group_folds"}, wt);
     PlanProbe& r = p.probe;
     r.epochs = get_number(t, "epochs", wt, r.epochs);
     r.patience = get_number(t, "patience", wt, r.patience);
     r.layer = get_number(t, "layer", wt, r.layer);
     r.batch = get_number(t, "batch", wt, r.batch);
     r.max_seconds = get_number(t, "max_seconds", wt, r.max_seconds);
+    r.group_folds = get_number(t, "group_folds", wt, r.group_folds);
     SONAR_CHECK(r.epochs > 0 && r.patience > 0 && r.layer >= 0 && r.batch > 0 && r.max_seconds > 0, wt,
                 ": epochs, patience, batch and max_seconds must be positive, layer >= 0");
+    SONAR_CHECK(r.group_folds == 0 || r.group_folds >= 2, wt, ": group_folds must be 0 (the manifests' splits) or "
+                "at least 2, got ", r.group_folds);
   }
 
   // Every method's flags must make valid options (the same check `sonar pretrain` does), before anything runs.
@@ -412,7 +415,7 @@ json ExperimentPlan::to_json() const {
                 {"max_clip_seconds", train.max_clip_seconds}, {"threads", train.threads},
                 {"workers", train.workers}};
   j["probe"] = {{"epochs", probe.epochs}, {"patience", probe.patience}, {"layer", probe.layer},
-                {"batch", probe.batch}, {"max_seconds", probe.max_seconds}};
+                {"batch", probe.batch}, {"max_seconds", probe.max_seconds}, {"group_folds", probe.group_folds}};
   return j;
 }
 

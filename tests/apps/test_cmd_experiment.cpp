@@ -124,6 +124,18 @@ TEST(CmdExperiment, TinyGridEndToEndThenReusedOnRerun) {
   EXPECT_NE(refused.out.find("was made with other settings (lr:"), std::string::npos) << refused.out;
   EXPECT_EQ(fs::last_write_time(fs::path(out) / "runs/birds/dcpt/seed3/checkpoint.safetensors"), stamp);
 
+  // Probes by group folds: the runs are reused, every probe is made again (another cache key) and reports
+  // its folds.
+  json folded = s.plan();
+  folded["probe"]["group_folds"] = 2;
+  auto gf = run_sonar("experiment --plan " + write_plan(dir + "-folds", folded) + " --out " + out);
+  ASSERT_EQ(gf.code, 0) << gf.out;
+  EXPECT_NE(gf.out.find("0 trained now, 2 reused"), std::string::npos) << gf.out;
+  EXPECT_NE(gf.out.find("9 probes (0 reused)"), std::string::npos) << gf.out;
+  const json cached = json::parse(sonar::read_file(out + "/probes/start/birds-seed3.json"));
+  EXPECT_EQ(cached["report"]["group_folds"], 2);
+  EXPECT_EQ(cached["report"]["folds"].size(), 2u);
+
   // sonar plot draws one run.
   auto p = run_sonar("plot " + out + "/runs/birds/distill/seed3");
   ASSERT_EQ(p.code, 0) << p.out;

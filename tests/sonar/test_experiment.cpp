@@ -251,9 +251,13 @@ TEST(ExperimentPlan, ParsesAndResolvesPaths) {
   ASSERT_EQ(cells.size(), 4u);  // 1 domain x 2 seeds x 2 methods
   EXPECT_EQ(cells[1].dir, "/out/runs/speech/distill-only/seed0");
   EXPECT_EQ(cells[2].seed, 1u);
+  EXPECT_EQ(p.probe.group_folds, 0);  // the manifests' splits unless the plan asks for group folds
   // The normalised plan parses to the same grid.
   const ExperimentPlan again = parse_plan(p.to_json(), "/elsewhere");
   EXPECT_EQ(again.to_json(), p.to_json());
+  json folds = f.plan;
+  folds["probe"]["group_folds"] = 5;
+  EXPECT_EQ(parse_plan(folds, f.dir).probe.group_folds, 5);
 }
 
 TEST(ExperimentPlan, BadPlansGiveOneLineNamingTheProblem) {
@@ -278,6 +282,7 @@ TEST(ExperimentPlan, BadPlansGiveOneLineNamingTheProblem) {
   expect([](json& j) { j["methods"][1]["name"] = "a/b"; }, {"method name 'a/b'"});
   expect([](json& j) { j.erase("start"); }, {"missing 'start'"});
   expect([](json& j) { j["tasks"]["speech"] = "music.csv"; }, {"duplicate task name 'speech'"});
+  expect([](json& j) { j["probe"]["group_folds"] = 1; }, {"probe", "group_folds must be 0", "got 1"});
 }
 
 namespace {
