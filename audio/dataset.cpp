@@ -458,13 +458,10 @@ std::vector<int64_t> shuffled_indices(int64_t n, uint64_t seed) {
   return v;
 }
 
-TrainValSplit split_by_fraction(const Dataset& ds, double val_fraction, uint64_t seed) {
-  SONAR_CHECK(val_fraction >= 0.0 && val_fraction < 1.0, "split_by_fraction: the validation fraction must be in "
-              "[0, 1), got ", val_fraction);
-  // Units: one per non-empty group (in order of first appearance), one per ungrouped item.
+std::vector<std::vector<int64_t>> group_units(const Dataset& ds, const std::vector<int64_t>& items) {
   std::vector<std::vector<int64_t>> units;
   std::map<std::string, size_t> unit_of_group;
-  for (int64_t i = 0; i < ds.size(); ++i) {
+  for (int64_t i : items) {
     const std::string& g = ds.items[i].group;
     if (g.empty()) {
       units.push_back({i});
@@ -474,6 +471,15 @@ TrainValSplit split_by_fraction(const Dataset& ds, double val_fraction, uint64_t
     if (fresh) units.emplace_back();
     units[it->second].push_back(i);
   }
+  return units;
+}
+
+TrainValSplit split_by_fraction(const Dataset& ds, double val_fraction, uint64_t seed) {
+  SONAR_CHECK(val_fraction >= 0.0 && val_fraction < 1.0, "split_by_fraction: the validation fraction must be in "
+              "[0, 1), got ", val_fraction);
+  std::vector<int64_t> all(ds.size());
+  for (int64_t i = 0; i < ds.size(); ++i) all[i] = i;
+  const std::vector<std::vector<int64_t>> units = group_units(ds, all);
   const auto order = shuffled_indices(static_cast<int64_t>(units.size()), seed);
   const int64_t target = static_cast<int64_t>(std::llround(val_fraction * static_cast<double>(ds.size())));
   std::vector<int64_t> train, val;

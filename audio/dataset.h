@@ -96,6 +96,11 @@ Dataset exclude_split(const Dataset& ds, const std::vector<std::string>& values)
 struct TrainValSplit {
   Dataset train, val;
 };
+// The leakage units of `items` (indices into ds.items): one per non-empty group, in order of first
+// appearance, holding that group's items in order; one per ungrouped item, in its place. Splits that keep a
+// group on one side deal these units.
+std::vector<std::vector<int64_t>> group_units(const Dataset& ds, const std::vector<int64_t>& items);
+
 // A seeded random split holding out about `val_fraction` of the items. Items sharing a non-empty group go to
 // the same side (no leakage). Same seed, same split, whatever the thread count or platform.
 TrainValSplit split_by_fraction(const Dataset& ds, double val_fraction, uint64_t seed);

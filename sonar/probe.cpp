@@ -468,26 +468,21 @@ bool is_integer(const std::string& s) {
 // Dealing each class's groups round-robin gives every fold a share of every class with at least K groups.
 std::vector<std::string> probe_group_folds(const audio::Dataset& ds, int64_t K, uint64_t seed) {
   SONAR_CHECK(K >= 2, "group folds must be at least 2, got ", K);
-  std::map<std::string, std::vector<int64_t>> members;  // group key -> items
-  std::vector<std::string> order;                        // group keys in first-appearance order
-  for (int64_t i = 0; i < ds.size(); ++i) {
-    const std::string key = ds.items[i].group.empty() ? "\x01item:" + std::to_string(i) : ds.items[i].group;
-    auto [it, fresh] = members.emplace(key, std::vector<int64_t>{});
-    if (fresh) order.push_back(key);
-    it->second.push_back(i);
-  }
-  std::map<std::string, std::vector<std::string>> by_class;  // class name -> its groups
-  for (const auto& key : order) {
-    const auto& labels = ds.items[members[key].front()].labels;
-    by_class[labels.empty() ? std::string() : labels.front()].push_back(key);
+  std::vector<int64_t> all(ds.size());
+  for (int64_t i = 0; i < ds.size(); ++i) all[i] = i;
+  const std::vector<std::vector<int64_t>> units = audio::group_units(ds, all);
+  std::map<std::string, std::vector<size_t>> by_class;  // class name -> its units, in order
+  for (size_t u = 0; u < units.size(); ++u) {
+    const auto& labels = ds.items[units[u].front()].labels;
+    by_class[labels.empty() ? std::string() : labels.front()].push_back(u);
   }
   std::vector<std::string> fold(ds.size());
   int64_t next = 0;
-  for (auto& [cls, groups] : by_class) {
+  for (const auto& [cls, members] : by_class) {
     const uint64_t class_seed = random_bits(seed, std::hash<std::string>{}(cls));
-    for (int64_t g : audio::shuffled_indices(static_cast<int64_t>(groups.size()), class_seed)) {
+    for (int64_t m : audio::shuffled_indices(static_cast<int64_t>(members.size()), class_seed)) {
       const std::string f = std::to_string(next % K + 1);
-      for (int64_t i : members[groups[g]]) fold[i] = f;
+      for (int64_t i : units[members[m]]) fold[i] = f;
       ++next;
     }
   }
@@ -501,18 +496,7 @@ namespace {
 std::pair<std::vector<int64_t>, std::vector<int64_t>> hold_out(const audio::Dataset& ds,
                                                                const std::vector<int64_t>& items, double fraction,
                                                                uint64_t seed) {
-  std::vector<std::vector<int64_t>> units;
-  std::map<std::string, size_t> unit_of;
-  for (int64_t i : items) {
-    const std::string& g = ds.items[i].group;
-    if (g.empty()) {
-      units.push_back({i});
-      continue;
-    }
-    auto [it, fresh] = unit_of.emplace(g, units.size());
-    if (fresh) units.emplace_back();
-    units[it->second].push_back(i);
-  }
+  const std::vector<std::vector<int64_t>> units = audio::group_units(ds, items);
   const int64_t target = static_cast<int64_t>(std::llround(fraction * static_cast<double>(items.size())));
   std::vector<int64_t> kept, held;
   for (int64_t u : audio::shuffled_indices(static_cast<int64_t>(units.size()), seed)) {
