@@ -45,16 +45,8 @@ std::string read_text(const std::string& path, const char* what) {
   return text;
 }
 
-struct CsvRow {
-  std::vector<std::string> fields;
-  int64_t line = 0;      // 1-based line where the row starts
-  bool comment = false;  // the line started with '#'
-  std::string raw;       // comment text after '#'
-};
+}  // namespace
 
-// RFC 4180 with conveniences: quoted fields may hold delimiters, doubled quotes and newlines; spaces around
-// unquoted fields are trimmed (AudioSet writes ", "); CR LF and LF both end rows; blank lines are skipped;
-// a line starting with '#' is a comment row.
 std::vector<CsvRow> parse_csv(const std::string& text, char delim) {
   std::vector<CsvRow> rows;
   size_t i = 0;
@@ -130,6 +122,8 @@ std::vector<CsvRow> parse_csv(const std::string& text, char delim) {
   }
   return rows;
 }
+
+namespace {
 
 // Index of the first column (case-insensitive) among `names`, or -1.
 int find_column(const std::vector<std::string>& header, const std::vector<std::string>& names) {

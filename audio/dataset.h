@@ -96,6 +96,19 @@ Dataset exclude_split(const Dataset& ds, const std::vector<std::string>& values)
 struct TrainValSplit {
   Dataset train, val;
 };
+// One row of parse_csv.
+struct CsvRow {
+  std::vector<std::string> fields;
+  int64_t line = 0;      // 1-based line where the row starts
+  bool comment = false;  // the line started with '#'
+  std::string raw;       // comment text after '#'
+};
+// The CSV reader of the manifests, for any small CSV/TSV text: RFC 4180 with conveniences (quoted fields may
+// hold delimiters, doubled quotes and newlines; spaces around unquoted fields are trimmed, as AudioSet writes
+// ", "; CR LF and LF both end rows; blank lines are skipped; a line starting with '#' is a comment row).
+// Throws naming the line on an unterminated quote or more than kMaxManifestColumns fields.
+std::vector<CsvRow> parse_csv(const std::string& text, char delim);
+
 // The leakage units of `items` (indices into ds.items): one per non-empty group, in order of first
 // appearance, holding that group's items in order; one per ungrouped item, in its place. Splits that keep a
 // group on one side deal these units.

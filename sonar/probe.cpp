@@ -821,33 +821,20 @@ ProbeReport run_probe(const ProbeOptions& o) {
 
 std::vector<ProbeTask> read_probe_tasks(const std::string& path) {
   SONAR_CHECK(fs::is_regular_file(path), "tasks file ", path, " does not exist");
-  const std::string text = read_file(path);
   const fs::path folder = fs::path(path).parent_path();
-  auto fields_of = [](const std::string& line) {
-    std::vector<std::string> f;
-    size_t start = 0;
-    while (true) {
-      const size_t comma = line.find(',', start);
-      std::string v = line.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
-      while (!v.empty() && (v.back() == '\r' || v.back() == ' ')) v.pop_back();
-      while (!v.empty() && v.front() == ' ') v.erase(v.begin());
-      f.push_back(v);
-      if (comma == std::string::npos) return f;
-      start = comma + 1;
-    }
-  };
+  std::vector<audio::CsvRow> rows;
+  try {
+    rows = audio::parse_csv(read_file(path), ',');
+  } catch (const Error& e) {
+    SONAR_FAIL(path, ": ", e.what());
+  }
   std::vector<ProbeTask> tasks;
   std::set<std::string> names;
   std::vector<std::string> header;
   int col_task = -1, col_manifest = -1, col_type = -1;
-  size_t line_no = 0, pos = 0;
-  while (pos < text.size()) {
-    const size_t nl = text.find('\n', pos);
-    const std::string line = text.substr(pos, nl == std::string::npos ? std::string::npos : nl - pos);
-    pos = nl == std::string::npos ? text.size() : nl + 1;
-    ++line_no;
-    if (line.find_first_not_of(" \r") == std::string::npos) continue;
-    const std::vector<std::string> f = fields_of(line);
+  for (const audio::CsvRow& row : rows) {
+    if (row.comment) continue;
+    const std::vector<std::string>& f = row.fields;
     if (header.empty()) {
       header = f;
       for (size_t i = 0; i < f.size(); ++i) {
@@ -855,22 +842,24 @@ std::vector<ProbeTask> read_probe_tasks(const std::string& path) {
         if (f[i] == "manifest") col_manifest = static_cast<int>(i);
         if (f[i] == "type") col_type = static_cast<int>(i);
       }
-      SONAR_CHECK(col_task >= 0 && col_manifest >= 0 && col_type >= 0, path, " line ", line_no,
-                  ": the header needs the columns task, manifest and type, got '", line, "'");
+      std::string got;
+      for (size_t i = 0; i < f.size(); ++i) got += (i ? "," : "") + f[i];
+      SONAR_CHECK(col_task >= 0 && col_manifest >= 0 && col_type >= 0, path, " line ", row.line,
+                  ": the header needs the columns task, manifest and type, got '", got, "'");
       continue;
     }
-    SONAR_CHECK(f.size() == header.size(), path, " line ", line_no, ": ", f.size(), " fields, the header has ",
+    SONAR_CHECK(f.size() == header.size(), path, " line ", row.line, ": ", f.size(), " fields, the header has ",
                 header.size());
     ProbeTask t;
     t.name = f[col_task];
-    SONAR_CHECK(!t.name.empty(), path, " line ", line_no, ": empty task name");
-    SONAR_CHECK(names.insert(t.name).second, path, " line ", line_no, ": task '", t.name, "' appears twice");
+    SONAR_CHECK(!t.name.empty(), path, " line ", row.line, ": empty task name");
+    SONAR_CHECK(names.insert(t.name).second, path, " line ", row.line, ": task '", t.name, "' appears twice");
     const std::string& type = f[col_type];
-    SONAR_CHECK(type == "multiclass" || type == "multilabel", path, " line ", line_no, ": task '", t.name,
+    SONAR_CHECK(type == "multiclass" || type == "multilabel", path, " line ", row.line, ": task '", t.name,
                 "' has type '", type, "' (known: multiclass, multilabel)");
     t.task = type == "multiclass" ? "single" : "multi";
     const fs::path m = fs::path(f[col_manifest]).is_absolute() ? fs::path(f[col_manifest]) : folder / f[col_manifest];
-    SONAR_CHECK(!f[col_manifest].empty() && fs::is_regular_file(m), path, " line ", line_no, ": manifest of task '",
+    SONAR_CHECK(!f[col_manifest].empty() && fs::is_regular_file(m), path, " line ", row.line, ": manifest of task '",
                 t.name, "' (", m.string(), ") does not exist");
     t.manifest = m.string();
     tasks.push_back(t);
