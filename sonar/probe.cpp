@@ -669,7 +669,7 @@ ProbeReport run_probe(const ProbeOptions& o) {
   };
   std::vector<Plan> plans;
   const uint64_t hold_seed = random_bits(o.classifier.seed, 0x56414cULL);  // "VAL"
-  if (o.group_folds > 0) {
+  if (o.group_folds != 0) {  // probe_group_folds refuses K < 2
     split = probe_group_folds(ds, o.group_folds, random_bits(o.classifier.seed, 0x464f4c44ULL));  // "FOLD"
     values = std::set<std::string>(split.begin(), split.end());
     SONAR_CHECK(static_cast<int64_t>(values.size()) == o.group_folds, o.data, ": ", o.group_folds,
