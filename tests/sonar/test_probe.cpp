@@ -52,6 +52,27 @@ std::string tmp(const std::string& name) {
   return p.string();
 }
 
+// A small synthetic corpus in a fresh temporary folder: 6 one-second clips per class, `prior_clips` prior clips.
+std::string small_corpus(const std::string& name, int64_t prior_clips, uint64_t seed) {
+  const std::string dir = tmp(name);
+  audio::SynthCorpusOptions co;
+  co.clips_per_class = 6;
+  co.prior_clips = prior_clips;
+  co.seconds = 1.0;
+  co.seed = seed;
+  audio::build_synth_corpus(dir, co);
+  return dir;
+}
+
+// The probe of a fresh tiny model on `data`, logging nothing.
+ProbeOptions tiny_probe(const std::string& data) {
+  ProbeOptions o;
+  o.preset = "tiny";
+  o.data = data;
+  o.log = [](const std::string&) {};
+  return o;
+}
+
 }  // namespace
 
 TEST(ProbeMetrics, AccuracyAndMacroF1ByHand) {
@@ -175,18 +196,8 @@ TEST(LinearProbe, EarlyStoppingKeepsTheBestValidationEpoch) {
 }
 
 TEST(RunProbe, SplitsFoldsAndReport) {
-  const std::string dir = tmp("corpus");
-  audio::SynthCorpusOptions co;
-  co.clips_per_class = 6;
-  co.prior_clips = 12;
-  co.seconds = 1.0;
-  co.seed = 3;
-  audio::build_synth_corpus(dir, co);
-
-  ProbeOptions o;
-  o.preset = "tiny";
-  o.data = dir + "/noise.csv";
-  o.log = [](const std::string&) {};
+  const std::string dir = small_corpus("corpus", 12, 3);
+  ProbeOptions o = tiny_probe(dir + "/noise.csv");
   ProbeReport r = run_probe(o);
   EXPECT_FALSE(r.multi_label);
   EXPECT_EQ(r.classes.size(), 4u);
@@ -298,18 +309,9 @@ TEST(RunProbe, GroupFoldsKeepGroupsTogetherAndTestEveryClip) {
   EXPECT_EQ(probe_group_folds(ds, 3, 11).size(), ds.items.size());
   EXPECT_THROW(probe_group_folds(ds, 1, 11), Error);
 
-  const std::string dir = tmp("group_folds");
-  audio::SynthCorpusOptions co;
-  co.clips_per_class = 6;
-  co.prior_clips = 12;
-  co.seconds = 1.0;
-  co.seed = 5;
-  audio::build_synth_corpus(dir, co);
-  ProbeOptions o;
-  o.preset = "tiny";
-  o.data = dir + "/noise.csv";
+  const std::string dir = small_corpus("group_folds", 12, 5);
+  ProbeOptions o = tiny_probe(dir + "/noise.csv");
   o.group_folds = 3;
-  o.log = [](const std::string&) {};
   const ProbeReport r = run_probe(o);
   ASSERT_EQ(r.folds.size(), 3u);
   int64_t tested = 0;
@@ -326,13 +328,7 @@ TEST(RunProbe, GroupFoldsKeepGroupsTogetherAndTestEveryClip) {
 // every other clip is evaluated.
 TEST(RunProbe, ShortClipsArePaddedAndBadClipsListed) {
   constexpr double kPaddedTolerance = 1e-5;  // same forward pass, batch of one vs batch of several
-  const std::string dir = tmp("short");
-  audio::SynthCorpusOptions co;
-  co.clips_per_class = 6;
-  co.prior_clips = 3;
-  co.seconds = 1.0;
-  co.seed = 4;
-  audio::build_synth_corpus(dir, co);
+  const std::string dir = small_corpus("short", 3, 4);
   // 0.1 s (1600 samples: 8 fbank frames, half a patch) of a hiss clip, as the Debian benchmark's shortest clips.
   const audio::SynthClip hiss = audio::synth_render("noise", "hiss", 1, 2, 0.1);
   audio::synth_write_wav(dir + "/short.wav", hiss.samples, 16000, false);
@@ -346,9 +342,7 @@ TEST(RunProbe, ShortClipsArePaddedAndBadClipsListed) {
         << "broken.wav,hiss,train,gbroken,synthetic,CC0-1.0\n"
         << "missing.wav,rumble,test,gmissing,synthetic,CC0-1.0\n";
   }
-  ProbeOptions o;
-  o.preset = "tiny";
-  o.data = dir + "/mixed.csv";
+  ProbeOptions o = tiny_probe(dir + "/mixed.csv");
   std::vector<std::string> lines;
   o.log = [&](const std::string& l) { lines.push_back(l); };
   const ProbeReport r = run_probe(o);
