@@ -54,7 +54,7 @@ say() { printf '[%5ds] %s\n' "$(( $(date +%s) - T0 ))" "$*"; }
 fail() { echo "build-benchmark: error: $*" >&2; exit 1; }
 
 # ---- 1. disk space, before anything is installed or fetched -----------------------------------------
-need_mb=$([ "$SIZE" = small ] && echo 3500 || echo 6000)
+need_mb=$([ "$SIZE" = small ] && echo 8500 || echo 11000)  # 0ad-data alone: 1.4 GB .deb, 3.3 GB zip while unpacking
 have_cache_mb=$(du -sm "$CACHE" 2>/dev/null | cut -f1)
 avail_mb=$(df -Pm "$OUT" | awk 'NR==2 {print $4}')
 if [ $(( avail_mb + have_cache_mb )) -lt "$need_mb" ]; then
@@ -91,10 +91,10 @@ MMA_LIB=/usr/share/mma/lib/stdlib
 # ---- 3. fetch and unpack the data packages -----------------------------------------------------------------
 mapfile -t PKG_ROWS < <(python3 -c '
 import csv, sys
-for r in csv.DictReader(open(sys.argv[1], newline="")): print(r["package"] + "\t" + r["version"])' "$DATA/packages.csv")
+for r in csv.DictReader(open(sys.argv[1], newline="")): print(r["package"] + "\t" + r["version"] + "\t" + (r.get("archive") or ""))' "$DATA/packages.csv")
 apt_updated=0
 for row in "${PKG_ROWS[@]}"; do
-  pkg="${row%%$'\t'*}"; ver="${row#*$'\t'}"
+  IFS=$'\t' read -r pkg ver archive <<< "$row"
   stamp="$STAMPS/extract.$pkg"
   if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$ver" ] && [ -d "$CACHE/ext/$pkg" ]; then continue; fi
   deb=$(ls "$CACHE/debs/${pkg}_"*.deb 2>/dev/null | head -1 || true)
@@ -119,7 +119,16 @@ for row in "${PKG_ROWS[@]}"; do
   say "unpacking $pkg $got"
   rm -rf "$CACHE/ext/$pkg.tmp"; mkdir -p "$CACHE/ext/$pkg.tmp"
   dpkg-deb --fsys-tarfile "$deb" | tar -x -C "$CACHE/ext/$pkg.tmp" --wildcards \
-    '*.ogg' '*.wav' '*.mp3' '*.flac' '*.sf2' '*/copyright' 2>>"$LOG" || true
+    '*.ogg' '*.wav' '*.mp3' '*.flac' '*.sf2' '*/copyright' ${archive:+"./$archive"} 2>>"$LOG" || true
+  if [ -n "$archive" ]; then
+    # Audio kept inside a zip (packages.csv's archive column): its audio members replace the zip, at
+    # ARCHIVE/member, so a source path still names where the sound came from.
+    zip="$CACHE/ext/$pkg.tmp/$archive"
+    [ -f "$zip" ] || fail "package '$pkg' has no $archive (data/benchmark/packages.csv's archive column)"
+    python3 "$here/benchmark/bench.py" unzip --archive "$zip" --dest "$zip.members" >>"$LOG" \
+      || fail "could not unpack the audio of $archive from $pkg (see above)"
+    rm -f "$zip"; mv "$zip.members" "$zip"
+  fi
   [ -n "$(find "$CACHE/ext/$pkg.tmp" -type f | head -1)" ] || fail "nothing unpacked from $deb"
   rm -rf "$CACHE/ext/$pkg"; mv "$CACHE/ext/$pkg.tmp" "$CACHE/ext/$pkg"
   echo "$ver" > "$stamp"

@@ -4,6 +4,7 @@ the framework itself).
 
   plan    reads the hand-reviewed label tables in data/benchmark/ and the unpacked packages, and writes the job
           lists (conversions, mma/fluidsynth renders, espeak-ng renders) and the item table.
+  unzip   unpacks the audio members of a zip archive that a package ships (0ad keeps its sounds in one).
   finish  reads what the conversions produced and the fingerprints, removes duplicate recordings, assigns
           splits or folds by group, writes the manifests atomically, prints per-class counts, compares them
           with expected_counts_<size>.csv and fails when a class is under the task's minimum.
@@ -22,12 +23,18 @@ import operator
 import os
 import random
 import re
+import shutil
 import sys
 import time
+import zipfile
 
 TASK_ORDER = ["emotion", "genre", "animal", "environment", "prior"]
 AUDIO_EXT = re.compile(r"\.(ogg|wav|mp3|flac)$", re.I)
 FOLDS = 5
+# Evaluation tasks whose clips are also searched for excerpts against the prior pool's effects (the same kind
+# of game and educational sound packages feed both; a prior clip cut from an evaluation recording, or the
+# reverse, would let the start model hear a test clip).
+PRIOR_EFFECTS_CROSS_TASKS = ("animal", "environment")
 ESPEAK_LANGS = ["en", "fr-fr", "de", "es", "it", "ru", "pl", "nl", "cs", "pt", "sv", "tr", "fi", "hu", "el", "ro"]
 ESPEAK_VARIANTS = ["m1", "m2", "m3", "m4", "m5", "m6", "m7", "f1", "f2", "f3", "f4", "f5"]
 # Chord progressions (bars, key of C; transposed per clip). Blues styles get the 12-bar form, jazz styles
@@ -487,6 +494,19 @@ def find_excerpts(clips, task="", jobs=1):
     return found
 
 
+def excerpt_search_sets(by_task_clips):
+    """{task: {key: (label, samples)}} -> the sets find_excerpts searches: each task as it is (pairs within a
+    label), plus one set holding the prior pool's effects and every clip of PRIOR_EFFECTS_CROSS_TASKS under a
+    single label, so that a prior effect is compared with every animal and environment clip."""
+    sets = dict(by_task_clips)
+    cross = {k: ("effects", s) for k, (label, s) in by_task_clips.get("prior", {}).items()
+             if "effects" in label.split(";")}
+    for task in PRIOR_EFFECTS_CROSS_TASKS:
+        cross.update((k, ("effects", s)) for k, (_, s) in by_task_clips.get(task, {}).items())
+    sets["prior+" + "+".join(PRIOR_EFFECTS_CROSS_TASKS)] = cross
+    return sets
+
+
 class Union:
     def __init__(self):
         self.p = {}
@@ -563,7 +583,7 @@ def finish(a):
         if not it["source"].startswith("synthetic"):
             by_task_clips[it["task"]][n] = (it["label"], read_pcm16(os.path.join(out, it["clips"][0])))
     excerpts = 0
-    for task, clips in by_task_clips.items():
+    for task, clips in excerpt_search_sets(by_task_clips).items():
         for i, j in find_excerpts(clips, task, a.jobs):
             if uf.find(i) != uf.find(j):
                 excerpts += 1
@@ -724,9 +744,45 @@ class _Sink:
         self.buf.append(s)
 
 
+def unzip_audio(archive, dest):
+    """Unpacks the audio members of `archive` (AUDIO_EXT) under `dest`, keeping their paths. A member whose
+    path is absolute or climbs out of `dest` stops the build naming it; each file is written whole or not at
+    all. Returns the number of files written."""
+    n = 0
+    try:
+        z = zipfile.ZipFile(archive)
+    except (OSError, zipfile.BadZipFile) as e:
+        die("%s: not a readable zip archive (%s)" % (archive, e))
+    with z:
+        members = []  # every name is checked before anything is written
+        for info in z.infolist():
+            if info.is_dir() or not AUDIO_EXT.search(info.filename):
+                continue
+            name = info.filename
+            parts = name.replace("\\", "/").split("/")
+            if name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", name) or ".." in parts:
+                die("%s: member '%s' would be written outside %s" % (archive, name, dest))
+            members.append((info, parts))
+        for info, parts in members:
+            target = os.path.join(dest, *parts)
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            tmp = target + ".tmp"
+            try:
+                with z.open(info) as src, open(tmp, "wb") as out:
+                    shutil.copyfileobj(src, out, 1 << 20)
+            except (OSError, zipfile.BadZipFile, EOFError) as e:
+                die("%s: member '%s' cannot be unpacked (%s)" % (archive, info.filename, e))
+            os.replace(tmp, target)
+            n += 1
+    return n
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
+    u = sub.add_parser("unzip")
+    u.add_argument("--archive", required=True)
+    u.add_argument("--dest", required=True)
     for name in ("plan", "finish"):
         p = sub.add_parser(name)
         p.add_argument("--size", choices=["small", "full"], required=True)
@@ -742,6 +798,12 @@ def main():
                        "looped to 6 s before fingerprinting")
         p.add_argument("--jobs", type=int, default=1, help="processes for the excerpt search (finish)")
     a = ap.parse_args()
+    if a.cmd == "unzip":
+        n = unzip_audio(a.archive, a.dest)
+        if n == 0:
+            die("%s: no audio members" % a.archive)
+        print("unzip: %d audio files from %s" % (n, a.archive))
+        return
     if a.jobs < 1:
         die("--jobs must be at least 1, got %d" % a.jobs)
     if a.cmd == "plan":

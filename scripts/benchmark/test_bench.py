@@ -5,13 +5,20 @@ Made-up clips at 16 kHz: a 4 s "recording" of noise bursts with a varied loudnes
 at offsets off every grid the search uses and at another gain, an unrelated recording and steady noise. The
 narrowed waveform search (fine_shifts) must decide as the exhaustive one does (every shift within a frame of
 the best envelope window, a plain Pearson correlation at each), and find_excerpts must find the pieces and
-nothing else, in one process or two. Run: python3 scripts/benchmark/test_bench.py (CTest: BenchmarkBuilder.Excerpts).
+nothing else, in one process or two; the prior pool's effects are searched against the animal and environment
+clips. unzip_audio (the audio inside a package's zip) unpacks audio members only, at their paths, and refuses a
+member that would land outside its folder before writing anything. Run: python3 scripts/benchmark/test_bench.py (CTest: BenchmarkBuilder.Excerpts).
 """
+import contextlib
+import io
 import math
 import os
 import random
+import shutil
 import sys
+import tempfile
 import unittest
+import zipfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench  # noqa: E402
@@ -106,6 +113,24 @@ class Excerpts(unittest.TestCase):
         self.assertEqual(sorted(bench.find_excerpts(clips)), want)
         self.assertEqual(sorted(bench.find_excerpts(clips, jobs=2)), want)  # the pairs split over two processes
 
+    def test_prior_effects_are_searched_against_animal_and_environment(self):
+        by_task = {
+            "animal": {1: ("bird", self.long), 2: ("canine", self.other)},
+            "environment": {3: ("water", recording(6, 3.0))},
+            "prior": {4: ("effects", piece(self.long, 0.9, 1.2, 0.8, 5)),      # cut from an animal clip
+                      5: ("effects", piece(self.other, 0.2, 1.0, 1.0, 3)),     # another animal clip
+                      6: ("speech", piece(self.long, 1.5, 1.0, 1.0)),          # not an effect: not compared
+                      7: ("effects", recording(7, 2.0))},
+            "emotion": {8: ("pain", piece(self.long, 2.0, 1.0, 1.0))},          # other tasks keep to themselves
+        }
+        sets = bench.excerpt_search_sets(by_task)
+        self.assertEqual(sorted(sets), ["animal", "emotion", "environment", "prior", "prior+animal+environment"])
+        self.assertEqual(sorted(sets["prior+animal+environment"]), [1, 2, 3, 4, 5, 7])
+        found = set()
+        for clips in sets.values():
+            found.update(bench.find_excerpts(clips))
+        self.assertEqual(sorted(found), [(4, 1), (5, 2)])
+
     def test_centred_prefix_correlation_matches_pearson(self):
         rng = random.Random(4)
         a = [rng.uniform(-1, 1) for _ in range(50)]
@@ -118,6 +143,47 @@ class Excerpts(unittest.TestCase):
         for o in (0, 1234, 4000):
             self.assertAlmostEqual(bench.corr_at(cw, pw, o), pearson(w[:4000], w[o:o + 4000]), places=9)
         self.assertEqual(bench.corr_at(c, bench.Prefix([5.0] * 60), 3), 0.0)  # a flat window
+
+
+class UnzipAudio(unittest.TestCase):
+    def make_zip(self, members):
+        d = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, d)
+        path = os.path.join(d, "public.zip")
+        with zipfile.ZipFile(path, "w") as z:
+            for name, data in members:
+                z.writestr(name, data)
+        return d, path
+
+    def test_audio_members_unpacked_with_their_paths(self):
+        d, path = self.make_zip([("audio/fauna/cattle_01.ogg", b"moo" * 1000), ("audio/fauna/cattle.xml", b"<x/>"),
+                                 ("art/a.png", b"png"), ("audio/ambient/Wind.WAV", b"RIFF....")])
+        dest = os.path.join(d, "public.zip.members")
+        self.assertEqual(bench.unzip_audio(path, dest), 2)
+        got = sorted(os.path.relpath(os.path.join(r, f), dest) for r, _, fs in os.walk(dest) for f in fs)
+        self.assertEqual(got, ["audio/ambient/Wind.WAV", "audio/fauna/cattle_01.ogg"])
+        with open(os.path.join(dest, "audio/fauna/cattle_01.ogg"), "rb") as f:
+            self.assertEqual(f.read(), b"moo" * 1000)
+
+    def test_a_member_outside_the_folder_stops_before_anything_is_written(self):
+        for bad in ("../evil.ogg", "/abs/evil.wav", "a/../../evil.flac"):
+            with self.subTest(bad):
+                d, path = self.make_zip([("audio/ok.ogg", b"ok"), (bad, b"evil")])
+                dest = os.path.join(d, "out")
+                with self.assertRaises(SystemExit), contextlib.redirect_stderr(io.StringIO()) as err:
+                    bench.unzip_audio(path, dest)
+                self.assertIn(bad, err.getvalue())
+                self.assertFalse(os.path.exists(dest))
+
+    def test_not_a_zip(self):
+        d = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, d)
+        path = os.path.join(d, "broken.zip")
+        with open(path, "wb") as f:
+            f.write(b"PK\x03\x04 truncated")
+        with self.assertRaises(SystemExit), contextlib.redirect_stderr(io.StringIO()) as err:
+            bench.unzip_audio(path, os.path.join(d, "out"))
+        self.assertIn("not a readable zip archive", err.getvalue())
 
 
 if __name__ == "__main__":
