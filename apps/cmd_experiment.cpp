@@ -132,6 +132,7 @@ std::string usage() {
   const DemoSettings d;
   std::ostringstream u;
   u << "usage: sonar experiment (--plan PLAN.json | --preset demo) --out DIR [--threads N] [--jobs N]\n"
+       "                        [--finished-only]\n"
        "       demo options: [--domain NAME] [--seeds 0,1] [--steps N]\n\n"
        "Runs a grid of continual pre-training runs, new domains x seeds x methods, plus the start model, and\n"
        "linear-probes every model on every task: its new domain's, the prior pool's and the other domains'.\n"
@@ -156,12 +157,17 @@ std::string usage() {
        "  --jobs N         runs (and probes) at a time, each with threads/N threads (default 1; --preset demo: 2\n"
        "                   when there are 2 threads or more). A tiny model's step cannot keep two cores busy:\n"
        "                   two runs of one thread finish about 1.5x sooner than one run of two. Each concurrent\n"
-       "                   run needs its own memory\n";
+       "                   run needs its own memory\n"
+       "  --finished-only  train nothing: probe the runs already finished (and the start model at their seeds)\n"
+       "                   and write the results and figures of those alone, titled 'partial: K of N runs\n"
+       "                   finished'. For reading a long grid between the sessions it runs in, or while it\n"
+       "                   runs (in another shell)\n";
   return u.str();
 }
 
 int run(int argc, char** argv) {
-  sonar::app::Args args(argc, argv, {"plan", "preset", "out", "domain", "seeds", "steps", "threads", "jobs"}, {});
+  sonar::app::Args args(argc, argv, {"plan", "preset", "out", "domain", "seeds", "steps", "threads", "jobs"},
+                         {"finished-only"});
   if (args.help()) {
     std::printf("%s", usage().c_str());
     return 0;
@@ -169,6 +175,8 @@ int run(int argc, char** argv) {
   SONAR_CHECK(args.positional().empty(), "unexpected argument '", args.positional().empty() ? "" : args.positional()[0],
               "' (see --help)");
   SONAR_CHECK(args.has("plan") != args.has("preset"), "give either --plan or --preset (see --help)");
+  SONAR_CHECK(!(args.has("finished-only") && args.has("preset")),
+              "--finished-only reads a grid made from a plan; with --preset demo the whole grid takes minutes");
   const std::string out = args.require("out");
   const long long threads = args.get_int("threads", 0);
   SONAR_CHECK(threads >= 0, "--threads must be >= 0, got ", threads);
@@ -208,13 +216,16 @@ int run(int argc, char** argv) {
   eo.out_dir = out;
   eo.stop = stop_on_signal.flag();
   eo.jobs = static_cast<int>(jobs);
+  eo.finished_only = args.has("finished-only");
   const auto rep = sonar::method::run_experiment(plan, eo);
   if (rep.stopped) return 130;
   std::printf("\n%s\n", sonar::read_file((fs::path(out) / "results.md").string()).c_str());
-  std::printf("grid: %lld runs (%lld trained now, %lld reused), %lld probes (%lld reused) in %s\n",
+  std::printf("grid: %lld runs (%lld trained now, %lld reused%s), %lld probes (%lld reused) in %s\n",
               static_cast<long long>(rep.cells), static_cast<long long>(rep.trained),
-              static_cast<long long>(rep.reused), static_cast<long long>(rep.probes + rep.probes_reused),
-              static_cast<long long>(rep.probes_reused), sonar::method::format_duration(rep.seconds).c_str());
+              static_cast<long long>(rep.reused),
+              rep.left_out > 0 ? (", " + std::to_string(rep.left_out) + " not finished, left out").c_str() : "",
+              static_cast<long long>(rep.probes + rep.probes_reused), static_cast<long long>(rep.probes_reused),
+              sonar::method::format_duration(rep.seconds).c_str());
   for (const auto& f : rep.outputs) std::printf("wrote %s\n", f.c_str());
   return 0;
 }

@@ -593,6 +593,14 @@ ExperimentReport run_experiment(const ExperimentPlan& plan, const ExperimentOpti
     SONAR_CHECK(diff.empty(), c.dir, " was made with other settings (", diff, "); use another --out, or delete that "
                 "run folder to redo it");
   }
+  if (o.finished_only)
+    SONAR_CHECK(std::any_of(cells.begin(), cells.end(),
+                            [](const GridCell& c) {
+                              return fs::exists(fs::path(c.dir) / kModelFile) &&
+                                     fs::exists(fs::path(c.dir) / kGridRunFile);
+                            }),
+                "no run of the grid in ", o.out_dir,
+                " is finished yet, so there is nothing to report; run without --finished-only to train");
   fs::create_directories(out);
   write_file_atomic((out / "plan.json").string(), plan.to_json().dump(2) + "\n");
 
@@ -610,11 +618,16 @@ ExperimentReport run_experiment(const ExperimentPlan& plan, const ExperimentOpti
   int64_t trained_steps = 0, steps_left = 0;
   double run_seconds = 0.0;  // summed over the runs finished in this session (concurrent ones overlap)
   std::vector<size_t> pending;
+  std::vector<bool> finished(cells.size(), true);  // in the results (finished_only: finished before this call)
   for (size_t i = 0; i < cells.size(); ++i) {
     const GridCell& c = cells[i];
     if (fs::exists(fs::path(c.dir) / kModelFile) && fs::exists(fs::path(c.dir) / kGridRunFile)) {
       ++rep.reused;
       log(run_head(cells, i) + ": finished earlier, reused");
+    } else if (o.finished_only) {
+      finished[i] = false;
+      ++rep.left_out;
+      log(run_head(cells, i) + ": not finished, left out of the results");
     } else {
       pending.push_back(i);
       steps_left += plan.train.steps;
@@ -713,8 +726,16 @@ ExperimentReport run_experiment(const ExperimentPlan& plan, const ExperimentOpti
       if (probe_index.emplace(std::make_tuple(model_name, task, seed), probe_jobs.size()).second)
         probe_jobs.push_back({model_name, model, task, manifest, seed, json()});
   };
-  for (uint64_t s : plan.seeds) want_probe(kStartMethodName, plan.start_model, s);
-  for (const auto& c : cells) want_probe(cell_name(c), (fs::path(c.dir) / kModelFile).string(), c.seed);
+  // The start model is probed at every seed some reported run has (all of them, unless finished_only).
+  auto seed_reported = [&](uint64_t s) {
+    for (size_t i = 0; i < cells.size(); ++i)
+      if (finished[i] && cells[i].seed == s) return true;
+    return false;
+  };
+  for (uint64_t s : plan.seeds)
+    if (seed_reported(s)) want_probe(kStartMethodName, plan.start_model, s);
+  for (size_t i = 0; i < cells.size(); ++i)
+    if (finished[i]) want_probe(cell_name(cells[i]), (fs::path(cells[i].dir) / kModelFile).string(), cells[i].seed);
   const int64_t total_probes = static_cast<int64_t>(probe_jobs.size());
   int64_t probes_done = 0, probes_run = 0;
   const auto t_probes = std::chrono::steady_clock::now();
@@ -808,25 +829,34 @@ ExperimentReport run_experiment(const ExperimentPlan& plan, const ExperimentOpti
   std::vector<ResultRow> rows;
   for (const auto& d : plan.domains)
     for (uint64_t s : plan.seeds) {
+      std::vector<size_t> here;  // the reported runs of this domain and seed
+      for (size_t i = 0; i < cells.size(); ++i)
+        if (finished[i] && cells[i].domain == d.name && cells[i].seed == s) here.push_back(i);
+      if (here.empty()) continue;
       for (const auto& [task, manifest] : tasks)
         rows.push_back(row_of(d.name, kStartMethodName, s, task, role_of(d.name, task),
                               report_of(kStartMethodName, task, s)));
-      for (const auto& c : cells) {
-        if (c.domain != d.name || c.seed != s) continue;
+      for (size_t i : here)
         for (const auto& [task, manifest] : tasks)
-          rows.push_back(row_of(d.name, c.method, s, task, role_of(d.name, task), report_of(cell_name(c), task, s)));
-      }
+          rows.push_back(row_of(d.name, cells[i].method, s, task, role_of(d.name, task),
+                                report_of(cell_name(cells[i]), task, s)));
     }
 
   // ---- results and figures ----
-  rep.outputs = write_results(rows, o.out_dir, plan.name);
+  const int64_t reported = static_cast<int64_t>(cells.size()) - rep.left_out;
+  const std::string title = rep.left_out == 0 ? plan.name
+                                              : plan.name + " (partial: " + std::to_string(reported) + " of " +
+                                                    std::to_string(cells.size()) + " runs finished)";
+  rep.outputs = write_results(rows, o.out_dir, title);
   for (const auto& d : plan.domains) {
     std::vector<std::pair<std::string, MetricsLog>> logs;
     for (const auto& m : plan.methods) {
       std::vector<MetricsLog> per_seed;
-      for (const auto& c : cells)
-        if (c.domain == d.name && c.method == m.name && fs::exists(fs::path(c.dir) / kMetricsFile))
+      for (size_t i = 0; i < cells.size(); ++i) {
+        const GridCell& c = cells[i];
+        if (finished[i] && c.domain == d.name && c.method == m.name && fs::exists(fs::path(c.dir) / kMetricsFile))
           per_seed.push_back(read_metrics((fs::path(c.dir) / kMetricsFile).string()));
+      }
       if (!per_seed.empty()) logs.emplace_back(m.name, mean_metrics(per_seed));
     }
     if (logs.empty()) continue;

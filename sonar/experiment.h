@@ -119,10 +119,15 @@ struct ExperimentOptions {
   // sooner than one run of two threads (docs/results.md); a large model gains little and needs the memory of
   // every concurrent run. Results do not depend on it beyond the float summation order of a thread count.
   int jobs = 1;
+  // Train nothing: probe the runs already finished (and the start model for their seeds) and write the results
+  // and figures of those alone, titled as partial. For reading a long grid while it is still running, or
+  // between the sessions it is resumed in. Fails when no run is finished.
+  bool finished_only = false;
 };
 
 struct ExperimentReport {
   int64_t cells = 0, trained = 0, reused = 0;  // runs trained (or resumed) in this session / found finished
+  int64_t left_out = 0;                         // finished_only: runs not finished, not in the results
   int64_t probes = 0, probes_reused = 0;
   bool stopped = false;
   double seconds = 0.0;

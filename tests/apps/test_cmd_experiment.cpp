@@ -208,6 +208,47 @@ TEST(CmdExperiment, AFailingRunStopsTheConcurrentOneResumably) {
   EXPECT_FALSE(fs::exists(dir + "/out/results.csv"));
 }
 
+// --finished-only trains nothing and reports the finished runs alone: here one run of a 2 x 2 grid, made by a
+// plan with only that cell. Its rows are those of the one-cell grid, to the byte; the tables say partial.
+TEST(CmdExperiment, FinishedOnlyReportsThePartialGrid) {
+  const GridSetup& s = setup();
+  const std::string dir = tmp_dir("partial");
+  const std::string out = dir + "/out";
+  json full = s.plan();
+  full["seeds"] = {3, 4};
+  const std::string full_plan = write_plan(dir + "-full", full);
+
+  auto none = run_sonar("experiment --plan " + full_plan + " --out " + out + " --finished-only");
+  EXPECT_NE(none.code, 0);
+  EXPECT_NE(none.out.find("is finished yet, so there is nothing to report"), std::string::npos) << none.out;
+  EXPECT_LE(lines_of(none.out), 1) << none.out;
+  EXPECT_FALSE(fs::exists(out)) << "nothing is written";
+
+  json one = s.plan();
+  one["methods"] = {"dcpt"};
+  auto trained = run_sonar("experiment --plan " + write_plan(dir + "-one", one) + " --out " + out);
+  ASSERT_EQ(trained.code, 0) << trained.out;
+  const std::string one_csv = sonar::read_file(out + "/results.csv");
+  EXPECT_EQ(lines_of(one_csv), 1 + 2 * 3) << one_csv;  // start and dcpt at seed 3, three tasks each
+
+  auto partial = run_sonar("experiment --plan " + full_plan + " --out " + out + " --finished-only");
+  ASSERT_EQ(partial.code, 0) << partial.out;
+  EXPECT_EQ(partial.out.find("step 1/3"), std::string::npos) << "nothing trained: " << partial.out;
+  EXPECT_NE(partial.out.find("run 2 of 4: birds / distill / seed 3: not finished, left out"), std::string::npos)
+      << partial.out;
+  EXPECT_NE(partial.out.find("0 trained now, 1 reused, 3 not finished, left out"), std::string::npos) << partial.out;
+  EXPECT_NE(partial.out.find("6 probes (6 reused)"), std::string::npos) << partial.out;
+  EXPECT_EQ(sonar::read_file(out + "/results.csv"), one_csv);
+  EXPECT_NE(sonar::read_file(out + "/results.md").find("(partial: 1 of 4 runs finished)"), std::string::npos);
+  EXPECT_FALSE(fs::exists(out + "/runs/birds/distill/seed3/model.safetensors"));
+  EXPECT_FALSE(fs::exists(out + "/runs/birds/dcpt/seed4"));
+
+  auto demo = run_sonar("experiment --preset demo --out " + dir + "/demo --finished-only");
+  EXPECT_NE(demo.code, 0);
+  EXPECT_NE(demo.out.find("--finished-only reads a grid made from a plan"), std::string::npos) << demo.out;
+  EXPECT_FALSE(fs::exists(dir + "/demo"));
+}
+
 TEST(CmdExperiment, BadPlansFailWithOneLineAndWriteNothing) {
   const GridSetup& s = setup();
   const std::string dir = tmp_dir("bad");
@@ -240,7 +281,8 @@ TEST(CmdExperiment, BadPlansFailWithOneLineAndWriteNothing) {
 TEST(CmdExperiment, HelpNamesEveryFlag) {
   auto r = run_sonar("experiment --help");
   ASSERT_EQ(r.code, 0);
-  for (const char* f : {"--plan", "--preset", "--out", "--domain", "--seeds", "--steps", "--threads", "--jobs"})
+  for (const char* f : {"--plan", "--preset", "--out", "--domain", "--seeds", "--steps", "--threads", "--jobs",
+                        "--finished-only"})
     EXPECT_NE(r.out.find(f), std::string::npos) << f;
   auto p = run_sonar("plot --help");
   ASSERT_EQ(p.code, 0);
