@@ -468,12 +468,16 @@ std::vector<std::vector<int64_t>> group_units(const Dataset& ds, const std::vect
   return units;
 }
 
+std::vector<std::vector<int64_t>> group_units(const Dataset& ds) {
+  std::vector<int64_t> all(ds.size());
+  for (int64_t i = 0; i < ds.size(); ++i) all[i] = i;
+  return group_units(ds, all);
+}
+
 TrainValSplit split_by_fraction(const Dataset& ds, double val_fraction, uint64_t seed) {
   SONAR_CHECK(val_fraction >= 0.0 && val_fraction < 1.0, "split_by_fraction: the validation fraction must be in "
               "[0, 1), got ", val_fraction);
-  std::vector<int64_t> all(ds.size());
-  for (int64_t i = 0; i < ds.size(); ++i) all[i] = i;
-  const std::vector<std::vector<int64_t>> units = group_units(ds, all);
+  const std::vector<std::vector<int64_t>> units = group_units(ds);
   const auto order = shuffled_indices(static_cast<int64_t>(units.size()), seed);
   const int64_t target = static_cast<int64_t>(std::llround(val_fraction * static_cast<double>(ds.size())));
   std::vector<int64_t> train, val;

@@ -113,6 +113,8 @@ std::vector<CsvRow> parse_csv(const std::string& text, char delim);
 // appearance, holding that group's items in order; one per ungrouped item, in its place. Splits that keep a
 // group on one side deal these units.
 std::vector<std::vector<int64_t>> group_units(const Dataset& ds, const std::vector<int64_t>& items);
+// The same over every item of ds.
+std::vector<std::vector<int64_t>> group_units(const Dataset& ds);
 
 // A seeded random split holding out about `val_fraction` of the items. Items sharing a non-empty group go to
 // the same side (no leakage). Same seed, same split, whatever the thread count or platform.

@@ -463,6 +463,12 @@ std::vector<std::string> write_results(const std::vector<ResultRow>& rows, const
 
 namespace {
 
+// A grid run is finished once it has both the record of its settings (written before it trains) and its model
+// (written after its last step).
+bool run_finished(const GridCell& c) {
+  return fs::exists(fs::path(c.dir) / kModelFile) && fs::exists(fs::path(c.dir) / kGridRunFile);
+}
+
 double seconds_since(std::chrono::steady_clock::time_point t) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
 }
@@ -594,11 +600,7 @@ ExperimentReport run_experiment(const ExperimentPlan& plan, const ExperimentOpti
                 "run folder to redo it");
   }
   if (o.finished_only)
-    SONAR_CHECK(std::any_of(cells.begin(), cells.end(),
-                            [](const GridCell& c) {
-                              return fs::exists(fs::path(c.dir) / kModelFile) &&
-                                     fs::exists(fs::path(c.dir) / kGridRunFile);
-                            }),
+    SONAR_CHECK(std::any_of(cells.begin(), cells.end(), run_finished),
                 "no run of the grid in ", o.out_dir,
                 " is finished yet, so there is nothing to report; run without --finished-only to train");
   fs::create_directories(out);
@@ -618,14 +620,14 @@ ExperimentReport run_experiment(const ExperimentPlan& plan, const ExperimentOpti
   int64_t trained_steps = 0, steps_left = 0;
   double run_seconds = 0.0;  // summed over the runs finished in this session (concurrent ones overlap)
   std::vector<size_t> pending;
-  std::vector<bool> finished(cells.size(), true);  // in the results (finished_only: finished before this call)
+  std::vector<bool> reported(cells.size(), true);  // in the results (finished_only: finished before this call)
   for (size_t i = 0; i < cells.size(); ++i) {
     const GridCell& c = cells[i];
-    if (fs::exists(fs::path(c.dir) / kModelFile) && fs::exists(fs::path(c.dir) / kGridRunFile)) {
+    if (run_finished(c)) {
       ++rep.reused;
       log(run_head(cells, i) + ": finished earlier, reused");
     } else if (o.finished_only) {
-      finished[i] = false;
+      reported[i] = false;
       ++rep.left_out;
       log(run_head(cells, i) + ": not finished, left out of the results");
     } else {
@@ -729,13 +731,13 @@ ExperimentReport run_experiment(const ExperimentPlan& plan, const ExperimentOpti
   // The start model is probed at every seed some reported run has (all of them, unless finished_only).
   auto seed_reported = [&](uint64_t s) {
     for (size_t i = 0; i < cells.size(); ++i)
-      if (finished[i] && cells[i].seed == s) return true;
+      if (reported[i] && cells[i].seed == s) return true;
     return false;
   };
   for (uint64_t s : plan.seeds)
     if (seed_reported(s)) want_probe(kStartMethodName, plan.start_model, s);
   for (size_t i = 0; i < cells.size(); ++i)
-    if (finished[i]) want_probe(cell_name(cells[i]), (fs::path(cells[i].dir) / kModelFile).string(), cells[i].seed);
+    if (reported[i]) want_probe(cell_name(cells[i]), (fs::path(cells[i].dir) / kModelFile).string(), cells[i].seed);
   const int64_t total_probes = static_cast<int64_t>(probe_jobs.size());
   int64_t probes_done = 0, probes_run = 0;
   const auto t_probes = std::chrono::steady_clock::now();
@@ -831,7 +833,7 @@ ExperimentReport run_experiment(const ExperimentPlan& plan, const ExperimentOpti
     for (uint64_t s : plan.seeds) {
       std::vector<size_t> here;  // the reported runs of this domain and seed
       for (size_t i = 0; i < cells.size(); ++i)
-        if (finished[i] && cells[i].domain == d.name && cells[i].seed == s) here.push_back(i);
+        if (reported[i] && cells[i].domain == d.name && cells[i].seed == s) here.push_back(i);
       if (here.empty()) continue;
       for (const auto& [task, manifest] : tasks)
         rows.push_back(row_of(d.name, kStartMethodName, s, task, role_of(d.name, task),
@@ -843,9 +845,9 @@ ExperimentReport run_experiment(const ExperimentPlan& plan, const ExperimentOpti
     }
 
   // ---- results and figures ----
-  const int64_t reported = static_cast<int64_t>(cells.size()) - rep.left_out;
+  const int64_t n_reported = static_cast<int64_t>(cells.size()) - rep.left_out;
   const std::string title = rep.left_out == 0 ? plan.name
-                                              : plan.name + " (partial: " + std::to_string(reported) + " of " +
+                                              : plan.name + " (partial: " + std::to_string(n_reported) + " of " +
                                                     std::to_string(cells.size()) + " runs finished)";
   rep.outputs = write_results(rows, o.out_dir, title);
   for (const auto& d : plan.domains) {
@@ -854,7 +856,7 @@ ExperimentReport run_experiment(const ExperimentPlan& plan, const ExperimentOpti
       std::vector<MetricsLog> per_seed;
       for (size_t i = 0; i < cells.size(); ++i) {
         const GridCell& c = cells[i];
-        if (finished[i] && c.domain == d.name && c.method == m.name && fs::exists(fs::path(c.dir) / kMetricsFile))
+        if (reported[i] && c.domain == d.name && c.method == m.name && fs::exists(fs::path(c.dir) / kMetricsFile))
           per_seed.push_back(read_metrics((fs::path(c.dir) / kMetricsFile).string()));
       }
       if (!per_seed.empty()) logs.emplace_back(m.name, mean_metrics(per_seed));

@@ -468,9 +468,7 @@ bool is_integer(const std::string& s) {
 // Dealing each class's groups round-robin gives every fold a share of every class with at least K groups.
 std::vector<std::string> probe_group_folds(const audio::Dataset& ds, int64_t K, uint64_t seed) {
   SONAR_CHECK(K >= 2, "group folds must be at least 2, got ", K);
-  std::vector<int64_t> all(ds.size());
-  for (int64_t i = 0; i < ds.size(); ++i) all[i] = i;
-  const std::vector<std::vector<int64_t>> units = audio::group_units(ds, all);
+  const std::vector<std::vector<int64_t>> units = audio::group_units(ds);
   std::map<std::string, std::vector<size_t>> by_class;  // class name -> its units, in order
   for (size_t u = 0; u < units.size(); ++u) {
     const auto& labels = ds.items[units[u].front()].labels;
