@@ -4,6 +4,8 @@
 #include "sonar/codebook.h"
 
 #include <algorithm>
+#include <cstdio>
+#include <cstdlib>
 #include <cmath>
 #include <filesystem>
 #include <limits>
@@ -153,6 +155,10 @@ struct OnlineCodebookExtension::Impl {
   int64_t updates = 0;                       // after_step calls with real features so far
   int64_t reinit_total = 0, added_total = 0;  // since the run started
   int64_t reinit_since = 0, added_since = 0;  // since the last progress() call
+  // Novel share (features below novelty_cos / real features) summed over the steps since the last progress()
+  // call that could grow, and their count.
+  double novel_share_sum = 0.0;
+  int64_t novel_share_steps = 0;
   // relabel's labels of the features it saw; after_step reuses them for the same features (the codebook does
   // not change in between), which saves one nearest-code search per step.
   Tensor relabel_features, relabel_labels;
@@ -443,12 +449,22 @@ void OnlineCodebookExtension::after_step(const StepBatch& batch, const beats::Ml
     group.allreduce_sum(flags, 2);
     SONAR_CHECK(flags[0] == 0 || flags[0] == group.size(), "online codebook, step ", batch.step + 1, ": ", flags[0],
                 " of ", group.size(), " processes see dead codes: their codebooks differ (non-deterministic sums?)");
+    if (may_grow) {
+      m.novel_share_sum += static_cast<double>(flags[1]) / static_cast<double>(N);
+      ++m.novel_share_steps;
+    }
     const bool novel = may_grow && static_cast<double>(flags[1]) > m.o.novelty_share * static_cast<double>(N);
     if (dead.empty() && !novel) return;
     gather_global(group, n_new_real, x, assigned);
     SONAR_CHECK(x.size(0) == N, "online codebook: gathered ", x.size(0), " features, the global count is ", N);
   }
   BestCode best = best_codes(x, m.weight);
+  if (may_grow && !group.multi()) {
+    int64_t n_novel = 0;
+    for (float c : best.cos) n_novel += static_cast<double>(c) < m.o.novelty_cos ? 1 : 0;
+    m.novel_share_sum += static_cast<double>(n_novel) / static_cast<double>(N);
+    ++m.novel_share_steps;
+  }
   const double start_usage = m.mean_usage();
   const std::vector<std::pair<int64_t, int64_t>> reinit = m.draw_anchors(x, best, dead, batch.step);
   const float* xp = x.data<float>();
@@ -541,7 +557,11 @@ std::vector<std::pair<std::string, double>> OnlineCodebookExtension::progress() 
       {"dead", static_cast<double>(m.dead_codes().size())},
       {"reinit", static_cast<double>(m.reinit_since)},
       {"added", static_cast<double>(m.added_since)}};
+  if (m.novel_share_steps > 0)
+    out.emplace_back("novel_share", m.novel_share_sum / static_cast<double>(m.novel_share_steps));
   m.reinit_since = m.added_since = 0;
+  m.novel_share_sum = 0.0;
+  m.novel_share_steps = 0;
   return out;
 }
 
@@ -557,6 +577,11 @@ void OnlineCodebookExtension::save_state(std::map<std::string, Tensor>& tensors,
   meta["added-total"] = std::to_string(m.added_total);
   meta["reinit-since-log"] = std::to_string(m.reinit_since);
   meta["added-since-log"] = std::to_string(m.added_since);
+  // The novel share's running sum as an exact hexadecimal float, so a resumed run logs the same line.
+  char sum[64];
+  std::snprintf(sum, sizeof sum, "%a", m.novel_share_sum);
+  meta["novel-share-sum"] = sum;
+  meta["novel-share-steps"] = std::to_string(m.novel_share_steps);
 }
 
 void OnlineCodebookExtension::load_state(const std::map<std::string, Tensor>& tensors,
@@ -606,6 +631,20 @@ void OnlineCodebookExtension::load_state(const std::map<std::string, Tensor>& te
   m.added_total = count("added-total");
   m.reinit_since = count("reinit-since-log");
   m.added_since = count("added-since-log");
+  // Checkpoints written before the novel share was logged have neither entry: its sum starts afresh.
+  m.novel_share_sum = 0.0;
+  m.novel_share_steps = 0;
+  if (meta.count("novel-share-steps")) {
+    m.novel_share_steps = count("novel-share-steps");
+    const auto it = meta.find("novel-share-sum");
+    SONAR_CHECK(it != meta.end(), "online codebook: the checkpoint has 'novel-share-steps' but no 'novel-share-sum'");
+    char* end = nullptr;
+    m.novel_share_sum = std::strtod(it->second.c_str(), &end);
+    SONAR_CHECK(!it->second.empty() && end == it->second.c_str() + it->second.size() && m.novel_share_sum >= 0.0 &&
+                    m.novel_share_sum <= static_cast<double>(m.novel_share_steps),
+                "online codebook: 'novel-share-sum' = '", it->second, "' is not a share sum over ",
+                m.novel_share_steps, " steps");
+  }
   SONAR_CHECK(m.added_total == K - m.start_codes, "online codebook: the checkpoint counts ", m.added_total,
               " added codes but its codebook grew by ", K - m.start_codes);
 }

@@ -40,7 +40,10 @@
 //
 // Health, on the progress line and in metrics.jsonl: codebook_size, perplexity (exp of the entropy of the usage
 // share u / sum(u)), dead (codes under the threshold now), reinit and added (codes re-initialised and added since
-// the last line). The adapted tokenizer (start tokenizer with the adapted codebook: weight, embed_avg, usage)
+// the last line), and novel_share: the share of the real features whose best cosine to the codebook (after the
+// EMA, before re-initialisation) is below novelty_cos, averaged over the steps since the last line on which the
+// codebook could still grow (absent when there were none: during the warm-up, or at max_codes). Growth needs it
+// above novelty_share on a step. The adapted tokenizer (start tokenizer with the adapted codebook: weight, embed_avg, usage)
 // is written to the run folder as tokenizer_adapted.safetensors at the end, so a second continual stage can
 // start from it (--tokenizer RUN/tokenizer_adapted.safetensors).
 //

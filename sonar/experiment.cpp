@@ -335,7 +335,7 @@ std::vector<std::pair<std::string, std::vector<std::string>>> curve_panels(const
     if (k == "lr") panels[4].second.push_back(k);
     else if (k == "grad_norm") panels[5].second.push_back(k);
     else if (has(k, "codebook") || has(k, "code") || has(k, "perplexity") || has(k, "dead") || has(k, "reinit") ||
-             has(k, "added"))
+             has(k, "added") || has(k, "novel"))
       panels[2].second.push_back(k);
     else if (has(k, "replay")) panels[3].second.push_back(k);
     else if (has(k, "acc")) panels[1].second.push_back(k);

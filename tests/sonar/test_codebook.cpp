@@ -15,8 +15,11 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
+#include <sstream>
 #include <string>
 #include <vector>
+
+#include <nlohmann/json.hpp>
 
 #include "audio/synth_corpus.h"
 #include "autograd/ops.h"
@@ -49,6 +52,8 @@ constexpr double kUsageRelTol = 1e-5;
 constexpr float kCopyTol = 0.0f;
 // A resumed run must equal the straight run bit for bit (same machine and thread count).
 constexpr float kResumeTolerance = 0.0f;
+// A share of a handful of features: a count over a count, up to double rounding.
+constexpr double kShareTol = 1e-12;
 
 fs::path corpus_path() {
   return fs::temp_directory_path() / ("sonar_test_codebook_corpus_" + std::to_string(::getpid()));
@@ -115,6 +120,18 @@ const Fixture& fixture() {
     return fx;
   }();
   return f;
+}
+
+// The values of one key over a metrics.jsonl, line by line (lines without it skipped).
+std::vector<double> metric_values(const std::string& path, const std::string& key) {
+  std::vector<double> out;
+  std::istringstream in(read_file(path));
+  for (std::string line; std::getline(in, line);) {
+    if (line.empty()) continue;
+    const nlohmann::json j = nlohmann::json::parse(line);
+    if (j.contains(key)) out.push_back(j[key].get<double>());
+  }
+  return out;
 }
 
 PretrainOptions codebook_run(const std::string& out, int64_t steps) {
@@ -516,6 +533,8 @@ TEST(OnlineCodebook, ExpansionGrowsTheCodebookThePredictorAndItsAdamWState) {
   auto prog = a.ext->progress();
   EXPECT_EQ(progress_value(*a.ext, "added", &prog), 3);
   EXPECT_EQ(progress_value(*a.ext, "codebook_size", &prog), K);
+  // far, b, c and d are below novelty_cos (0.5) before the growth, e and the 8 on codes are not.
+  EXPECT_NEAR(progress_value(*a.ext, "novel_share", &prog), 4.0 / 13.0, kShareTol);
 
   // A training step on targets that include the new classes works and trains their rows.
   const StepBatch& crop = fixture().crops[0];
@@ -542,6 +561,11 @@ TEST(OnlineCodebook, TheCapHolds) {
   Attached a("cap", co);
   set_codebook(*a.ext, basis_codes(), std::vector<float>(kCodes, 10.0f), 1);
   for (int s = 0; s < 3; ++s) a.ext->after_step(hand_batch(growth_features(), {}, 7 + s), {});
+  // The novel share counts only steps that could grow: the first one (4 of 13 novel), not the two at the cap.
+  auto prog = a.ext->progress();
+  EXPECT_NEAR(progress_value(*a.ext, "novel_share", &prog), 4.0 / 13.0, kShareTol);
+  a.ext->after_step(hand_batch(growth_features(), {}, 10), {});
+  for (const auto& [k, v] : a.ext->progress()) EXPECT_NE(k, "novel_share") << "logged at the cap: " << v;
   EXPECT_EQ(a.ext->codebook().size(0), kCodes + 1);
   EXPECT_EQ(a.ext->added_total(), 1);
   EXPECT_EQ(a.head()->out_features(), kCodes + 1);
@@ -610,6 +634,11 @@ TEST(OnlineCodebook, KilledAndResumedRunWithGrowthEqualsStraightRun) {
     EXPECT_NE(metrics.find("\"codebook_size\""), std::string::npos);
     EXPECT_NE(metrics.find("\"perplexity\""), std::string::npos);
   }
+  // The novel share's running sum travels in the checkpoint: the resumed run logs the straight run's values.
+  const std::vector<double> novel_a = metric_values((fs::path(straight) / kMetricsFile).string(), "novel_share");
+  const std::vector<double> novel_b = metric_values((fs::path(resumed) / kMetricsFile).string(), "novel_share");
+  EXPECT_FALSE(novel_a.empty());
+  EXPECT_EQ(novel_a, novel_b);
 
   // The adapted tokenizer: the start tokenizer's encoder with the adapted codebook, so its labels are the
   // adapted codebook's nearest codes of the start tokenizer's features.

@@ -181,10 +181,12 @@ TEST(ExperimentMetrics, ReadsAveragesAndGroupsCurves) {
   const std::string dir = tmp_dir("metrics");
   write(dir + "/a.jsonl",
         "{\"step\":10,\"loss\":4.0,\"masked_accuracy\":0.1,\"lr\":1e-3,\"codebook_size\":256,\"distill_tok\":null}\n"
-        "{\"step\":20,\"loss\":3.0,\"masked_accuracy\":0.2,\"lr\":5e-4,\"codebook_size\":260,\"distill_tok\":2.5}\n");
+        "{\"step\":20,\"loss\":3.0,\"masked_accuracy\":0.2,\"lr\":5e-4,\"codebook_size\":260,\"distill_tok\":2.5,"
+        "\"novel_share\":0.01}\n");
   write(dir + "/b.jsonl", "{\"step\":10,\"loss\":6.0,\"masked_accuracy\":0.3}\n{\"step\":20,\"loss\":5.0}\n");
   const MetricsLog a = read_metrics(dir + "/a.jsonl");
-  EXPECT_EQ(a.keys, (std::vector<std::string>{"loss", "masked_accuracy", "lr", "codebook_size", "distill_tok"}));
+  EXPECT_EQ(a.keys, (std::vector<std::string>{"loss", "masked_accuracy", "lr", "codebook_size", "distill_tok",
+                                               "novel_share"}));
   EXPECT_EQ(a.values.at("distill_tok"), (std::vector<double>{2.5}));  // the null is skipped
   EXPECT_EQ(a.steps.at("distill_tok"), (std::vector<double>{20}));
   const MetricsLog m = mean_metrics({a, read_metrics(dir + "/b.jsonl")});
@@ -195,7 +197,7 @@ TEST(ExperimentMetrics, ReadsAveragesAndGroupsCurves) {
   EXPECT_EQ(panels[0].first, "loss terms");
   EXPECT_EQ(panels[0].second, (std::vector<std::string>{"loss", "distill_tok"}));
   EXPECT_EQ(panels[1].second, (std::vector<std::string>{"masked_accuracy"}));
-  EXPECT_EQ(panels[2].second, (std::vector<std::string>{"codebook_size"}));
+  EXPECT_EQ(panels[2].second, (std::vector<std::string>{"codebook_size", "novel_share"}));
   EXPECT_EQ(panels[3].second, (std::vector<std::string>{"lr"}));
   const auto x = sonar::testutil::check_xml(run_curves_svg(a, "run a"));
   EXPECT_TRUE(x.ok) << x.error;
