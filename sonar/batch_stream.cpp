@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <optional>
 #include <vector>
 
@@ -45,6 +46,11 @@ TrainBatch BatchStream::next() {
       continue;
     }
     cur_.yielded = true;
+    {
+      // Segments hold whole batches of local_batch_ clips, so what is missing from this one was skipped.
+      std::lock_guard<std::mutex> lock(skips_->mu);
+      skips_->draws += local_batch_ - b->size();
+    }
     const int64_t k = cur_.first + b->index;  // batch index within the epoch
     epoch_ = cur_.epoch;
     batch_ = k + 1;
@@ -79,11 +85,31 @@ BatchStream::Segment BatchStream::open(int64_t epoch, int64_t first) {
   lo.keep_waveforms = false;
   lo.cache_dir = o_.cache_dir;
   lo.min_seconds = o_.min_seconds;
+  // A segment's loader reports a bad file once; across segments (epochs) the stream reports it once too.
+  lo.on_bad_file = [skips = skips_, log = o_.log](const std::string& path, const std::string& reason) {
+    std::lock_guard<std::mutex> lock(skips->mu);
+    if (!skips->files.insert(path).second) return;
+    const std::string line = "skipping " + path + ": " + reason + " (not reported again when drawn again)";
+    if (log)
+      log(line);
+    else
+      std::fprintf(stderr, "%s\n", line.c_str());
+  };
   Segment s;
   s.epoch = epoch;
   s.first = first;
   s.loader = std::make_unique<audio::DataLoader>(ds_.subset(items), lo);
   return s;
+}
+
+int64_t BatchStream::skipped_files() const {
+  std::lock_guard<std::mutex> lock(skips_->mu);
+  return static_cast<int64_t>(skips_->files.size());
+}
+
+int64_t BatchStream::skipped_draws() const {
+  std::lock_guard<std::mutex> lock(skips_->mu);
+  return skips_->draws;
 }
 
 TrainBatch BatchStream::crop(const audio::Batch& b, int64_t epoch, int64_t first) const {

@@ -5,7 +5,10 @@
 // windows themselves (crop_windows in sonar/trainer.h), anything about models.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <memory>
+#include <mutex>
+#include <set>
 #include <string>
 
 #include "audio/dataset.h"
@@ -37,6 +40,8 @@ struct StreamOptions {
   // global batch of B clips (B must be a multiple of ranks); crops are those of the clips' global positions,
   // so the slices of all ranks together are exactly the batch a single process would load.
   int rank = 0, ranks = 1;
+  // Where "skipping PATH: REASON" goes, once per file however many epochs draw it (unset: stderr).
+  std::function<void(const std::string&)> log;
 };
 
 // Endless batches: epoch e is a seeded permutation of the clips cut into batches; the position (epoch, batch)
@@ -53,6 +58,11 @@ class BatchStream {
   // Position of the next batch.
   int64_t epoch() const { return epoch_; }
   int64_t batch() const { return batch_; }
+  // Clips that could not be used (unreadable, too short): distinct files (reported once each, when first
+  // loaded, possibly by the next epoch's prefetching loader), and how many times they were missing from the
+  // batches next() returned (once per epoch that draws them).
+  int64_t skipped_files() const;
+  int64_t skipped_draws() const;
 
   TrainBatch next();
 
@@ -74,6 +84,13 @@ class BatchStream {
   int64_t eff_batch_ = 1, per_epoch_ = 1, local_batch_ = 1;
   int64_t shift_ = 160, want_ = 0, crop_frames_ = 0;
   Segment cur_, next_;
+  // Skips seen by every segment's loader (each epoch has its own loader, and two may run at once).
+  struct Skips {
+    std::mutex mu;
+    std::set<std::string> files;
+    int64_t draws = 0;
+  };
+  std::shared_ptr<Skips> skips_ = std::make_shared<Skips>();
 };
 
 }  // namespace sonar::method

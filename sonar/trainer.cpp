@@ -648,6 +648,7 @@ PretrainResult Trainer::run_impl() {
   StreamOptions sto = run_stream_options(p, s.model->cfg.input_patch_size);
   sto.rank = dist.rank();
   sto.ranks = dist.size();
+  sto.log = p.log ? p.log : default_log;  // every process: each skips only the clips of its own slices
   BatchStream stream(s.data, sto, s.epoch, s.batch);
   // The first batch is loaded before anything is written, so data that cannot be read at all fails cleanly.
   std::optional<TrainBatch> first_batch;
@@ -892,6 +893,10 @@ PretrainResult Trainer::run_impl() {
         for (const auto& e : extensions_) e->finish(s.out);
       save(true);
       result.finished = true;
+      if (stream.skipped_files() > 0)
+        s.log("skipped " + std::to_string(stream.skipped_files()) +
+              (stream.skipped_files() == 1 ? " clip" : " clips") + " that could not be used, drawn " +
+              std::to_string(stream.skipped_draws()) + " times in this session (each listed above when first drawn)");
       s.log("finished: " + s.ckpt_path + " and " + (fs::path(s.out) / kModelFile).string() + " after " +
             format_duration(s.elapsed_before + seconds_since(s.session_start)));
       break;

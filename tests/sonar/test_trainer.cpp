@@ -296,6 +296,41 @@ TEST(Trainer, ExtensionHooksAndStateSurviveResume) {
   fs::remove_all(dir);
 }
 
+// A clip too short to train on is skipped every epoch that draws it, but reported once, and counted at the end.
+TEST(Trainer, ASkippedClipIsReportedOnceAndCounted) {
+  const std::string dir = run_dir("skips");
+  const fs::path data = fs::path(run_dir("skips_data"));
+  fs::create_directories(data);
+  // 15 of the music clips and one 0.05 s blip: 16 clips, 4 batches of 4, so every epoch draws the blip.
+  std::ifstream in(corpus_dir() + "/music.csv");
+  std::ofstream out(data / "data.csv");
+  std::string line;
+  std::getline(in, line);
+  out << "path\n";
+  for (int n = 0; n < 15 && std::getline(in, line);) {
+    if (line.empty()) continue;
+    out << (fs::path(corpus_dir()) / line.substr(0, line.find(','))).string() << "\n";
+    ++n;
+  }
+  audio::synth_write_wav((data / "blip.wav").string(), std::vector<float>(800, 0.1f), 16000, false);
+  out << (data / "blip.wav").string() << "\n";
+  out.close();
+  PretrainOptions o = tiny_options(dir, 12);  // 3 epochs
+  o.data = (data / "data.csv").string();
+  std::vector<std::string> lines;
+  o.log = [&](const std::string& s) { lines.push_back(s); };
+  ASSERT_TRUE(pretrain(o).finished);
+  int reported = 0;
+  for (const auto& l : lines) reported += l.rfind("skipping " + (data / "blip.wav").string() + ": too short", 0) == 0;
+  EXPECT_EQ(reported, 1);
+  EXPECT_NE(std::find(lines.begin(), lines.end(),
+                      "skipped 1 clip that could not be used, drawn 3 times in this session (each listed above when "
+                      "first drawn)"),
+            lines.end());
+  fs::remove_all(dir);
+  fs::remove_all(data);
+}
+
 TEST(Trainer, BadOptionsFailBeforeWritingAnything) {
   const std::string dir = run_dir("bad");
   auto expect_error = [&](PretrainOptions o, const std::string& needle) {
