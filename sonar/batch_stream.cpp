@@ -51,6 +51,7 @@ TrainBatch BatchStream::next() {
       std::lock_guard<std::mutex> lock(skips_->mu);
       skips_->draws += local_batch_ - b->size();
     }
+    report_skips();
     const int64_t k = cur_.first + b->index;  // batch index within the epoch
     epoch_ = cur_.epoch;
     batch_ = k + 1;
@@ -86,20 +87,31 @@ BatchStream::Segment BatchStream::open(int64_t epoch, int64_t first) {
   lo.cache_dir = o_.cache_dir;
   lo.min_seconds = o_.min_seconds;
   // A segment's loader reports a bad file once; across segments (epochs) the stream reports it once too.
-  lo.on_bad_file = [skips = skips_, log = o_.log](const std::string& path, const std::string& reason) {
+  lo.on_bad_file = [skips = skips_](const std::string& path, const std::string& reason) {
     std::lock_guard<std::mutex> lock(skips->mu);
-    if (!skips->files.insert(path).second) return;
-    const std::string line = "skipping " + path + ": " + reason + " (not reported again when drawn again)";
-    if (log)
-      log(line);
-    else
-      std::fprintf(stderr, "%s\n", line.c_str());
+    if (skips->files.insert(path).second)
+      skips->pending.push_back("skipping " + path + ": " + reason + " (not reported again when drawn again)");
   };
   Segment s;
   s.epoch = epoch;
   s.first = first;
   s.loader = std::make_unique<audio::DataLoader>(ds_.subset(items), lo);
   return s;
+}
+
+void BatchStream::report_skips() {
+  std::vector<std::string> lines;
+  {
+    std::lock_guard<std::mutex> lock(skips_->mu);
+    lines.swap(skips_->pending);
+  }
+  // The loaders' threads only queue their lines: the log is called from this (the training) thread alone.
+  for (const auto& line : lines) {
+    if (o_.log)
+      o_.log(line);
+    else
+      std::fprintf(stderr, "%s\n", line.c_str());
+  }
 }
 
 int64_t BatchStream::skipped_files() const {

@@ -10,6 +10,7 @@
 #include <mutex>
 #include <set>
 #include <string>
+#include <vector>
 
 #include "audio/dataset.h"
 #include "audio/loader.h"
@@ -40,7 +41,8 @@ struct StreamOptions {
   // global batch of B clips (B must be a multiple of ranks); crops are those of the clips' global positions,
   // so the slices of all ranks together are exactly the batch a single process would load.
   int rank = 0, ranks = 1;
-  // Where "skipping PATH: REASON" goes, once per file however many epochs draw it (unset: stderr).
+  // Where "skipping PATH: REASON" goes, once per file however many epochs draw it (unset: stderr); called
+  // from the thread that calls next(), never from a loader thread.
   std::function<void(const std::string&)> log;
 };
 
@@ -63,6 +65,8 @@ class BatchStream {
   // batches next() returned (once per epoch that draws them).
   int64_t skipped_files() const;
   int64_t skipped_draws() const;
+  // Logs the report lines the loaders queued since the last call (next() calls it after every batch).
+  void report_skips();
 
   TrainBatch next();
 
@@ -89,6 +93,7 @@ class BatchStream {
     std::mutex mu;
     std::set<std::string> files;
     int64_t draws = 0;
+    std::vector<std::string> pending;  // report lines queued by the loaders' threads, logged by next()
   };
   std::shared_ptr<Skips> skips_ = std::make_shared<Skips>();
 };

@@ -893,6 +893,7 @@ PretrainResult Trainer::run_impl() {
         for (const auto& e : extensions_) e->finish(s.out);
       save(true);
       result.finished = true;
+      stream.report_skips();  // a clip first met by the next epoch's prefetch is listed too
       if (stream.skipped_files() > 0)
         s.log("skipped " + std::to_string(stream.skipped_files()) +
               (stream.skipped_files() == 1 ? " clip" : " clips") + " that could not be used, drawn " +
