@@ -164,6 +164,20 @@ struct OnlineCodebookExtension::Impl {
   Tensor relabel_features, relabel_labels;
 
   int64_t K() const { return weight.size(0); }
+
+  // A feature is novel when its best cosine to the codebook is below novelty_cos.
+  bool is_novel(float best_cos) const { return static_cast<double>(best_cos) < o.novelty_cos; }
+  int64_t count_novel(const BestCode& b) const {
+    int64_t n = 0;
+    for (float c : b.cos) n += is_novel(c) ? 1 : 0;
+    return n;
+  }
+  // Adds one step's novel share (n_novel of N real features) to the running sum progress() averages.
+  void note_novel_share(int64_t n_novel, int64_t N) {
+    novel_share_sum += static_cast<double>(n_novel) / static_cast<double>(N);
+    ++novel_share_steps;
+  }
+
   std::shared_ptr<beats::GrowableLinear> head() const { return trainer->objective()->predictor->head; }
 
   void check_attached(const char* what) const {
@@ -299,7 +313,7 @@ struct OnlineCodebookExtension::Impl {
     if (N == 0 || room <= 0) return chosen;
     std::vector<int64_t> novel;
     for (int64_t n = 0; n < N; ++n)
-      if (static_cast<double>(b.cos[n]) < o.novelty_cos) novel.push_back(n);
+      if (is_novel(b.cos[n])) novel.push_back(n);
     if (!(static_cast<double>(novel.size()) > o.novelty_share * static_cast<double>(N))) return chosen;
     std::stable_sort(novel.begin(), novel.end(), [&](int64_t p, int64_t q) { return b.cos[p] < b.cos[q]; });
     const float* xp = x.data<float>();
@@ -442,29 +456,18 @@ void OnlineCodebookExtension::after_step(const StepBatch& batch, const beats::Ml
     // step after the warm-up so that processes whose codebooks went apart fail here instead of waiting for
     // each other in different collectives).
     int64_t flags[2] = {dead.empty() ? 0 : 1, 0};  // processes with dead codes, novel features
-    if (may_grow && N_local > 0) {
-      const BestCode local = best_codes(x, m.weight);
-      for (float c : local.cos) flags[1] += static_cast<double>(c) < m.o.novelty_cos ? 1 : 0;
-    }
+    if (may_grow && N_local > 0) flags[1] = m.count_novel(best_codes(x, m.weight));
     group.allreduce_sum(flags, 2);
     SONAR_CHECK(flags[0] == 0 || flags[0] == group.size(), "online codebook, step ", batch.step + 1, ": ", flags[0],
                 " of ", group.size(), " processes see dead codes: their codebooks differ (non-deterministic sums?)");
-    if (may_grow) {
-      m.novel_share_sum += static_cast<double>(flags[1]) / static_cast<double>(N);
-      ++m.novel_share_steps;
-    }
+    if (may_grow) m.note_novel_share(flags[1], N);
     const bool novel = may_grow && static_cast<double>(flags[1]) > m.o.novelty_share * static_cast<double>(N);
     if (dead.empty() && !novel) return;
     gather_global(group, n_new_real, x, assigned);
     SONAR_CHECK(x.size(0) == N, "online codebook: gathered ", x.size(0), " features, the global count is ", N);
   }
   BestCode best = best_codes(x, m.weight);
-  if (may_grow && !group.multi()) {
-    int64_t n_novel = 0;
-    for (float c : best.cos) n_novel += static_cast<double>(c) < m.o.novelty_cos ? 1 : 0;
-    m.novel_share_sum += static_cast<double>(n_novel) / static_cast<double>(N);
-    ++m.novel_share_steps;
-  }
+  if (may_grow && !group.multi()) m.note_novel_share(m.count_novel(best), N);
   const double start_usage = m.mean_usage();
   const std::vector<std::pair<int64_t, int64_t>> reinit = m.draw_anchors(x, best, dead, batch.step);
   const float* xp = x.data<float>();

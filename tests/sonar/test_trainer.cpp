@@ -13,6 +13,7 @@
 #include <regex>
 #include <string>
 
+#include "audio/dataset.h"
 #include "audio/synth_corpus.h"
 #include "autograd/ops.h"
 #include "nn/beats/checkpoint.h"
@@ -302,16 +303,11 @@ TEST(Trainer, ASkippedClipIsReportedOnceAndCounted) {
   const fs::path data = fs::path(run_dir("skips_data"));
   fs::create_directories(data);
   // 15 of the music clips and one 0.05 s blip: 16 clips, 4 batches of 4, so every epoch draws the blip.
-  std::ifstream in(corpus_dir() + "/music.csv");
+  const audio::Dataset music = audio::read_manifest(corpus_dir() + "/music.csv");
+  ASSERT_GE(music.size(), 15);
   std::ofstream out(data / "data.csv");
-  std::string line;
-  std::getline(in, line);
   out << "path\n";
-  for (int n = 0; n < 15 && std::getline(in, line);) {
-    if (line.empty()) continue;
-    out << (fs::path(corpus_dir()) / line.substr(0, line.find(','))).string() << "\n";
-    ++n;
-  }
+  for (int n = 0; n < 15; ++n) out << fs::absolute(music.items[static_cast<size_t>(n)].path).string() << "\n";
   audio::synth_write_wav((data / "blip.wav").string(), std::vector<float>(800, 0.1f), 16000, false);
   out << (data / "blip.wav").string() << "\n";
   out.close();
