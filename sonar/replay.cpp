@@ -331,8 +331,10 @@ ClipEmbeddings embed_clips(beats::BeatsBackbone& model, const audio::Dataset& ds
           ++r.computed;
           if (o.progress) o.progress(r.computed, static_cast<int64_t>(todo.size()));
         }
-        SONAR_CHECK(!(o.stop && o.stop->load()), "replay: stopped while embedding (", r.computed, " of ",
-                    todo.size(), " clips of ", ds.origin, " done", o.deferred_writes ? "" : ", kept in the cache", ")");
+        if (o.stop && o.stop->load())
+          throw Stopped(detail::concat("replay: stopped while embedding (", r.computed, " of ", todo.size(),
+                                       " clips of ", ds.origin, " done",
+                                       o.deferred_writes ? "" : ", kept in the cache", ")"));
       }
     } catch (...) {
       model.train(was_training);

@@ -433,7 +433,20 @@ beats::PatchMasking global_masking_rows(const StepBatch& sb, int64_t P, const Di
 
 PretrainResult Trainer::run() {
   const Distributed& dist = Distributed::world();
-  if (!dist.multi()) return run_impl();
+  if (!dist.multi()) {
+    try {
+      return run_impl();
+    } catch (const Stopped& e) {
+      // Stopped before the first step (an extension's preparation, e.g. the replay plan's embedding pass):
+      // a stopped run, whose preparation resumes from what it kept.
+      log(std::string(e.what()) + "; run the same command again to resume");
+      PretrainResult stopped;
+      stopped.stopped = true;
+      stopped.total_steps = opts_.steps;
+      stopped.steps_done = steps_done();
+      return stopped;
+    }
+  }
   // Several processes: an error in one must end all of them (the others would wait in a collective).
   try {
     return run_impl();

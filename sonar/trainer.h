@@ -261,7 +261,8 @@ struct PretrainResult {
   int64_t total_steps = 0;
   bool resumed = false;
   bool finished = false;    // every step done and the final checkpoint written
-  bool stopped = false;     // stopped early by the stop flag (checkpoint written) or halt_after (not written)
+  bool stopped = false;     // stopped early by the stop flag (checkpoint written; none when it came before
+                            // the first step, in an extension's preparation) or halt_after (not written)
   std::vector<StepRecord> history;  // this session's steps
   std::string checkpoint;   // path of checkpoint.safetensors
 };

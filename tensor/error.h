@@ -14,6 +14,13 @@ class Error : public std::runtime_error {
   explicit Error(const std::string& what) : std::runtime_error(what) {}
 };
 
+// Thrown when a long pass ends because the user asked the run to stop (Ctrl-C): nothing is wrong, and the
+// command that catches it says so and exits as a stopped run, not as an error.
+class Stopped : public Error {
+ public:
+  explicit Stopped(const std::string& what) : Error(what) {}
+};
+
 namespace detail {
 template <class... Args>
 std::string concat(const Args&... args) {

@@ -461,6 +461,30 @@ TEST(Replay, KilledAndResumedRunEqualsStraightRun) {
   fs::remove_all(resumed);
 }
 
+// Ctrl-C while the plan's embedding pass runs is a stop, not an error: the run says so, returns stopped
+// without a checkpoint, and the same command then trains to the end.
+TEST(Replay, StopDuringThePlansEmbeddingIsAStopNotAnError) {
+  const std::string dir = run_dir("stop_embedding");
+  PretrainOptions o = tiny_options(dir, 3);
+  std::atomic<bool> stop{true};
+  o.stop = &stop;
+  std::vector<std::string> lines;
+  o.log = [&](const std::string& l) { lines.push_back(l); };
+  PretrainResult r;
+  ASSERT_NO_THROW(r = Trainer(o, {std::make_shared<ReplayExtension>(replay_options("3"))}).run());
+  EXPECT_TRUE(r.stopped);
+  EXPECT_FALSE(r.finished);
+  EXPECT_EQ(r.steps_done, 0);
+  EXPECT_TRUE(has_line(lines, "replay: stopped while embedding (")) << ::testing::PrintToString(lines);
+  EXPECT_TRUE(has_line(lines, "; run the same command again to resume")) << ::testing::PrintToString(lines);
+  EXPECT_FALSE(fs::exists(dir + "/checkpoint.safetensors"));
+  stop = false;
+  const PretrainResult again = Trainer(o, {std::make_shared<ReplayExtension>(replay_options("3"))}).run();
+  EXPECT_TRUE(again.finished);
+  EXPECT_EQ(again.steps_done, 3);
+  fs::remove_all(dir);
+}
+
 // ---- embeddings ----
 
 TEST(Replay, EmbeddingCacheIsReused) {
@@ -494,7 +518,7 @@ TEST(Replay, EmbeddingCacheIsReused) {
   try {
     embed_clips(model, prior, watched);
     ADD_FAILURE() << "the stop flag was ignored";
-  } catch (const Error& e) {
+  } catch (const Stopped& e) {  // a stop, which the trainer tells from an error
     EXPECT_NE(std::string(e.what()).find("replay: stopped while embedding (3 of 12 clips"), std::string::npos)
         << e.what();
   }
