@@ -438,10 +438,12 @@ std::vector<std::string> write_results(const std::vector<ResultRow>& rows, const
         pa.x_err.push_back(s->forgetting.std);
         pa.y.push_back(s->new_gain.mean);
         pa.y_err.push_back(s->new_gain.std);
+        pa.labels.push_back(d);
         pg.x.push_back(s->general_drop.mean);
         pg.x_err.push_back(s->general_drop.std);
         pg.y.push_back(s->new_gain.mean);
         pg.y_err.push_back(s->new_gain.std);
+        pg.labels.push_back(d);
       }
     }
     f1.series.push_back(a);

@@ -381,6 +381,9 @@ std::string scatter_chart_group(const ScatterChart& c, double dx, double dy) {
       o << "<circle class=\"point\" cx=\"" << num(x) << "\" cy=\"" << num(y) << "\" r=\"" << num(kMarkerRadius)
         << "\" fill=\"" << col << "\"><title>" << xml_escape(s.name) << ": (" << format_tick(s.x[i]) << ", "
         << format_tick(s.y[i]) << ")</title></circle>\n";
+      if (i < s.labels.size() && !s.labels[i].empty())
+        o << text(x + kMarkerRadius + 3, y - kMarkerRadius - 2, s.labels[i], "start", 10,
+                  "class=\"point-label\" fill=\"" + col + "\"");
     }
     o << "</g>\n";
   }

@@ -49,6 +49,7 @@ struct Series {
   std::string name;
   std::vector<double> x, y, y_err, x_err;
   std::string colour = "";  // "" = series_colour(index in its chart); set it to keep a name's colour across panels
+  std::vector<std::string> labels = {};  // scatter: a text beside point i (empty vector or "" entries: none)
 };
 
 struct LineChart {

@@ -175,6 +175,10 @@ TEST(ExperimentResults, TablesAndFiguresFromResults) {
   const std::string bars = sonar::read_file(dir + "/figures/bars.svg");
   EXPECT_NE(bars.find("<title>dcpt, birds: 0.72</title>"), std::string::npos);
   EXPECT_NE(bars.find("made-up &lt;grid&gt;"), std::string::npos);
+  // Each scatter point names its domain.
+  const std::string scatter = sonar::read_file(dir + "/figures/scatter.svg");
+  EXPECT_NE(scatter.find("class=\"point-label\" fill=\"#"), std::string::npos) << scatter;
+  EXPECT_NE(scatter.find(">birds</text>"), std::string::npos) << scatter;
 }
 
 TEST(ExperimentMetrics, ReadsAveragesAndGroupsCurves) {

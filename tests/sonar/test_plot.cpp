@@ -176,6 +176,7 @@ TEST(Plot, ScatterWithBothErrorBarsAndTheOrigin) {
   c.y_label = "gain";
   c.series.push_back({"dcpt", {0.5}, {0.75}, {0.25}, {0.25}});
   c.series.push_back({"sonar", {-0.75}, {0.25}, {}, {}});
+  c.series[1].labels = {"genre"};  // a point may carry a label (the experiment names the domain)
   const XmlCheck x = check_xml(plot::scatter_chart_svg(c));
   ASSERT_TRUE(x.ok) << x.error;
   // x spans [-0.75, 0.75] -> ticks -1..1 (step 0.5); y spans [0, 1] with the origin -> 0..1.
@@ -193,6 +194,11 @@ TEST(Plot, ScatterWithBothErrorBarsAndTheOrigin) {
   ASSERT_EQ(errs.size(), 2u);  // one vertical, one horizontal, both for "dcpt"
   EXPECT_NEAR(attr(errs[1], "x1"), px(0.25, -1, 1), kPixelTolerance);
   EXPECT_NEAR(attr(errs[1], "x2"), px(0.75, -1, 1), kPixelTolerance);
+  const auto labels = all(x, "text", "point-label");
+  ASSERT_EQ(labels.size(), 1u);  // "dcpt" has none
+  EXPECT_EQ(labels[0]->text, "genre");
+  EXPECT_GT(attr(labels[0], "x"), px(-0.75, -1, 1));  // right of its point
+  EXPECT_LT(attr(labels[0], "y"), py(0.25, 0, 1));    // and above it
 }
 
 TEST(Plot, PanelsInOneDocument) {
