@@ -205,6 +205,120 @@ std::vector<SummaryRow> summarise(const std::vector<ResultRow>& rows) {
   return out;
 }
 
+double sign_test_p(int64_t wins, int64_t losses) {
+  SONAR_CHECK(wins >= 0 && losses >= 0, "sign_test_p: counts must be >= 0, got ", wins, " and ", losses);
+  const int64_t n = wins + losses;
+  if (n == 0) return 1.0;
+  // 2 P(X <= min) for X ~ Binomial(n, 1/2), each term in logs so that large n stays finite.
+  const double dn = static_cast<double>(n);
+  double tail = 0;
+  for (int64_t i = 0; i <= std::min(wins, losses); ++i) {
+    const double di = static_cast<double>(i);
+    tail += std::exp(std::lgamma(dn + 1) - std::lgamma(di + 1) - std::lgamma(dn - di + 1) - dn * std::log(2.0));
+  }
+  return std::min(1.0, 2.0 * tail);
+}
+
+std::vector<PairedRow> compare_paired(const std::vector<ResultRow>& rows, const std::string& method,
+                                      const std::string& reference) {
+  std::map<std::tuple<std::string, std::string, uint64_t, std::string>, const ResultRow*> at;
+  std::vector<std::string> domains;
+  std::map<std::string, std::set<uint64_t>> seeds;  // the method's seeds per domain
+  for (const auto& r : rows) {
+    at[{r.domain, r.method, r.seed, r.task}] = &r;
+    if (r.method != method) continue;
+    if (std::find(domains.begin(), domains.end(), r.domain) == domains.end()) domains.push_back(r.domain);
+    seeds[r.domain].insert(r.seed);
+  }
+  struct Diffs {
+    std::vector<double> new_f1, prior, other;
+    int64_t pairs = 0, new_wins = 0, new_losses = 0, prior_wins = 0, prior_losses = 0;
+  };
+  auto row_of = [&](const std::string& domain, const Diffs& d) {
+    PairedRow p;
+    p.domain = domain;
+    p.method = method;
+    p.reference = reference;
+    p.pairs = d.pairs;
+    p.new_f1 = stat_of(d.new_f1);
+    p.prior = stat_of(d.prior);
+    p.other = stat_of(d.other);
+    p.new_wins = d.new_wins;
+    p.new_losses = d.new_losses;
+    p.prior_wins = d.prior_wins;
+    p.prior_losses = d.prior_losses;
+    p.new_p = d.new_f1.empty() ? kNaN : sign_test_p(d.new_wins, d.new_losses);
+    p.prior_p = d.prior.empty() ? kNaN : sign_test_p(d.prior_wins, d.prior_losses);
+    return p;
+  };
+  auto tally = [](double diff, std::vector<double>& into, int64_t& wins, int64_t& losses) {
+    if (!std::isfinite(diff)) return;
+    into.push_back(diff);
+    wins += diff > 0 ? 1 : 0;
+    losses += diff < 0 ? 1 : 0;
+  };
+  std::vector<PairedRow> out;
+  Diffs all;
+  for (const auto& domain : domains) {
+    Diffs d;
+    for (uint64_t seed : seeds[domain]) {
+      bool paired = false, other_finite = true;
+      std::vector<double> other;
+      for (const auto& r : rows) {
+        if (r.domain != domain || r.method != method || r.seed != seed) continue;
+        const auto it = at.find({domain, reference, seed, r.task});
+        if (it == at.end()) continue;
+        paired = true;
+        const double diff = r.score - it->second->score;
+        if (r.role == "new") {
+          tally(diff, d.new_f1, d.new_wins, d.new_losses);
+        } else if (r.role == "prior") {
+          tally(diff, d.prior, d.prior_wins, d.prior_losses);
+        } else {
+          other_finite = other_finite && std::isfinite(diff);
+          other.push_back(diff);
+        }
+      }
+      if (!paired) continue;
+      ++d.pairs;
+      if (!other.empty() && other_finite) {
+        double sum = 0;
+        for (double v : other) sum += v;
+        d.other.push_back(sum / static_cast<double>(other.size()));
+      }
+    }
+    if (d.pairs == 0) continue;
+    out.push_back(row_of(domain, d));
+    all.pairs += d.pairs;
+    all.new_f1.insert(all.new_f1.end(), d.new_f1.begin(), d.new_f1.end());
+    all.prior.insert(all.prior.end(), d.prior.begin(), d.prior.end());
+    all.other.insert(all.other.end(), d.other.begin(), d.other.end());
+    all.new_wins += d.new_wins;
+    all.new_losses += d.new_losses;
+    all.prior_wins += d.prior_wins;
+    all.prior_losses += d.prior_losses;
+  }
+  if (out.size() > 1) out.push_back(row_of(kAllDomains, all));
+  return out;
+}
+
+std::vector<PairedRow> report_comparisons(const std::vector<ResultRow>& rows) {
+  std::vector<std::string> methods;
+  for (const auto& r : rows)
+    if (std::find(methods.begin(), methods.end(), r.method) == methods.end()) methods.push_back(r.method);
+  auto has = [&](const std::string& m) { return std::find(methods.begin(), methods.end(), m) != methods.end(); };
+  std::vector<PairedRow> out;
+  for (const char* reference : {"dcpt", "sonar"}) {
+    if (!has(reference)) continue;
+    for (const auto& m : methods) {
+      if (m == kStartMethodName || m == "dcpt" || m == reference) continue;
+      const auto rows_m = compare_paired(rows, m, reference);
+      out.insert(out.end(), rows_m.begin(), rows_m.end());
+    }
+  }
+  return out;
+}
+
 namespace {
 
 json stat_json(const Stat& s) {
@@ -232,7 +346,8 @@ std::string pm_percent(const Stat& s) {
 
 }  // namespace
 
-json results_json(const std::vector<ResultRow>& rows, const std::vector<SummaryRow>& summary) {
+json results_json(const std::vector<ResultRow>& rows, const std::vector<SummaryRow>& summary,
+                  const std::vector<PairedRow>& paired) {
   auto n = [](double v) { return std::isfinite(v) ? json(v) : json(nullptr); };
   json j;
   j["rows"] = json::array();
@@ -248,10 +363,19 @@ json results_json(const std::vector<ResultRow>& rows, const std::vector<SummaryR
                             {"forgetting", stat_json(s.forgetting)},
                             {"relative_forgetting", stat_json(s.relative_forgetting)},
                             {"general_drop", stat_json(s.general_drop)}});
+  j["paired"] = json::array();
+  for (const auto& p : paired)
+    j["paired"].push_back({{"domain", p.domain}, {"method", p.method}, {"reference", p.reference},
+                           {"pairs", p.pairs}, {"new_diff", stat_json(p.new_f1)}, {"prior_diff", stat_json(p.prior)},
+                           {"other_diff", stat_json(p.other)}, {"new_wins", p.new_wins},
+                           {"new_losses", p.new_losses}, {"new_sign_p", n(p.new_p)},
+                           {"prior_wins", p.prior_wins}, {"prior_losses", p.prior_losses},
+                           {"prior_sign_p", n(p.prior_p)}});
   return j;
 }
 
-std::string results_markdown(const std::vector<SummaryRow>& summary, const std::string& title) {
+std::string results_markdown(const std::vector<SummaryRow>& summary, const std::string& title,
+                             const std::vector<PairedRow>& paired) {
   std::ostringstream o;
   o << "# " << title << "\n\n"
     << "Mean ± sample standard deviation over seeds. New domain: linear-probe macro-F1 and accuracy on its test "
@@ -270,6 +394,29 @@ std::string results_markdown(const std::vector<SummaryRow>& summary, const std::
       << pm(s.new_gain) << " | " << pm(s.prior) << " | " << pm(s.forgetting) << " | "
       << pm_percent(s.relative_forgetting) << " | " << pm(s.general_drop) << " |\n";
   }
+  if (paired.empty()) return o.str();
+  o << "\n## Paired by domain and seed\n\n"
+    << "Each method's score minus the reference method's on the same domain and seed (same start model, same "
+       "probe seed): positive = the method scored higher. Wins: the pairs where it scored higher (ties count as "
+       "neither); p: two-sided exact sign test of wins against losses. Other tasks: the mean difference over "
+       "the other domains' tasks. \"" << kAllDomains << "\" pools the pairs of every domain.\n\n"
+    << "| method | against | new domain | pairs | new F1 diff | wins | p | prior diff | wins | p | other tasks diff |\n"
+    << "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n";
+  auto wins = [](int64_t w, int64_t l, const Stat& s) {
+    return s.n == 0 ? std::string("-") : std::to_string(w) + " of " + std::to_string(s.n) +
+                                             (w + l < s.n ? " (" + std::to_string(s.n - w - l) + " tied)" : "");
+  };
+  auto pval = [](double p) {
+    if (!std::isfinite(p)) return std::string("-");
+    char b[32];
+    std::snprintf(b, sizeof b, "%.3g", p);
+    return std::string(b);
+  };
+  for (const auto& p : paired)
+    o << "| " << p.method << " | " << p.reference << " | " << p.domain << " | " << p.pairs << " | " << pm(p.new_f1)
+      << " | " << wins(p.new_wins, p.new_losses, p.new_f1) << " | " << pval(p.new_p) << " | " << pm(p.prior)
+      << " | " << wins(p.prior_wins, p.prior_losses, p.prior) << " | " << pval(p.prior_p) << " | " << pm(p.other)
+      << " |\n";
   return o.str();
 }
 
@@ -384,6 +531,7 @@ std::string compare_curves_svg(const std::vector<std::pair<std::string, MetricsL
 std::vector<std::string> write_results(const std::vector<ResultRow>& rows, const std::string& out_dir,
                                        const std::string& title) {
   const auto summary = summarise(rows);
+  const auto paired = report_comparisons(rows);
   const fs::path out(out_dir);
   fs::create_directories(out / "figures");
   std::vector<std::string> files;
@@ -392,8 +540,8 @@ std::vector<std::string> write_results(const std::vector<ResultRow>& rows, const
     files.push_back(p.string());
   };
   put(out / "results.csv", results_csv(rows));
-  put(out / "results.json", results_json(rows, summary).dump(2) + "\n");
-  put(out / "results.md", results_markdown(summary, title));
+  put(out / "results.json", results_json(rows, summary, paired).dump(2) + "\n");
+  put(out / "results.md", results_markdown(summary, title, paired));
 
   std::vector<std::string> domains, methods;
   for (const auto& s : summary) {

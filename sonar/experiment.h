@@ -12,7 +12,8 @@
 //   runs/<domain>/<method>/seed<S>/   pretrain run folders (plus grid_run.json: the settings the cell was made with)
 //   probes/<model>/<task>-seed<S>.json  probe reports with the key they were computed for (cache)
 //   results.csv                   one row per (domain, method, seed, task)
-//   results.json, results.md      the summary: mean and sample std over seeds per (domain, method)
+//   results.json, results.md      the summary: mean and sample std over seeds per (domain, method), and each
+//                                 method against dcpt (and the ablations against sonar) paired by domain and seed
 //   figures/curves-<domain>.svg   training curves per method (metrics.jsonl, mean over seeds)
 //   figures/bars.svg              new-domain macro-F1 and prior score per method and domain, error bars = std
 //   figures/scatter.svg           adaptation (new-domain F1 gain) against forgetting (prior drop)
@@ -172,8 +173,34 @@ struct SummaryRow {
 // without a "start" row of the same domain and seed get NaN for the paired numbers.
 std::vector<SummaryRow> summarise(const std::vector<ResultRow>& rows);
 
-nlohmann::json results_json(const std::vector<ResultRow>& rows, const std::vector<SummaryRow>& summary);
-std::string results_markdown(const std::vector<SummaryRow>& summary, const std::string& title);
+// One method against a reference method on the same domain and seed (same start model, same probe
+// classifiers' seed): differences are method - reference, so positive means the method scored higher.
+struct PairedRow {
+  std::string domain;  // kAllDomains pools the pairs of every domain
+  std::string method, reference;
+  int64_t pairs = 0;   // (domain, seed) pairs where both have the task's score
+  Stat new_f1;         // new-domain score difference (macro-F1: the new domains' tasks are single-label)
+  Stat prior;          // prior score difference (positive = the method kept more of the prior task)
+  Stat other;          // mean over the other domains' tasks of the score difference
+  int64_t new_wins = 0, new_losses = 0, prior_wins = 0, prior_losses = 0;  // ties count as neither
+  double new_p = 0, prior_p = 0;  // two-sided exact sign test of wins against losses (NaN with no pair)
+};
+inline constexpr const char* kAllDomains = "all domains";
+// Two-sided exact sign test: the probability, with wins and losses equally likely, of a split at least as
+// uneven as `wins` against `losses` (1 when both are 0).
+double sign_test_p(int64_t wins, int64_t losses);
+// `method` against `reference` per domain (in order of first appearance) and pooled over domains; empty when
+// either method has no rows.
+std::vector<PairedRow> compare_paired(const std::vector<ResultRow>& rows, const std::string& method,
+                                      const std::string& reference);
+// The comparisons the report shows: every method but start and dcpt against "dcpt", and every method but
+// start, dcpt and sonar (the ablations) against "sonar", where those methods exist.
+std::vector<PairedRow> report_comparisons(const std::vector<ResultRow>& rows);
+
+nlohmann::json results_json(const std::vector<ResultRow>& rows, const std::vector<SummaryRow>& summary,
+                            const std::vector<PairedRow>& paired = {});
+std::string results_markdown(const std::vector<SummaryRow>& summary, const std::string& title,
+                             const std::vector<PairedRow>& paired = {});
 
 // ---- training curves ----
 

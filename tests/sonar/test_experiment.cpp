@@ -149,6 +149,100 @@ TEST(ExperimentResults, CsvRoundTripAndErrors) {
       [] { parse_results_csv(std::string(kResults) + "birds,dcpt,0,x,new,1,abc,0,0,0\n"); }, {"'abc' is not a number"});
 }
 
+TEST(ExperimentResults, SignTestMatchesTheBinomialTail) {
+  EXPECT_EQ(sign_test_p(0, 0), 1.0);
+  EXPECT_NEAR(sign_test_p(3, 0), 0.25, kTol);              // 2 / 2^3
+  EXPECT_NEAR(sign_test_p(0, 3), 0.25, kTol);
+  EXPECT_NEAR(sign_test_p(12, 0), 2.0 / 4096.0, kTol);     // every one of 12 pairs the same way
+  EXPECT_NEAR(sign_test_p(9, 1), 22.0 / 1024.0, kTol);     // 2 (C(10,0) + C(10,1)) / 2^10
+  EXPECT_EQ(sign_test_p(5, 5), 1.0);                        // capped at 1
+  EXPECT_NEAR(sign_test_p(1000, 1000), 1.0, kTol);
+  const double p = sign_test_p(600, 400);  // large n stays finite: about 2.6e-10
+  EXPECT_GT(p, 0.0);
+  EXPECT_LT(p, 1e-9);
+  sonar::testutil::expect_error([] { sign_test_p(-1, 2); }, {"sign_test_p", "-1"});
+}
+
+TEST(ExperimentResults, PairedComparisonMatchesAHandComputation) {
+  // kResults plus a second domain with one seed: a tie on the new task, a win on the prior, no other tasks.
+  const std::string text = std::string(kResults) +
+                           "frogs,dcpt,0,frogs,new,60,0.5,0.40,nan,0.40\n"
+                           "frogs,dcpt,0,prior,prior,60,nan,nan,0.70,0.70\n"
+                           "frogs,sonar,0,frogs,new,60,0.5,0.40,nan,0.40\n"
+                           "frogs,sonar,0,prior,prior,60,nan,nan,0.75,0.75\n";
+  const auto rows = parse_results_csv(text);
+  const auto p = compare_paired(rows, "sonar", "dcpt");
+  ASSERT_EQ(p.size(), 3u);
+  EXPECT_EQ(p[0].domain, "birds");
+  EXPECT_EQ(p[1].domain, "frogs");
+  EXPECT_EQ(p[2].domain, kAllDomains);
+  // birds: new 0.68 - 0.70, 0.72 - 0.74; prior 0.79 - 0.60, 0.80 - 0.66; other: seed 0 ((0.69 - 0.50) +
+  // (0.61 - 0.50)) / 2 = 0.15, seed 1 ((0.70 - 0.56) + (0.60 - 0.48)) / 2 = 0.13.
+  EXPECT_EQ(p[0].pairs, 2);
+  EXPECT_NEAR(p[0].new_f1.mean, -0.02, kTol);
+  EXPECT_NEAR(p[0].new_f1.std, 0.0, kTol);
+  EXPECT_EQ(p[0].new_wins, 0);
+  EXPECT_EQ(p[0].new_losses, 2);
+  EXPECT_NEAR(p[0].new_p, 0.5, kTol);
+  EXPECT_NEAR(p[0].prior.mean, 0.165, kTol);
+  EXPECT_NEAR(p[0].prior.std, 0.035355339059327376, kTol);
+  EXPECT_EQ(p[0].prior_wins, 2);
+  EXPECT_NEAR(p[0].other.mean, 0.14, kTol);
+  EXPECT_NEAR(p[0].other.std, 0.01414213562373095, kTol);
+  // frogs: a tie is neither a win nor a loss.
+  EXPECT_EQ(p[1].pairs, 1);
+  EXPECT_EQ(p[1].new_wins + p[1].new_losses, 0);
+  EXPECT_EQ(p[1].new_f1.n, 1);
+  EXPECT_EQ(p[1].new_p, 1.0);
+  EXPECT_NEAR(p[1].prior.mean, 0.05, kTol);
+  EXPECT_EQ(p[1].other.n, 0);
+  // pooled: 3 pairs; prior 0.19, 0.14, 0.05 all won -> p = 2 / 2^3.
+  EXPECT_EQ(p[2].pairs, 3);
+  EXPECT_NEAR(p[2].prior.mean, 0.38 / 3.0, kTol);
+  EXPECT_EQ(p[2].prior_wins, 3);
+  EXPECT_NEAR(p[2].prior_p, 0.25, kTol);
+  EXPECT_NEAR(p[2].new_f1.mean, -0.04 / 3.0, kTol);
+  EXPECT_EQ(p[2].new_losses, 2);
+  EXPECT_EQ(p[2].other.n, 2);
+  // The reverse comparison flips the signs; a missing method gives nothing.
+  const auto r = compare_paired(rows, "dcpt", "sonar");
+  ASSERT_EQ(r.size(), 3u);
+  EXPECT_NEAR(r[2].prior.mean, -0.38 / 3.0, kTol);
+  EXPECT_EQ(r[2].prior_losses, 3);
+  EXPECT_TRUE(compare_paired(rows, "sonar", "nope").empty());
+  // The report compares sonar with dcpt (dcpt itself is the reference, start is not a method).
+  const auto rep = report_comparisons(rows);
+  ASSERT_EQ(rep.size(), 3u);
+  EXPECT_EQ(rep[0].method, "sonar");
+  EXPECT_EQ(rep[0].reference, "dcpt");
+  const std::string md = results_markdown(summarise(rows), "made-up", rep);
+  EXPECT_NE(md.find("| sonar | dcpt | birds | 2 | -0.0200 ± 0.0000 | 0 of 2 | 0.5 | 0.1650 ± 0.0354 | 2 of 2 | "
+                    "0.5 | 0.1400 ± 0.0141 |"),
+            std::string::npos)
+      << md;
+  EXPECT_NE(md.find("| sonar | dcpt | frogs | 1 | 0.0000 | 0 of 1 (1 tied) | 1 | 0.0500 | 1 of 1 | 1 | - |"),
+            std::string::npos)
+      << md;
+  EXPECT_NE(md.find("| 3 of 3 | 0.25 |"), std::string::npos) << md;
+  // An ablation is compared with dcpt and with sonar.
+  std::vector<ResultRow> with_ablation = rows;
+  for (const auto& x : rows)
+    if (x.method == "sonar") {
+      with_ablation.push_back(x);
+      with_ablation.back().method = "sonar-no-replay";
+    }
+  const auto rep2 = report_comparisons(with_ablation);
+  ASSERT_EQ(rep2.size(), 9u);
+  EXPECT_EQ(rep2[3].method, "sonar-no-replay");
+  EXPECT_EQ(rep2[3].reference, "dcpt");
+  EXPECT_EQ(rep2[6].reference, "sonar");
+  EXPECT_EQ(rep2[8].prior.mean, 0.0);  // the same scores as sonar's
+  EXPECT_EQ(rep2[8].prior_wins + rep2[8].prior_losses, 0);
+  const json j = results_json(rows, summarise(rows), rep);
+  ASSERT_EQ(j["paired"].size(), 3u);
+  EXPECT_EQ(j["paired"][2]["prior_wins"].get<int64_t>(), 3);
+}
+
 TEST(ExperimentResults, TablesAndFiguresFromResults) {
   const auto rows = parse_results_csv(kResults);
   const auto summary = summarise(rows);
