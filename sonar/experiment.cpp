@@ -143,9 +143,26 @@ Stat stat_of(const std::vector<double>& v) {
   return s;
 }
 
+namespace {
+
+// (domain, method, seed, task) -> row
+using RowIndex = std::map<std::tuple<std::string, std::string, uint64_t, std::string>, const ResultRow*>;
+
+// The mean of a seed's per-task values over the "other" tasks; NaN when any is NaN (a partial mean would
+// compare different task sets between seeds).
+double mean_if_all_finite(const std::vector<double>& v) {
+  double sum = 0;
+  for (double x : v) {
+    if (!std::isfinite(x)) return kNaN;
+    sum += x;
+  }
+  return sum / static_cast<double>(v.size());
+}
+
+}  // namespace
+
 std::vector<SummaryRow> summarise(const std::vector<ResultRow>& rows) {
-  // (domain, method, seed, task) -> row
-  std::map<std::tuple<std::string, std::string, uint64_t, std::string>, const ResultRow*> at;
+  RowIndex at;
   std::vector<std::pair<std::string, std::string>> order;
   std::set<std::pair<std::string, std::string>> seen;
   std::map<std::pair<std::string, std::string>, std::set<uint64_t>> seeds;
@@ -183,15 +200,7 @@ std::vector<SummaryRow> summarise(const std::vector<ResultRow>& rows) {
           drops.push_back(drop);
         }
       }
-      if (!drops.empty()) {
-        double sum = 0;
-        bool all_finite = true;
-        for (double d : drops) {
-          all_finite = all_finite && std::isfinite(d);
-          sum += d;
-        }
-        general.push_back(all_finite ? sum / static_cast<double>(drops.size()) : kNaN);
-      }
+      if (!drops.empty()) general.push_back(mean_if_all_finite(drops));
     }
     s.new_f1 = stat_of(f1);
     s.new_acc = stat_of(acc);
@@ -221,7 +230,7 @@ double sign_test_p(int64_t wins, int64_t losses) {
 
 std::vector<PairedRow> compare_paired(const std::vector<ResultRow>& rows, const std::string& method,
                                       const std::string& reference) {
-  std::map<std::tuple<std::string, std::string, uint64_t, std::string>, const ResultRow*> at;
+  RowIndex at;
   std::vector<std::string> domains;
   std::map<std::string, std::set<uint64_t>> seeds;  // the method's seeds per domain
   for (const auto& r : rows) {
@@ -262,7 +271,7 @@ std::vector<PairedRow> compare_paired(const std::vector<ResultRow>& rows, const 
   for (const auto& domain : domains) {
     Diffs d;
     for (uint64_t seed : seeds[domain]) {
-      bool paired = false, other_finite = true;
+      bool paired = false;
       std::vector<double> other;
       for (const auto& r : rows) {
         if (r.domain != domain || r.method != method || r.seed != seed) continue;
@@ -275,17 +284,12 @@ std::vector<PairedRow> compare_paired(const std::vector<ResultRow>& rows, const 
         } else if (r.role == "prior") {
           tally(diff, d.prior, d.prior_wins, d.prior_losses);
         } else {
-          other_finite = other_finite && std::isfinite(diff);
           other.push_back(diff);
         }
       }
       if (!paired) continue;
       ++d.pairs;
-      if (!other.empty() && other_finite) {
-        double sum = 0;
-        for (double v : other) sum += v;
-        d.other.push_back(sum / static_cast<double>(other.size()));
-      }
+      if (!other.empty()) d.other.push_back(mean_if_all_finite(other));
     }
     if (d.pairs == 0) continue;
     out.push_back(row_of(domain, d));
