@@ -221,6 +221,46 @@ double exp_row(float* row, int64_t n, float shift) {
   return sum;
 }
 
+// The backward's recomputation of a row of probabilities, in place: row_logits and then exp_row(row, S, lse)
+// fused into one pass after the row max (the same float operations on the same values, so the same bits).
+void row_probs(float* row, const Inputs& in, const Dims& d, const AttentionParams& p, int64_t b, int64_t h,
+               int64_t t, float lse) {
+  const int64_t S = d.S;
+  float m = kNegInf;
+#pragma omp simd reduction(max : m)
+  for (int64_t s = 0; s < S; ++s) m = row[s] > m ? row[s] : m;
+  const uint8_t* mask = in.mask ? in.mask + b * d.S : nullptr;
+  const float* bias = in.bias ? in.bias + (h * d.T + t) * d.S : nullptr;
+  const float g = in.gate ? in.gate[(b * d.H + h) * d.T + t] : 1.0f;
+  const float alpha = p.alpha;
+  if (bias && mask) {
+#pragma omp simd
+    for (int64_t s = 0; s < S; ++s) {
+      float l = (row[s] - m) * alpha;
+      l = mask[s] ? kNegInf : l + g * bias[s];
+      row[s] = detail::exp_f(l - lse);
+    }
+  } else if (bias) {
+#pragma omp simd
+    for (int64_t s = 0; s < S; ++s) {
+      const float l = (row[s] - m) * alpha + g * bias[s];
+      row[s] = detail::exp_f(l - lse);
+    }
+  } else if (mask) {
+#pragma omp simd
+    for (int64_t s = 0; s < S; ++s) {
+      const float l = mask[s] ? kNegInf : (row[s] - m) * alpha;
+      row[s] = detail::exp_f(l - lse);
+    }
+  } else {
+#pragma omp simd
+    for (int64_t s = 0; s < S; ++s) {
+      const float l = (row[s] - m) * alpha;
+      row[s] = detail::exp_f(l - lse);
+    }
+  }
+}
+
 uint64_t dropout_counter(const Dims& d, const AttentionParams& p, int64_t b, int64_t h, int64_t t, int64_t s) {
   return p.dropout_offset + static_cast<uint64_t>(((b * d.H + h) * d.T + t) * d.S + s);
 }
@@ -347,9 +387,13 @@ AttentionGrads attention_backward(const Tensor& grad_out_in, const Tensor& q_in,
   if (needs.v) g.dv = Tensor::empty({d.B, d.S, d.C});
   if (want_bias) g.dbias = Tensor::empty({d.H, d.T, d.S});
   if (want_gate) g.dgate = Tensor::empty({d.B, d.H, d.T});
-  for (Tensor* t : {&g.dq, &g.dk, &g.dv, &g.dbias, &g.dgate})
-    if (t->defined()) t->zero_();
-  if (d.B * d.T * d.S * d.C == 0) return g;
+  // The kernel below writes every element of every output (dbias is written by the first batch item and
+  // added to by the others), so the outputs are zeroed only when there is nothing to compute.
+  if (d.B * d.T * d.S * d.C == 0) {
+    for (Tensor* t : {&g.dq, &g.dk, &g.dv, &g.dbias, &g.dgate})
+      if (t->defined()) t->zero_();
+    return g;
+  }
   // Profiler: the five products per head (Q K^T recomputed, dP = dO V^T, dV, dQ, dK).
   profile::count_flops(10.0 * static_cast<double>(d.B * d.T) * static_cast<double>(d.S * d.C));
 
@@ -412,45 +456,69 @@ AttentionGrads attention_backward(const Tensor& grad_out_in, const Tensor& q_in,
             if (t >= d.T || l == kNegInf) {
               std::fill(prow, prow + Sp, 0.0f);
               std::fill(dprow, dprow + Sp, 0.0f);
+              if (t < d.T) {  // a fully masked row has no gradient; the outputs were not zeroed
+                if (dgate) dgate[(b * d.H + h) * d.T + t] = 0.0f;
+                if (dbias && b == 0) std::fill(dbias + (h * d.T + t) * d.S, dbias + (h * d.T + t + 1) * d.S, 0.0f);
+              }
               continue;
             }
-            row_logits(prow, in, d, p, b, h, t);
-            exp_row(prow, d.S, l);
+            // The row's passes: probabilities (max, then logits and exp), dropout on dL/dP, delta, then
+            // dL/dlogits with the bias gradient and the dropped probabilities, then the gate's sum. Loops that
+            // reduce are kept apart so that each sums in the same order as a plain loop of its own.
+            row_probs(prow, in, d, p, b, h, t, l);
             std::fill(prow + d.S, prow + Sp, 0.0f);
             // prow: probabilities before dropout; dprow: dL/dP (before dropout) after this block.
-            const uint8_t* kp = keep.data();
-            if (p.dropout_p > 0.0f) {
-              dropout_row_mask(p.dropout_seed, dropout_counter(d, p, b, h, t, 0), threshold, d.S, keep.data());
+            uint8_t* kp = keep.data();
+            const bool dropout = p.dropout_p > 0.0f;
+            if (dropout) {
+              const uint64_t base = mix64(p.dropout_seed), first = dropout_counter(d, p, b, h, t, 0);
 #pragma omp simd
-              for (int64_t s = 0; s < d.S; ++s) dprow[s] = kp[s] ? dprow[s] * keep_scale : 0.0f;
+              for (int64_t s = 0; s < d.S; ++s) {
+                const uint64_t bits = mix64(base + (first + static_cast<uint64_t>(s) + 1) * kGolden);
+                const bool k = (bits >> 40) >= threshold;
+                kp[s] = k ? 1 : 0;
+                dprow[s] = k ? dprow[s] * keep_scale : 0.0f;
+              }
             }
             double delta = 0.0;
 #pragma omp simd reduction(+ : delta)
             for (int64_t s = 0; s < d.S; ++s) delta += static_cast<double>(prow[s]) * dprow[s];
             const float delta_f = static_cast<float>(delta);
-            // dprow becomes dL/dlogits.
+            // dprow becomes dL/dlogits; dbias gets gate * dL/dlogits (written by the first batch item, added
+            // by the others); prow becomes the dropped probabilities used by the forward's P @ V.
+            const float gt = in.gate ? in.gate[(b * d.H + h) * d.T + t] : 1.0f;
+            float* dbrow = dbias ? dbias + (h * d.T + t) * d.S : nullptr;
+            if (dbrow && b == 0) {
 #pragma omp simd
-            for (int64_t s = 0; s < d.S; ++s) dprow[s] = prow[s] * (dprow[s] - delta_f);
-            std::fill(dprow + d.S, dprow + Sp, 0.0f);
-            if (bias.defined()) {
-              const float* brow = in.bias + (h * d.T + t) * d.S;
-              if (dgate) {
-                double acc = 0.0;
-#pragma omp simd reduction(+ : acc)
-                for (int64_t s = 0; s < d.S; ++s) acc += static_cast<double>(dprow[s]) * brow[s];
-                dgate[(b * d.H + h) * d.T + t] = static_cast<float>(acc);
+              for (int64_t s = 0; s < d.S; ++s) {
+                const float ds = prow[s] * (dprow[s] - delta_f);
+                dprow[s] = ds;
+                dbrow[s] = gt * ds + 0.0f;  // + 0: a -0 product stores +0, as adding it to a zeroed row did
+                prow[s] = dropout ? (kp[s] ? prow[s] * keep_scale : 0.0f) : prow[s];
               }
-              if (dbias) {
-                const float gt = in.gate ? in.gate[(b * d.H + h) * d.T + t] : 1.0f;
-                float* dbrow = dbias + (h * d.T + t) * d.S;
+            } else if (dbrow) {
 #pragma omp simd
-                for (int64_t s = 0; s < d.S; ++s) dbrow[s] += gt * dprow[s];
+              for (int64_t s = 0; s < d.S; ++s) {
+                const float ds = prow[s] * (dprow[s] - delta_f);
+                dprow[s] = ds;
+                dbrow[s] += gt * ds;
+                prow[s] = dropout ? (kp[s] ? prow[s] * keep_scale : 0.0f) : prow[s];
+              }
+            } else {
+#pragma omp simd
+              for (int64_t s = 0; s < d.S; ++s) {
+                const float ds = prow[s] * (dprow[s] - delta_f);
+                dprow[s] = ds;
+                prow[s] = dropout ? (kp[s] ? prow[s] * keep_scale : 0.0f) : prow[s];
               }
             }
-            // prow becomes the dropped probabilities used by the forward's P @ V.
-            if (p.dropout_p > 0.0f) {
-#pragma omp simd
-              for (int64_t s = 0; s < d.S; ++s) prow[s] = kp[s] ? prow[s] * keep_scale : 0.0f;
+            std::fill(dprow + d.S, dprow + Sp, 0.0f);
+            if (dgate) {
+              const float* brow = in.bias + (h * d.T + t) * d.S;
+              double acc = 0.0;
+#pragma omp simd reduction(+ : acc)
+              for (int64_t s = 0; s < d.S; ++s) acc += static_cast<double>(dprow[s]) * brow[s];
+              dgate[(b * d.H + h) * d.T + t] = static_cast<float>(acc);
             }
           }
           if (dq) {  // dq = scale * dlogits @ K

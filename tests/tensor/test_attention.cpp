@@ -151,7 +151,36 @@ TEST(Attention, FullyMaskedRowGivesZerosAndNoNaN) {
   AttentionGrads g = attention_backward(in.go, in.q, in.k, in.v, in.bias, in.gate, in.mask, f, in.p);
   EXPECT_EQ(max_abs(g.dq), 0.0);
   EXPECT_EQ(max_abs(g.dk), 0.0);
+  EXPECT_EQ(max_abs(g.dv), 0.0);
+  EXPECT_EQ(max_abs(g.dbias), 0.0);
   EXPECT_EQ(max_abs(g.dgate), 0.0);
+}
+
+// The backward writes its outputs without zeroing them first (the bias gradient is written by the first clip
+// and added to by the others), so a fully masked row must still leave zeros. Freed blocks of the outputs'
+// sizes are filled with NaN first, so that a missed element shows up instead of reading a lucky zero.
+TEST(Attention, FullyMaskedClipBesideALiveOneMatchesReference) {
+  for (int dead : {0, 1}) {
+    Case c;
+    c.T = c.S = 40;  // longer than one backward block of rows
+    Inputs in = make_inputs(c, 17 + dead);
+    std::vector<uint8_t> m(c.B * c.S, 0);
+    for (int64_t s = 0; s < c.S; ++s) m[dead * c.S + s] = 1;
+    in.mask = from_bytes(m, {c.B, c.S});
+    for (const Shape& s : {Shape{c.B, c.T, c.H * c.D}, Shape{c.H, c.T, c.S}, Shape{c.B, c.H, c.T}}) {
+      Tensor junk = Tensor::empty(s);
+      junk.fill_(std::nan(""));
+    }
+    AttentionForward f = attention_forward(in.q, in.k, in.v, in.bias, in.gate, in.mask, in.p);
+    AttentionGrads g = attention_backward(in.go, in.q, in.k, in.v, in.bias, in.gate, in.mask, f, in.p);
+    AttentionGrads r = attention_backward_reference(in.go, in.q, in.k, in.v, in.bias, in.gate, in.mask, in.p);
+    EXPECT_LT(rel_err(g.dq, r.dq), kFastVsReferenceTol) << "dead clip " << dead;
+    EXPECT_LT(rel_err(g.dk, r.dk), kFastVsReferenceTol) << "dead clip " << dead;
+    EXPECT_LT(rel_err(g.dv, r.dv), kFastVsReferenceTol) << "dead clip " << dead;
+    EXPECT_LT(rel_err(g.dbias, r.dbias), kFastVsReferenceTol) << "dead clip " << dead;
+    EXPECT_LT(rel_err(g.dgate, r.dgate), kFastVsReferenceTol) << "dead clip " << dead;
+    EXPECT_EQ(max_abs(g.dgate.select(0, dead)), 0.0) << "dead clip " << dead;
+  }
 }
 
 TEST(Attention, MaskedKeysDoNotInfluenceTheOutput) {
