@@ -88,6 +88,10 @@ Var embedding(const Var& weight, const Tensor& indices);  // weight [N, D], int6
 Var gather(const Var& a, int64_t dim, const Tensor& index);
 Var index_select(const Var& a, int64_t dim, const Tensor& index);
 Var l2_normalize(const Var& a, int64_t dim, float eps = 1e-12f);  // x / max(||x||_2, eps)
+// Weight normalisation w = v * (g / ||v||), the norm over every dim but `dim`, g of that keepdim shape
+// (torch.nn.utils.weight_norm). The forward is the same three ops as mul(v, div(g, norm(v))); the backward
+// is one fused kernel (tensor/index.h) instead of their chain of full-size temporaries.
+Var weight_norm(const Var& v, const Var& g, int64_t dim);
 
 // ---- views (share storage with the input; gradients flow back through them) ----
 Var reshape(const Var& a, const Shape& shape);

@@ -1,5 +1,5 @@
 // Differentiable fused layer ops: layer_norm, matmul, linear, conv1d/conv2d, embedding, gather, index_select,
-// l2_normalize. Each calls the explicit backward kernel of tensor/ where one exists. Not elementwise ops,
+// l2_normalize, weight_norm. Each calls the explicit backward kernel of tensor/ where one exists. Not elementwise ops,
 // reductions or views (other ops_*.cpp).
 #include "autograd/ops.h"
 #include "tensor/creation.h"
@@ -121,6 +121,22 @@ Var l2_normalize(const Var& a, int64_t dim, float eps) {
   return make_result(sonar::l2_normalize(x, dim, eps), {a}, [x, dim, eps](const Tensor& g) {
     return Grads{l2_normalize_backward(g, x, dim, eps)};
   }, "l2_normalize");
+}
+
+Var weight_norm(const Var& v, const Var& g, int64_t dim) {
+  const int64_t d = wrap_dim(dim, v.dim(), "weight_norm");
+  std::vector<int64_t> dims;
+  for (int64_t i = 0; i < v.dim(); ++i)
+    if (i != d) dims.push_back(i);
+  const Tensor vv = v.value(), gv = g.value();
+  const Tensor n = sonar::norm(vv, 2.0, dims, true);
+  SONAR_CHECK(gv.shape() == n.shape(), "weight_norm: g must be ", shape_str(n.shape()), " for v ",
+              shape_str(vv.shape()), " and dim ", d, ", got ", shape_str(gv.shape()));
+  const Tensor w = sonar::mul(vv, sonar::div(gv, n));
+  return make_result(w, {v, g}, [vv, gv, n, d](const Tensor& gw) {
+    WeightNormGrads r = weight_norm_backward(gw, vv, gv, n, d);
+    return Grads{r.dv, r.dg};
+  }, "weight_norm");
 }
 
 }  // namespace sonar::ag

@@ -83,10 +83,7 @@ void Conv1d::reset_parameters(Generator& gen) {
 
 ag::Var Conv1d::effective_weight() const {
   if (options.weight_norm_dim < 0) return weight;
-  std::vector<int64_t> dims;
-  for (int64_t d = 0; d < 3; ++d)
-    if (d != options.weight_norm_dim) dims.push_back(d);
-  return ag::mul(weight_v, ag::div(weight_g, ag::norm(weight_v, 2.0, dims, true)));
+  return ag::weight_norm(weight_v, weight_g, options.weight_norm_dim);
 }
 
 ag::Var Conv1d::forward(const ag::Var& x) {

@@ -1,5 +1,6 @@
 // Indexing and shape-assembling kernels: index_select / index_add, gather / scatter_add, embedding,
-// one_hot, cat / stack / split / chunk, L2 normalisation (with backward) and top-k.
+// one_hot, cat / stack / split / chunk, L2 normalisation (with backward), the backward of weight
+// normalisation, and top-k.
 // Indices are int64 and validated (in a serial pass, before any parallel loop) with messages naming the
 // offending value, the dim and its size. Copy kernels work on any dtype by moving elements as raw words.
 // Not here: reductions and softmax (tensor/reduce.h), elementwise math (tensor/elementwise.h).
@@ -388,6 +389,74 @@ Tensor l2_normalize_backward(const Tensor& grad_y, const Tensor& x, int64_t dim,
     }
   });
   return dx;
+}
+
+// ---- weight normalisation (backward) ----
+
+WeightNormGrads weight_norm_backward(const Tensor& grad_w, const Tensor& v, const Tensor& g, const Tensor& n,
+                                     int64_t dim) {
+  const char* op = "weight_norm_backward";
+  for (const Tensor* t : {&grad_w, &v, &g, &n}) t->check_dtype(DType::Float32, op);
+  SONAR_CHECK(v.dim() >= 1, op, ": v must have at least one dim, got a scalar");
+  const int64_t d = wrap_dim(dim, v.dim(), op);
+  SONAR_CHECK(grad_w.shape() == v.shape(), op, ": grad shape ", shape_str(grad_w.shape()), " differs from v's ",
+              shape_str(v.shape()));
+  Shape kept(v.dim(), 1);
+  kept[d] = v.size(d);
+  SONAR_CHECK(g.shape() == kept && n.shape() == kept, op, ": g and the norm must be ", shape_str(kept), " for v ",
+              shape_str(v.shape()), " and dim ", d, ", got ", shape_str(g.shape()), " and ", shape_str(n.shape()));
+  const Tensor gw = grad_w.contiguous(), vc = v.contiguous(), gc = g.contiguous(), nc = n.contiguous();
+  WeightNormGrads r{Tensor::empty(v.shape()), Tensor::empty(g.shape())};
+  const detail::Split3 sp = detail::split3(v.shape(), d);
+  const int64_t O = sp.outer, N = sp.n, I = sp.inner;
+  const float* pg = gw.data<float>();
+  const float* pv = vc.data<float>();
+  // dot[j] = <dL/dw, v> over the slice j of `dim`: summed per chunk of outer rows (a fixed count, so the
+  // order of the sums does not depend on the thread count), the chunks then added in order.
+  constexpr int64_t kChunks = 16;
+  std::vector<double> part(static_cast<size_t>(kChunks * N), 0.0);
+#pragma omp parallel for schedule(static) if (v.numel() > kParallelMin)
+  for (int64_t ch = 0; ch < kChunks; ++ch) {
+    double* acc = part.data() + ch * N;
+    for (int64_t o = O * ch / kChunks; o < O * (ch + 1) / kChunks; ++o) {
+      const float* a = pg + o * N * I;
+      const float* b = pv + o * N * I;
+      if (I == 1) {
+#pragma omp simd
+        for (int64_t j = 0; j < N; ++j) acc[j] += static_cast<double>(a[j]) * b[j];
+      } else {
+        for (int64_t j = 0; j < N; ++j) {
+          double s = 0.0;
+#pragma omp simd reduction(+ : s)
+          for (int64_t c = 0; c < I; ++c) s += static_cast<double>(a[j * I + c]) * b[j * I + c];
+          acc[j] += s;
+        }
+      }
+    }
+  }
+  const float* gp = gc.data<float>();
+  const float* np = nc.data<float>();
+  float* dg = r.dg.data<float>();
+  std::vector<float> scale(N), coef(N);
+  for (int64_t j = 0; j < N; ++j) {
+    double dot = 0.0;
+    for (int64_t ch = 0; ch < kChunks; ++ch) dot += part[ch * N + j];
+    const double nj = np[j];
+    scale[j] = gp[j] / np[j];  // s = g / n in float, as the forward computed it
+    dg[j] = static_cast<float>(dot / nj);
+    coef[j] = nj > 0.0 ? static_cast<float>(-dot * scale[j] / (nj * nj)) : 0.0f;
+  }
+  float* dv = r.dv.data<float>();
+#pragma omp parallel for schedule(static) if (v.numel() > kParallelMin)
+  for (int64_t o = 0; o < O; ++o) {
+    for (int64_t j = 0; j < N; ++j) {
+      const int64_t base = (o * N + j) * I;
+      const float s = scale[j], c = coef[j];
+#pragma omp simd
+      for (int64_t k = 0; k < I; ++k) dv[base + k] = pg[base + k] * s + pv[base + k] * c;
+    }
+  }
+  return r;
 }
 
 // ---- top-k ----

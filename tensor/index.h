@@ -1,5 +1,5 @@
 // Indexing and shape-assembling kernels: index_select, gather, scatter_add, embedding, one_hot, concat,
-// stack, split, L2 normalisation, top-k. Indices are int64; out-of-range indices throw naming the value.
+// stack, split, L2 normalisation, weight normalisation's backward, top-k. Indices are int64; out-of-range indices throw naming the value.
 #pragma once
 #include <vector>
 
@@ -22,6 +22,15 @@ std::vector<Tensor> chunk(const Tensor& a, int64_t chunks, int64_t dim);
 // x / max(||x||_2, eps) along dim (torch.nn.functional.normalize).
 Tensor l2_normalize(const Tensor& a, int64_t dim, float eps = 1e-12f);
 Tensor l2_normalize_backward(const Tensor& grad_y, const Tensor& x, int64_t dim, float eps = 1e-12f);
+// Backward of weight normalisation w = v * (g / n), n = ||v||_2 over every dim but `dim` (kept as size 1),
+// g and n of that keepdim shape (torch.nn.utils.weight_norm). One pass sums <dL/dw, v> per index of `dim`,
+// one writes dv = dL/dw * s + v * c with s = g / n and c = -<dL/dw, v> s / n^2 (0 where n = 0);
+// dg = <dL/dw, v> / n. The sums run over a fixed number of chunks, so results do not depend on threads.
+struct WeightNormGrads {
+  Tensor dv, dg;
+};
+WeightNormGrads weight_norm_backward(const Tensor& grad_w, const Tensor& v, const Tensor& g, const Tensor& n,
+                                     int64_t dim);
 struct TopK {
   Tensor values;   // float32
   Tensor indices;  // int64
