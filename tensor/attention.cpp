@@ -95,7 +95,7 @@ void gemm_nn(const float* A, int64_t lda, const float* B, int64_t ldb, float* C,
   gemm(A, lda, false, B, ldb, C, ldc, M, N, K, accumulate);
 }
 
-// attention_dropout_keep for a whole row, inlined so that the loop vectorises: the same splitmix64 hash as
+// attention_dropout_keep inlined for the row loops, so that they vectorise: the same splitmix64 hash as
 // random_bits (tensor/random.cpp) and the same test u >= p on u = (bits >> 40) / 2^24, written as an integer
 // comparison with ceil(p * 2^24) (exact: both sides are integers below 2^24 scaled by the same power of 2).
 constexpr uint64_t kGolden = 0x9E3779B97F4A7C15ULL;
@@ -105,15 +105,13 @@ SONAR_INLINE uint64_t mix64(uint64_t z) {
   return z ^ (z >> 31);
 }
 uint64_t keep_threshold(float p) { return static_cast<uint64_t>(std::ceil(static_cast<double>(p) * 16777216.0)); }
-// keep[s] = 1 when element s of the row whose first counter is `first` survives dropout.
-void dropout_row_mask(uint64_t seed, uint64_t first, uint64_t threshold, int64_t n, uint8_t* keep) {
-  const uint64_t base = mix64(seed);
-#pragma omp simd
-  for (int64_t s = 0; s < n; ++s) {
-    const uint64_t bits = mix64(base + (first + static_cast<uint64_t>(s) + 1) * kGolden);
-    keep[s] = (bits >> 40) >= threshold ? 1 : 0;
+// The dropout decisions of one row of probabilities: keep(s) is true when element s survives.
+struct DropoutRow {
+  uint64_t base, first, threshold;  // mix64(seed), the row's first counter, keep_threshold(p)
+  SONAR_INLINE bool keep(int64_t s) const {
+    return (mix64(base + (first + static_cast<uint64_t>(s) + 1) * kGolden) >> 40) >= threshold;
   }
-}
+};
 
 // Read-only views of the inputs shared by the fast kernels.
 struct Inputs {
@@ -309,7 +307,6 @@ AttentionForward attention_forward(const Tensor& q_in, const Tensor& k_in, const
 #pragma omp parallel if (parallel)
   {
     std::vector<float> Qs(Tp * d.D), Kt(d.D * Sp), Vp(Sp * Dp, 0.0f), sc(kForwardRows * Sp), ob(kForwardRows * Dp);
-    std::vector<uint8_t> keep(Sp);
 #pragma omp for collapse(2) schedule(dynamic)
     for (int64_t b = 0; b < d.B; ++b) {
       for (int64_t h = 0; h < d.H; ++h) {
@@ -337,13 +334,12 @@ AttentionForward attention_forward(const Tensor& q_in, const Tensor& k_in, const
             }
             const double sum = exp_row(row, d.S, lmax);
             const float inv = static_cast<float>(1.0 / sum);
-            if (p.dropout_p > 0.0f) {
-              dropout_row_mask(p.dropout_seed, dropout_counter(d, p, b, h, t, 0), threshold, d.S, keep.data());
-              const uint8_t* kp = keep.data();
+            if (p.dropout_p > 0.0f) {  // the mask generated and applied in one pass
+              const DropoutRow drop{mix64(p.dropout_seed), dropout_counter(d, p, b, h, t, 0), threshold};
 #pragma omp simd
               for (int64_t s = 0; s < d.S; ++s) {
                 const float pr = row[s] * inv;
-                row[s] = kp[s] ? pr * keep_scale : 0.0f;
+                row[s] = drop.keep(s) ? pr * keep_scale : 0.0f;
               }
             } else {
 #pragma omp simd
@@ -471,11 +467,10 @@ AttentionGrads attention_backward(const Tensor& grad_out_in, const Tensor& q_in,
             uint8_t* kp = keep.data();
             const bool dropout = p.dropout_p > 0.0f;
             if (dropout) {
-              const uint64_t base = mix64(p.dropout_seed), first = dropout_counter(d, p, b, h, t, 0);
+              const DropoutRow drop{mix64(p.dropout_seed), dropout_counter(d, p, b, h, t, 0), threshold};
 #pragma omp simd
               for (int64_t s = 0; s < d.S; ++s) {
-                const uint64_t bits = mix64(base + (first + static_cast<uint64_t>(s) + 1) * kGolden);
-                const bool k = (bits >> 40) >= threshold;
+                const bool k = drop.keep(s);
                 kp[s] = k ? 1 : 0;
                 dprow[s] = k ? dprow[s] * keep_scale : 0.0f;
               }

@@ -47,9 +47,9 @@ Tensor unary_numeric(const Tensor& a, const char* name, Op op) {
   return out;
 }
 
-// GCC does not vectorise sqrt unless errno may be ignored (-fno-math-errno, which the build does not set
-// and which a function attribute cannot enable for the builtin), so the contiguous loops use AVX directly
-// where available. vsqrtps is correctly rounded, like sqrtf.
+// GCC does not vectorise sqrt unless errno may be ignored. These loops use AVX directly, written before the
+// build set -fno-math-errno (CMakeLists.txt; since then plain loops would vectorise too, e.g. AdamW's).
+// vsqrtps is correctly rounded, like sqrtf, so either way the results are those of sqrtf.
 void sqrt_loop(const float* x, float* o, int64_t n) {
   int64_t i = 0;
 #ifdef __AVX__
