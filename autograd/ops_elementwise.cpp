@@ -227,8 +227,9 @@ Var dropout(const Var& x, float p, Generator& gen, bool training) {
   SONAR_CHECK(p >= 0.0f && p < 1.0f, "dropout: p must be in [0, 1), got ", p);
   if (!training || p == 0.0f) return x;
   // keep-mask scaled by 1/(1-p): the same tensor scales the forward and the backward.
-  Tensor scale = sonar::mul(float_mask(bernoulli(x.shape(), 1.0 - p, gen)), 1.0f / (1.0f - p));
-  return make_result(sonar::mul(x.value(), scale), {x}, [scale](const Tensor& g) {
+  DropoutDraw d = dropout_draw(x.value(), p, gen);
+  Tensor scale = d.scale;
+  return make_result(d.out, {x}, [scale](const Tensor& g) {
     return Grads{sonar::mul(g, scale)};
   }, "dropout");
 }

@@ -105,6 +105,34 @@ Tensor bernoulli(const Shape& shape, double p, Generator& gen) {
   return t;
 }
 
+DropoutDraw dropout_draw(const Tensor& x, float p, Generator& gen) {
+  SONAR_CHECK(x.dtype() == DType::Float32, "dropout_draw: needs a float32 tensor, got ", dtype_name(x.dtype()));
+  SONAR_CHECK(p >= 0.0f && p < 1.0f, "dropout_draw: p must be in [0, 1), got ", p);
+  const Tensor xc = x.contiguous();
+  DropoutDraw d{Tensor::empty(x.shape()), Tensor::empty(x.shape())};
+  const int64_t n = xc.numel();
+  const uint64_t seed = gen.seed(), first = gen.advance(static_cast<uint64_t>(n));
+  // uniform53(bits) < keep  <=>  (bits >> 11) < ceil(keep * 2^53): both sides are integers scaled by 2^-53
+  // (exact in double), so the integer test keeps exactly the elements bernoulli keeps, and vectorises.
+  const double keep = 1.0 - static_cast<double>(p);
+  const uint64_t threshold = static_cast<uint64_t>(std::ceil(keep * 9007199254740992.0));
+  const float inv = 1.0f / (1.0f - p);
+  const uint64_t base = mix64(seed);
+  const float* px = xc.data<float>();
+  float* po = d.out.data<float>();
+  float* ps = d.scale.data<float>();
+  detail::parallel_range(n, detail::kGrainMath, [&](int64_t lo, int64_t hi) {
+#pragma omp simd
+    for (int64_t i = lo; i < hi; ++i) {
+      const uint64_t bits = mix64(base + (first + static_cast<uint64_t>(i) + 1) * kGolden);
+      const float s = (bits >> 11) < threshold ? inv : 0.0f;
+      ps[i] = s;
+      po[i] = px[i] * s;
+    }
+  });
+  return d;
+}
+
 Tensor randperm(int64_t n, Generator& gen) {
   SONAR_CHECK(n >= 0, "randperm: n must be >= 0, got ", n);
   Tensor t = Tensor::empty({n}, DType::Int64);

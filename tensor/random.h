@@ -40,4 +40,12 @@ Tensor randint(int64_t low, int64_t high, const Shape& shape, Generator& gen);  
 Tensor bernoulli(const Shape& shape, double p, Generator& gen);      // bool, 1 with probability p
 Tensor randperm(int64_t n, Generator& gen);                          // int64 permutation of [0, n)
 
+// Dropout's forward in one pass over float32 x: scale[i] = 1 / (1 - p) (in float) where element i is kept,
+// 0 where dropped, the draws exactly those of bernoulli(x.shape(), 1.0 - p, gen); out = x * scale. The same
+// bits as building the mask with bernoulli, converting it and multiplying twice, without the temporaries.
+struct DropoutDraw {
+  Tensor out, scale;  // float32, x's shape (contiguous)
+};
+DropoutDraw dropout_draw(const Tensor& x, float p, Generator& gen);
+
 }  // namespace sonar

@@ -6,8 +6,10 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <map>
 
+#include "tensor/elementwise.h"
 #include "tensor/random.h"
 
 using namespace sonar;
@@ -210,3 +212,41 @@ TEST(Random, SameSeedSameNumbersOnAnyThreadCount) {
   EXPECT_EQ(rand({}, s).dim(), 0);
   EXPECT_EQ(randn({0, 3}, s).numel(), 0);
 }
+
+namespace sonar {
+namespace {
+
+// dropout_draw is one pass doing what ag::dropout did with bernoulli, a conversion and two products: the same
+// elements kept, the same bits out, the generator advanced by the same count. Checked bit for bit for
+// several p (0.5 puts keep * 2^53 on an integer, the threshold's edge case) and a strided input.
+TEST(Random, DropoutDrawIsBernoulliMaskTimesScale) {
+  for (float p : {0.0f, 0.1f, 0.5f, 0.9f}) {
+    Generator seed_gen(21);
+    Tensor base = randn({37, 100}, seed_gen);
+    for (bool strided : {false, true}) {
+      Tensor x = strided ? base.transpose(0, 1) : base;
+      Generator g1(5), g2(5);
+      g1.advance(3);
+      g2.advance(3);
+      DropoutDraw d = dropout_draw(x, p, g1);
+      Tensor scale = mul(bernoulli(x.shape(), 1.0 - p, g2).to(DType::Float32), 1.0f / (1.0f - p));
+      Tensor out = mul(x, scale);
+      EXPECT_EQ(g1.offset(), g2.offset());
+      const auto a = d.scale.to_vector<float>(), b = scale.contiguous().to_vector<float>();
+      const auto c = d.out.to_vector<float>(), e = out.contiguous().to_vector<float>();
+      ASSERT_EQ(a.size(), b.size());
+      EXPECT_EQ(0, std::memcmp(a.data(), b.data(), a.size() * sizeof(float))) << "scale, p " << p;
+      EXPECT_EQ(0, std::memcmp(c.data(), e.data(), c.size() * sizeof(float))) << "out, p " << p;
+      if (p == 0.5f) {
+        const double kept = static_cast<double>(std::count(a.begin(), a.end(), 2.0f)) / a.size();
+        EXPECT_NEAR(kept, 0.5, 0.05);
+      }
+    }
+  }
+  Generator g(1);
+  EXPECT_THROW(dropout_draw(randn({3}, g), 1.0f, g), Error);
+  EXPECT_THROW(dropout_draw(randint(0, 3, {3}, g), 0.1f, g), Error);
+}
+
+}  // namespace
+}  // namespace sonar
