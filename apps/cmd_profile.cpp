@@ -37,7 +37,7 @@ namespace {
 using namespace sonar;
 
 const char* kUsage = R"(usage: sonar profile (--preset tiny|small|base | --checkpoint CKPT) [--mode forward|train|pretrain]
-                     [--seconds 10] [--batch 1] [--steps 3] [--codes 1024] [--precision f32|bf16]
+                     [--seconds 10] [--batch 1] [--steps 3] [--warmup 2] [--codes 1024] [--precision f32|bf16]
                      [--threads N] [--clock wall|cpu] [--json OUT]
 
 Runs the real BEATs model on synthetic audio (a chirp plus a tone per clip) with the scoped timers inside the
@@ -51,10 +51,13 @@ model code switched on and prints where the time goes, per part and per phase (f
   optimizer zero_grad, the gradient norm, AdamW (train and pretrain).
 
 Times are self times (a part's children are listed separately), in ms per step, averaged over --steps
-steps after two warm-up steps. GFLOP/s counts matrix products, convolutions and the attention kernel's
+steps after --warmup warm-up steps. GFLOP/s counts matrix products, convolutions and the attention kernel's
 products; "peak" is the rate of a 512x768x3072 matrix product measured by this command before the run,
 in the same precision (the best of 10 bursts). The last lines give the step time measured around the whole step, how much of it
-the parts cover, and the process's peak RSS.
+the parts cover, the page faults per measured step and the process's peak RSS. Page faults are the sign that
+the heap is still growing: each touches fresh memory, which costs about 14 us on a virtual machine (see
+docs/performance.md), so while they number more than a few hundred per step the figures include that
+first-touch cost (BEATs-base in train mode: about 1,200 per step after 2 warm-up steps, none after 7).
 
   --preset NAME       a fresh model: tiny (2 blocks, 64 wide), small (4 blocks, 256 wide) or base
                       (BEATs base), layer drop off so
@@ -67,6 +70,8 @@ the parts cover, and the process's peak RSS.
   --seconds S         clip length (default 10)
   --batch B           clips per step (default 1)
   --steps N           measured steps (default 3)
+  --warmup N          unmeasured steps first (default 2, at least 2: oneDNN primitives, FFT plans, optimiser
+                      state, and a bf16 product's fixed-shape primitive, built on its second call)
   --codes K           label classes of the train/pretrain heads (default 1024)
   --precision P       f32 (default) or bf16 (matrix products with bfloat16 operands; needs AVX512-BF16)
   --threads N         compute threads (default: OpenMP's)
@@ -151,15 +156,27 @@ struct Report {
   std::vector<profile::Row> rows;
   double step_seconds = 0;  // wall time per step, measured around the whole step
   int64_t steps = 0;
+  double faults_per_step = 0;  // minor page faults of the process per measured step
 };
 
-// Runs two warm-up steps and `steps` measured steps of `step`, profiling only the measured ones. Two, because
-// a bf16 product builds its fixed-shape primitive on its second call (tensor/matmul.cpp).
+long minor_faults() {
+  rusage u{};
+  getrusage(RUSAGE_SELF, &u);
+  return u.ru_minflt;
+}
+
+// Runs `warmup` unmeasured steps and `steps` measured steps of `step`, reporting only the measured ones.
+// At least two warm-ups, because a bf16 product builds its fixed-shape primitive on its second call
+// (tensor/matmul.cpp). The timers run in the warm-up too, with their counts thrown away: they allocate a
+// little, which changes where the heap puts the large tensors, and switching them on only for the measured
+// steps started a new round of heap growth there (BEATs-base train: 15,000-19,000 page faults in each of 3
+// measured steps even after 7 or 12 warm-ups, against about 1,000 once the heap had settled).
 template <class F>
-Report run_steps(int64_t steps, F&& step) {
-  for (int i = 0; i < 2; ++i) step();  // warm-up: oneDNN primitives, FFT plans, optimiser state, allocator
-  profile::reset();
+Report run_steps(int64_t warmup, int64_t steps, F&& step) {
   profile::set_enabled(true);
+  for (int64_t i = 0; i < warmup; ++i) step();  // oneDNN primitives, FFT plans, optimiser state, allocator
+  profile::reset();
+  const long faults0 = minor_faults();
   double total = 0;
   for (int64_t i = 0; i < steps; ++i) {
     const double t0 = profile::now_seconds();
@@ -168,6 +185,7 @@ Report run_steps(int64_t steps, F&& step) {
   }
   profile::set_enabled(false);
   Report r;
+  r.faults_per_step = static_cast<double>(minor_faults() - faults0) / static_cast<double>(steps);
   r.rows = profile::rows();
   r.step_seconds = total / static_cast<double>(steps);
   r.steps = steps;
@@ -188,7 +206,8 @@ std::string fmt(const char* f, double v) {
 
 int run_profile(int argc, char** argv) {
   app::Args args(argc, argv,
-                 {"preset", "checkpoint", "mode", "seconds", "batch", "steps", "codes", "precision", "threads", "clock", "json"},
+                 {"preset", "checkpoint", "mode", "seconds", "batch", "steps", "warmup", "codes", "precision", "threads",
+                  "clock", "json"},
                  {});
   if (args.help()) {
     std::fputs(kUsage, stdout);
@@ -205,6 +224,8 @@ int run_profile(int argc, char** argv) {
   const int64_t batch = args.get_int("batch", 1), steps = args.get_int("steps", 3), codes = args.get_int("codes", 1024);
   SONAR_CHECK(batch >= 1 && batch <= 256, "--batch must be in 1..256, got ", batch);
   SONAR_CHECK(steps >= 1 && steps <= 1000, "--steps must be in 1..1000, got ", steps);
+  const int64_t warmup = args.get_int("warmup", 2);
+  SONAR_CHECK(warmup >= 2 && warmup <= 1000, "--warmup must be in 2..1000, got ", warmup);
   SONAR_CHECK(codes >= 2, "--codes must be >= 2, got ", codes);
   const Precision precision = parse_precision(args.get("precision", "f32"));
   require_precision_supported(precision);
@@ -237,7 +258,7 @@ int run_profile(int argc, char** argv) {
   if (mode == "forward") {
     model->eval();
     ag::NoGradGuard no_grad;
-    rep = run_steps(steps, [&] { (void)model->extract_features(wave).x; });
+    rep = run_steps(warmup, steps, [&] { (void)model->extract_features(wave).x; });
   } else if (mode == "train") {
     HeadedModel hm(model, codes, gen);
     hm.train();
@@ -245,7 +266,7 @@ int run_profile(int argc, char** argv) {
     Generator mask_gen(6), label_gen(12), dropout_gen(7);
     nn::RngScope rng_scope(dropout_gen);
     Tensor labels;
-    rep = run_steps(steps, [&] {
+    rep = run_steps(warmup, steps, [&] {
       step.run([&] {
         Tensor fb = beats::preprocess(wave);
         ag::Var x = hm.model->forward_fbank(ag::Var(fb), Tensor()).x;  // [B, P, C]
@@ -272,7 +293,7 @@ int run_profile(int argc, char** argv) {
     nn::RngScope rng_scope(dropout_gen);
     const int64_t P = (audio::fbank_num_frames(wave.size(1)) / cfg.input_patch_size) * (beats::kMelBins / cfg.input_patch_size);
     const Tensor labels = randint(0, codes, {batch, P}, label_gen);
-    rep = run_steps(steps, [&] {
+    rep = run_steps(warmup, steps, [&] {
       step.run([&] { return mlp.forward(ag::Var(beats::preprocess(wave)), Tensor(), labels, mask_gen).loss; });
     });
   }
@@ -330,6 +351,9 @@ int run_profile(int argc, char** argv) {
   print_table(kinds, "part, all blocks together (largest first)");
   std::printf("\nstep: %.3f ms measured around the whole step; the parts add up to %.3f ms (%.1f%%)\n", step_ms,
               parts * 1e3, 100.0 * parts * 1e3 / step_ms);
+  std::printf("page faults: %.0f per measured step (%lld warm-up steps; more than a few hundred means the heap was\n"
+              "still growing and the times include first touches of memory: raise --warmup)\n",
+              rep.faults_per_step, static_cast<long long>(warmup));
   std::printf("peak RSS: %.1f MB\n", rss);
 
   if (!json_out.empty()) {
@@ -350,6 +374,8 @@ int run_profile(int argc, char** argv) {
     j["parts_ms"] = parts * 1e3;
     j["matmul_peak_gflops"] = peak;
     j["peak_rss_mb"] = rss;
+    j["warmup_steps"] = warmup;
+    j["page_faults_per_step"] = rep.faults_per_step;
     nlohmann::json rows = nlohmann::json::array();
     for (const auto& r : rep.rows) {
       const double ms = r.self_seconds / n * 1e3;

@@ -3,6 +3,7 @@
 // and backward, the FLOP counts of a part match a hand count, and misuse fails with one line.
 #include <gtest/gtest.h>
 
+#include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -96,6 +97,8 @@ TEST_F(CmdProfile, TrainStepPartsAddUpAndEveryBlockAppears) {
   for (const char* part : {"zero_grad", "grad_norm", "adamw"}) EXPECT_TRUE(has_row(j, "optimizer", part)) << part;
   EXPECT_GT(j["matmul_peak_gflops"].get<double>(), 0.0);
   EXPECT_GT(j["peak_rss_mb"].get<double>(), 0.0);
+  EXPECT_EQ(j["warmup_steps"].get<int64_t>(), 2);  // the default
+  EXPECT_GE(j["page_faults_per_step"].get<double>(), 0.0);
 
   // fc1 of a block: one [P, C] x [C, F] product forward, two of the same size backward (dx and dW).
   const double P = j["patches"].get<double>(), C = j["embed_dim"].get<double>(), F = j["ffn_dim"].get<double>();
@@ -118,8 +121,13 @@ TEST_F(CmdProfile, PretrainShowsLabelPredictorBlocksAndLoss) {
 }
 
 TEST_F(CmdProfile, ForwardHasNoBackwardOrOptimizer) {
-  const nlohmann::json j = profile("forward", "--clock cpu");
+  const nlohmann::json j = profile("forward", "--clock cpu --warmup 3");
   EXPECT_EQ(j["clock"], "cpu");
+  EXPECT_EQ(j["warmup_steps"].get<int64_t>(), 3);
+  char faults[64];
+  std::snprintf(faults, sizeof faults, "page faults: %.0f per measured step (3 warm-up steps",
+                j["page_faults_per_step"].get<double>());
+  EXPECT_NE(out_.find(faults), std::string::npos) << out_;
   expect_parts_cover_step(j);
   expect_every_block(j, "encoder/", j["blocks"].get<int64_t>(), false);
   for (const auto& r : j["rows"]) EXPECT_EQ(r["phase"], "forward") << r["part"];
@@ -132,6 +140,7 @@ TEST_F(CmdProfile, MisuseFailsWithOneLine) {
   expect_clean_failure(run("profile --preset huge"), "huge");
   expect_clean_failure(run("profile --preset tiny --precision f16"), "f16");
   expect_clean_failure(run("profile --preset tiny --clock sundial"), "--clock");
+  expect_clean_failure(run("profile --preset tiny --warmup 1"), "--warmup");
   expect_clean_failure(run("profile --checkpoint " + file("missing.pt")), "missing.pt");
   // With oneDNN capped below AVX512-BF16 the bf16 request names the missing instruction set.
   expect_clean_failure(run("profile --preset tiny --precision bf16", "DNNL_MAX_CPU_ISA=AVX512_CORE"), "AVX512-BF16");
