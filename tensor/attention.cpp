@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "tensor/elementwise_math.h"
@@ -159,52 +160,56 @@ void pack_scores_operands(const Inputs& in, const Dims& d, const AttentionParams
   }
 }
 
-// Turns a row of raw scores q.k into final logits in place (masked keys -inf, padded columns untouched) and
-// returns the row max of the logits (-inf when every key is masked). The loops are branch-free so that they
-// vectorise; the arithmetic (and its rounding) is that of the official code: (score - rowmax) * alpha, then
-// + gate * bias.
-float row_logits(float* row, const Inputs& in, const Dims& d, const AttentionParams& p, int64_t b, int64_t h,
-                 int64_t t) {
-  const int64_t S = d.S;
+// One row's logits from its raw scores q.k, in the arithmetic (and rounding) of the official code:
+// (score - rowmax) * alpha, then + gate * bias; masked keys -inf. `max` is the row max of the raw scores.
+struct RowLogits {
+  float max, alpha, gate;
+  const float* bias;     // this row of the bias, or null
+  const uint8_t* mask;   // this clip's key padding mask, or null
+  // The logit of key s; the flags are template arguments so that each loop is branch-free and vectorises.
+  template <bool kBias, bool kMask>
+  SONAR_INLINE float at(const float* row, int64_t s) const {
+    const float l = (row[s] - max) * alpha;
+    if constexpr (kBias && kMask) return mask[s] ? kNegInf : l + gate * bias[s];
+    if constexpr (kBias && !kMask) return l + gate * bias[s];
+    if constexpr (!kBias && kMask) return mask[s] ? kNegInf : l;
+    return l;
+  }
+  // Calls f(std::bool_constant<kBias>, std::bool_constant<kMask>) for this row's kind.
+  template <class F>
+  SONAR_INLINE auto dispatch(F&& f) const {
+    if (bias && mask) return f(std::true_type{}, std::true_type{});
+    if (bias) return f(std::true_type{}, std::false_type{});
+    if (mask) return f(std::false_type{}, std::true_type{});
+    return f(std::false_type{}, std::false_type{});
+  }
+};
+
+// The logit context of row t of head h, clip b (the row max of its raw scores over the S real keys).
+RowLogits row_context(const float* row, const Inputs& in, const Dims& d, const AttentionParams& p, int64_t b,
+                      int64_t h, int64_t t) {
   float m = kNegInf;
 #pragma omp simd reduction(max : m)
-  for (int64_t s = 0; s < S; ++s) m = row[s] > m ? row[s] : m;
-  const uint8_t* mask = in.mask ? in.mask + b * d.S : nullptr;
-  const float* bias = in.bias ? in.bias + (h * d.T + t) * d.S : nullptr;
-  const float g = in.gate ? in.gate[(b * d.H + h) * d.T + t] : 1.0f;
-  const float alpha = p.alpha;
-  float lmax = kNegInf;
-  if (bias && mask) {
+  for (int64_t s = 0; s < d.S; ++s) m = row[s] > m ? row[s] : m;
+  return RowLogits{m, p.alpha, in.gate ? in.gate[(b * d.H + h) * d.T + t] : 1.0f,
+                   in.bias ? in.bias + (h * d.T + t) * d.S : nullptr, in.mask ? in.mask + b * d.S : nullptr};
+}
+
+// Turns a row of raw scores into final logits in place (padded columns untouched) and returns their max
+// (-inf when every key is masked).
+float row_logits(float* row, const Inputs& in, const Dims& d, const AttentionParams& p, int64_t b, int64_t h,
+                 int64_t t) {
+  const RowLogits c = row_context(row, in, d, p, b, h, t);
+  return c.dispatch([&](auto with_bias, auto with_mask) {
+    float lmax = kNegInf;
 #pragma omp simd reduction(max : lmax)
-    for (int64_t s = 0; s < S; ++s) {
-      float l = (row[s] - m) * alpha;
-      l = mask[s] ? kNegInf : l + g * bias[s];
+    for (int64_t s = 0; s < d.S; ++s) {
+      const float l = c.at<with_bias, with_mask>(row, s);
       row[s] = l;
       lmax = l > lmax ? l : lmax;
     }
-  } else if (bias) {
-#pragma omp simd reduction(max : lmax)
-    for (int64_t s = 0; s < S; ++s) {
-      const float l = (row[s] - m) * alpha + g * bias[s];
-      row[s] = l;
-      lmax = l > lmax ? l : lmax;
-    }
-  } else if (mask) {
-#pragma omp simd reduction(max : lmax)
-    for (int64_t s = 0; s < S; ++s) {
-      const float l = mask[s] ? kNegInf : (row[s] - m) * alpha;
-      row[s] = l;
-      lmax = l > lmax ? l : lmax;
-    }
-  } else {
-#pragma omp simd reduction(max : lmax)
-    for (int64_t s = 0; s < S; ++s) {
-      const float l = (row[s] - m) * alpha;
-      row[s] = l;
-      lmax = l > lmax ? l : lmax;
-    }
-  }
-  return lmax;
+    return lmax;
+  });
 }
 
 // row[s] = exp(row[s] - shift) for s < n; returns the sum in double.
@@ -223,40 +228,11 @@ double exp_row(float* row, int64_t n, float shift) {
 // fused into one pass after the row max (the same float operations on the same values, so the same bits).
 void row_probs(float* row, const Inputs& in, const Dims& d, const AttentionParams& p, int64_t b, int64_t h,
                int64_t t, float lse) {
-  const int64_t S = d.S;
-  float m = kNegInf;
-#pragma omp simd reduction(max : m)
-  for (int64_t s = 0; s < S; ++s) m = row[s] > m ? row[s] : m;
-  const uint8_t* mask = in.mask ? in.mask + b * d.S : nullptr;
-  const float* bias = in.bias ? in.bias + (h * d.T + t) * d.S : nullptr;
-  const float g = in.gate ? in.gate[(b * d.H + h) * d.T + t] : 1.0f;
-  const float alpha = p.alpha;
-  if (bias && mask) {
+  const RowLogits c = row_context(row, in, d, p, b, h, t);
+  c.dispatch([&](auto with_bias, auto with_mask) {
 #pragma omp simd
-    for (int64_t s = 0; s < S; ++s) {
-      float l = (row[s] - m) * alpha;
-      l = mask[s] ? kNegInf : l + g * bias[s];
-      row[s] = detail::exp_f(l - lse);
-    }
-  } else if (bias) {
-#pragma omp simd
-    for (int64_t s = 0; s < S; ++s) {
-      const float l = (row[s] - m) * alpha + g * bias[s];
-      row[s] = detail::exp_f(l - lse);
-    }
-  } else if (mask) {
-#pragma omp simd
-    for (int64_t s = 0; s < S; ++s) {
-      const float l = mask[s] ? kNegInf : (row[s] - m) * alpha;
-      row[s] = detail::exp_f(l - lse);
-    }
-  } else {
-#pragma omp simd
-    for (int64_t s = 0; s < S; ++s) {
-      const float l = (row[s] - m) * alpha;
-      row[s] = detail::exp_f(l - lse);
-    }
-  }
+    for (int64_t s = 0; s < d.S; ++s) row[s] = detail::exp_f(c.at<with_bias, with_mask>(row, s) - lse);
+  });
 }
 
 uint64_t dropout_counter(const Dims& d, const AttentionParams& p, int64_t b, int64_t h, int64_t t, int64_t s) {
