@@ -183,8 +183,10 @@ struct AttentionSetup {
 };
 
 // Argument: attention dropout in percent (0 or 10).
+// Args: dropout in percent; 1 = the forward keeps the probabilities for the backward (as in training).
 void BM_AttentionForward(benchmark::State& st) {
   AttentionSetup s(static_cast<float>(st.range(0)) / 100.0f);
+  s.p.keep_probs = st.range(1) != 0;
   reset_peak_rss();
   for (auto _ : st) benchmark::DoNotOptimize(attention_forward(s.q, s.k, s.v, s.bias, s.gate, Tensor(), s.p).out);
   report_rss(st);
@@ -192,7 +194,9 @@ void BM_AttentionForward(benchmark::State& st) {
 
 void BM_AttentionBackward(benchmark::State& st) {
   AttentionSetup s(static_cast<float>(st.range(0)) / 100.0f);
-  AttentionForward f = attention_forward(s.q, s.k, s.v, s.bias, s.gate, Tensor(), s.p);
+  AttentionParams pf = s.p;
+  pf.keep_probs = st.range(1) != 0;
+  AttentionForward f = attention_forward(s.q, s.k, s.v, s.bias, s.gate, Tensor(), pf);
   reset_peak_rss();
   for (auto _ : st)
     benchmark::DoNotOptimize(attention_backward(s.gout, s.q, s.k, s.v, s.bias, s.gate, Tensor(), f, s.p).dq);
@@ -275,8 +279,8 @@ BENCHMARK(BM_Fbank)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_PatchEmbedding)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_EncoderLayerForward)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_EncoderLayerForwardBackward)->Unit(benchmark::kMillisecond)->UseRealTime();
-BENCHMARK(BM_AttentionForward)->Arg(0)->Arg(10)->Unit(benchmark::kMillisecond)->UseRealTime();
-BENCHMARK(BM_AttentionBackward)->Arg(0)->Arg(10)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_AttentionForward)->ArgsProduct({{0, 10}, {0, 1}})->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_AttentionBackward)->ArgsProduct({{0, 10}, {0, 1}})->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_FullForward)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_TrainStepFull)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_TrainStepMasked)->Unit(benchmark::kMillisecond)->UseRealTime();

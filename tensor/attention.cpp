@@ -264,8 +264,10 @@ AttentionForward attention_forward(const Tensor& q_in, const Tensor& k_in, const
   AttentionForward fwd;
   fwd.out = Tensor::empty({d.B, d.T, d.C});
   fwd.lse = Tensor::empty({d.B, d.H, d.T});
+  if (p.keep_probs) fwd.probs = Tensor::empty({d.B, d.H, d.T, d.S});
   float* out = fwd.out.data<float>();
   float* lse = fwd.lse.data<float>();
+  float* probs = p.keep_probs ? fwd.probs.data<float>() : nullptr;
   if (d.B * d.T * d.C == 0) return fwd;
   if (d.S == 0) {  // nothing to attend to: zero output, every row "fully masked"
     fwd.out.zero_();
@@ -303,8 +305,10 @@ AttentionForward attention_forward(const Tensor& q_in, const Tensor& k_in, const
             }
             const float lmax = row_logits(row, in, d, p, b, h, t);
             float* lse_t = lse + (b * d.H + h) * d.T + t;
+            float* kept = probs ? probs + ((b * d.H + h) * d.T + t) * d.S : nullptr;
             if (lmax == kNegInf) {
               std::fill(row, row + Sp, 0.0f);
+              if (kept) std::fill(kept, kept + d.S, 0.0f);
               *lse_t = kNegInf;
               continue;
             }
@@ -312,14 +316,24 @@ AttentionForward attention_forward(const Tensor& q_in, const Tensor& k_in, const
             const float inv = static_cast<float>(1.0 / sum);
             if (p.dropout_p > 0.0f) {  // the mask generated and applied in one pass
               const DropoutRow drop{mix64(p.dropout_seed), dropout_counter(d, p, b, h, t, 0), threshold};
+              if (kept) {
 #pragma omp simd
-              for (int64_t s = 0; s < d.S; ++s) {
-                const float pr = row[s] * inv;
-                row[s] = drop.keep(s) ? pr * keep_scale : 0.0f;
+                for (int64_t s = 0; s < d.S; ++s) {
+                  const float pr = row[s] * inv;
+                  kept[s] = pr;
+                  row[s] = drop.keep(s) ? pr * keep_scale : 0.0f;
+                }
+              } else {
+#pragma omp simd
+                for (int64_t s = 0; s < d.S; ++s) {
+                  const float pr = row[s] * inv;
+                  row[s] = drop.keep(s) ? pr * keep_scale : 0.0f;
+                }
               }
             } else {
 #pragma omp simd
               for (int64_t s = 0; s < d.S; ++s) row[s] *= inv;
+              if (kept) std::copy(row, row + d.S, kept);
             }
             std::fill(row + d.S, row + Sp, 0.0f);
             *lse_t = lmax + static_cast<float>(std::log(sum));
@@ -346,6 +360,11 @@ AttentionGrads attention_backward(const Tensor& grad_out_in, const Tensor& q_in,
   const Tensor q = rows_dense(q_in), k = rows_dense(k_in), v = rows_dense(v_in);
   const Tensor go = grad_out_in.contiguous();
   const Tensor lse_t = fwd.lse.contiguous();
+  SONAR_CHECK(!fwd.probs.defined() || fwd.probs.shape() == (Shape{d.B, d.H, d.T, d.S}),
+              "attention_backward: kept probabilities must be [B, H, T, S] = ", shape_str({d.B, d.H, d.T, d.S}),
+              ", got ", shape_str(fwd.probs.shape()));
+  const Tensor probs_t = fwd.probs.defined() ? fwd.probs.contiguous() : Tensor();
+  const float* kept = probs_t.defined() ? probs_t.data<float>() : nullptr;
   const Tensor bias = bias_in.defined() ? bias_in.contiguous() : Tensor();
   const Tensor gate = gate_in.defined() ? gate_in.contiguous() : Tensor();
   const Tensor mask = mask_in.defined() ? mask_in.contiguous() : Tensor();
@@ -366,8 +385,9 @@ AttentionGrads attention_backward(const Tensor& grad_out_in, const Tensor& q_in,
       if (t->defined()) t->zero_();
     return g;
   }
-  // Profiler: the five products per head (Q K^T recomputed, dP = dO V^T, dV, dQ, dK).
-  profile::count_flops(10.0 * static_cast<double>(d.B * d.T) * static_cast<double>(d.S * d.C));
+  // Profiler: the five products per head (Q K^T recomputed unless the forward kept the probabilities,
+  // dP = dO V^T, dV, dQ, dK).
+  profile::count_flops((kept ? 8.0 : 10.0) * static_cast<double>(d.B * d.T) * static_cast<double>(d.S * d.C));
 
   float* dq = g.dq.defined() ? g.dq.data<float>() : nullptr;
   float* dk = g.dk.defined() ? g.dk.data<float>() : nullptr;
@@ -391,7 +411,7 @@ AttentionGrads attention_backward(const Tensor& grad_out_in, const Tensor& q_in,
 #pragma omp for schedule(dynamic)
     for (int64_t h = 0; h < d.H; ++h) {
       for (int64_t b = 0; b < d.B; ++b) {
-        pack_scores_operands(in, d, p, b, h, Tp, Sp, Qs.data(), Kt.data());
+        if (!kept) pack_scores_operands(in, d, p, b, h, Tp, Sp, Qs.data(), Kt.data());
         for (int64_t j = 0; j < d.D; ++j) std::fill(Vt.data() + j * Sp + d.S, Vt.data() + (j + 1) * Sp, 0.0f);
         for (int64_t s = 0; s < d.S; ++s) {
           const float* vs = in.v + b * in.vb + s * in.vt + h * d.D;
@@ -405,8 +425,9 @@ AttentionGrads attention_backward(const Tensor& grad_out_in, const Tensor& q_in,
         std::fill(dvb.begin(), dvb.end(), 0.0f);
         for (int64_t t0 = 0; t0 < Tp; t0 += R) {
           const int64_t rows = std::min(R, Tp - t0);  // a multiple of kRowTile
-          // Recompute the probabilities of this block of query rows.
-          gemm_nn(Qs.data() + t0 * d.D, d.D, Kt.data(), Sp, P.data(), Sp, rows, Sp, d.D, false);
+          // Recompute the probabilities of this block of query rows (their raw scores here, the rest per row),
+          // unless the forward kept them.
+          if (!kept) gemm_nn(Qs.data() + t0 * d.D, d.D, Kt.data(), Sp, P.data(), Sp, rows, Sp, d.D, false);
           // dL/d(dropped probabilities) = dO . v
           std::fill(dOs.begin(), dOs.end(), 0.0f);
           std::fill(dOp.begin(), dOp.end(), 0.0f);
@@ -437,7 +458,12 @@ AttentionGrads attention_backward(const Tensor& grad_out_in, const Tensor& q_in,
             // The row's passes: probabilities (max, then logits and exp), dropout on dL/dP, delta, then
             // dL/dlogits with the bias gradient and the dropped probabilities, then the gate's sum. Loops that
             // reduce are kept apart so that each sums in the same order as a plain loop of its own.
-            row_probs(prow, in, d, p, b, h, t, l);
+            if (kept) {
+              const float* src = kept + ((b * d.H + h) * d.T + t) * d.S;
+              std::copy(src, src + d.S, prow);
+            } else {
+              row_probs(prow, in, d, p, b, h, t, l);
+            }
             std::fill(prow + d.S, prow + Sp, 0.0f);
             // prow: probabilities before dropout; dprow: dL/dP (before dropout) after this block.
             uint8_t* kp = keep.data();

@@ -4,8 +4,11 @@
 // bias (BEATs' gated relative position bias), a key padding mask and attention dropout drawn from a
 // counter-based generator (so backward regenerates the same mask instead of storing it).
 //
-// Memory: the forward keeps only the row log-sum-exp [B, H, T]; the backward recomputes the probabilities one
-// (batch, head) at a time, so no [B, H, T, S] tensor is ever materialised. The plain reference kernels beside
+// Memory: by default the forward keeps only the row log-sum-exp [B, H, T] and the backward recomputes the
+// probabilities one (batch, head) at a time, so no [B, H, T, S] tensor is ever materialised. With
+// AttentionParams::keep_probs the forward also stores the probabilities (4 bytes per score) and the backward
+// reads them instead: one product of the five and two passes over each row fewer, for the memory.
+// (nn/beats/attention_op.h keeps them in training while they are small; see kKeepProbsMaxBytes there.) The plain reference kernels beside
 // the fast ones compute the same thing in double precision with the whole score tensor: the test oracle.
 //
 // Not here: the projections, the gate's small linear layer or the bias table lookup (nn/beats composes those
@@ -30,6 +33,9 @@ struct AttentionParams {
   float dropout_p = 0.0f;
   uint64_t dropout_seed = 0;
   uint64_t dropout_offset = 0;
+  // Forward only: also return the probabilities (before dropout) in AttentionForward::probs, for a backward
+  // that then need not recompute them.
+  bool keep_probs = false;
 };
 
 // Number of random counters one attention call with these shapes consumes (B*H*T*S), for advancing a
@@ -39,6 +45,7 @@ int64_t attention_dropout_counters(int64_t batch, int64_t heads, int64_t tgt_len
 struct AttentionForward {
   Tensor out;  // [B, T, C]: head h in columns [h*D, (h+1)*D)
   Tensor lse;  // [B, H, T]: log-sum-exp of each row's final logits (-inf for a row whose keys are all masked)
+  Tensor probs;  // [B, H, T, S] probabilities before dropout (0 in a fully masked row); only with keep_probs
 };
 
 // q [B, T, C], k and v [B, S, C] with C = H*D (float32; any strides, copied per head internally).
@@ -58,7 +65,8 @@ struct AttentionNeeds {
   bool q = true, k = true, v = true, bias = true, gate = true;
 };
 
-// Gradients of a scalar loss given dL/d out; `fwd` is what attention_forward returned for the same inputs.
+// Gradients of a scalar loss given dL/d out; `fwd` is what attention_forward returned for the same inputs
+// (its lse always; its probs when defined, else the probabilities are recomputed from q, k, bias, gate, mask).
 AttentionGrads attention_backward(const Tensor& grad_out, const Tensor& q, const Tensor& k, const Tensor& v,
                                   const Tensor& bias, const Tensor& gate, const Tensor& key_padding_mask,
                                   const AttentionForward& fwd, const AttentionParams& p,

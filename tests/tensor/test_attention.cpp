@@ -78,22 +78,29 @@ Inputs make_inputs(const Case& c, uint64_t seed) {
   return in;
 }
 
+// Both backward paths: probabilities recomputed, and kept by the forward (keep_probs).
 void compare_with_reference(const Case& c) {
-  Inputs in = make_inputs(c, 42);
-  AttentionForward fast = attention_forward(in.q, in.k, in.v, in.bias, in.gate, in.mask, in.p);
-  AttentionForward ref = attention_forward_reference(in.q, in.k, in.v, in.bias, in.gate, in.mask, in.p);
-  EXPECT_LT(rel_err(fast.out, ref.out), kFastVsReferenceTol);
-  EXPECT_LT(rel_err(fast.lse, ref.lse), kFastVsReferenceTol);
-  AttentionGrads gf = attention_backward(in.go, in.q, in.k, in.v, in.bias, in.gate, in.mask, fast, in.p);
-  AttentionGrads gr = attention_backward_reference(in.go, in.q, in.k, in.v, in.bias, in.gate, in.mask, in.p);
-  EXPECT_LT(rel_err(gf.dq, gr.dq), kFastVsReferenceTol);
-  EXPECT_LT(rel_err(gf.dk, gr.dk), kFastVsReferenceTol);
-  EXPECT_LT(rel_err(gf.dv, gr.dv), kFastVsReferenceTol);
-  if (c.bias) {
-    EXPECT_LT(rel_err(gf.dbias, gr.dbias), kFastVsReferenceTol);
-  }
-  if (c.gate) {
-    EXPECT_LT(rel_err(gf.dgate, gr.dgate), kFastVsReferenceTol);
+  for (bool keep : {false, true}) {
+    SCOPED_TRACE(keep ? "probabilities kept by the forward" : "probabilities recomputed");
+    Inputs in = make_inputs(c, 42);
+    AttentionParams pf = in.p;
+    pf.keep_probs = keep;
+    AttentionForward fast = attention_forward(in.q, in.k, in.v, in.bias, in.gate, in.mask, pf);
+    EXPECT_EQ(fast.probs.defined(), keep);
+    AttentionForward ref = attention_forward_reference(in.q, in.k, in.v, in.bias, in.gate, in.mask, in.p);
+    EXPECT_LT(rel_err(fast.out, ref.out), kFastVsReferenceTol);
+    EXPECT_LT(rel_err(fast.lse, ref.lse), kFastVsReferenceTol);
+    AttentionGrads gf = attention_backward(in.go, in.q, in.k, in.v, in.bias, in.gate, in.mask, fast, in.p);
+    AttentionGrads gr = attention_backward_reference(in.go, in.q, in.k, in.v, in.bias, in.gate, in.mask, in.p);
+    EXPECT_LT(rel_err(gf.dq, gr.dq), kFastVsReferenceTol);
+    EXPECT_LT(rel_err(gf.dk, gr.dk), kFastVsReferenceTol);
+    EXPECT_LT(rel_err(gf.dv, gr.dv), kFastVsReferenceTol);
+    if (c.bias) {
+      EXPECT_LT(rel_err(gf.dbias, gr.dbias), kFastVsReferenceTol);
+    }
+    if (c.gate) {
+      EXPECT_LT(rel_err(gf.dgate, gr.dgate), kFastVsReferenceTol);
+    }
   }
 }
 
@@ -129,6 +136,43 @@ TEST(Attention, MatchesReferenceWithDropout) {
   Case c;
   c.dropout = 0.3f;
   compare_with_reference(c);
+}
+
+// The kept probabilities are the softmax the output was made from: with no dropout, out = P V per head; they
+// do not depend on dropout (kept before it); every live row sums to 1 and a fully masked row is zero. Keeping
+// them changes nothing else: out and lse are bit-identical to a forward that does not keep them.
+TEST(Attention, KeptProbabilitiesAreTheSoftmaxTheOutputUses) {
+  Case c;
+  c.T = c.S = 37;
+  Inputs in = make_inputs(c, 23);
+  std::vector<uint8_t> m(c.B * c.S, 0);
+  for (int64_t s = 0; s < c.S; ++s) m[1 * c.S + s] = s >= 30;  // clip 1 loses its last 7 keys
+  in.mask = from_bytes(m, {c.B, c.S});
+  AttentionParams keep = in.p;
+  keep.keep_probs = true;
+  AttentionForward f = attention_forward(in.q, in.k, in.v, in.bias, in.gate, in.mask, keep);
+  AttentionForward plain = attention_forward(in.q, in.k, in.v, in.bias, in.gate, in.mask, in.p);
+  ASSERT_EQ(shape_str(f.probs.shape()), shape_str({c.B, c.H, c.T, c.S}));
+  EXPECT_EQ(f.out.to_vector<float>(), plain.out.to_vector<float>());
+  EXPECT_EQ(f.lse.to_vector<float>(), plain.lse.to_vector<float>());
+  for (int64_t b = 0; b < c.B; ++b)
+    for (int64_t h = 0; h < c.H; ++h) {
+      Tensor P = f.probs.select(0, b).select(0, h);                               // [T, S]
+      Tensor V = in.v.select(0, b).narrow(1, h * c.D, c.D);                       // [S, D]
+      Tensor out = f.out.select(0, b).narrow(1, h * c.D, c.D);                    // [T, D]
+      EXPECT_LT(rel_err(matmul(P, V), out), kFastVsReferenceTol) << "clip " << b << " head " << h;
+      Tensor rows = sum(P, {1});
+      for (float r : rows.to_vector<float>()) EXPECT_NEAR(r, 1.0f, 1e-5f);
+      if (b == 1) EXPECT_EQ(max_abs(P.narrow(1, 30, 7)), 0.0);  // masked keys get no weight
+    }
+  AttentionParams dropped = keep;
+  dropped.dropout_p = 0.4f;
+  AttentionForward fd = attention_forward(in.q, in.k, in.v, in.bias, in.gate, in.mask, dropped);
+  EXPECT_EQ(fd.probs.to_vector<float>(), f.probs.to_vector<float>());
+  EXPECT_GT(rel_err(fd.out, f.out), 1e-2);  // dropout did act on the output
+  Tensor dead = ones({c.B, c.S}, DType::UInt8);
+  AttentionForward fm = attention_forward(in.q, in.k, in.v, in.bias, in.gate, dead, keep);
+  EXPECT_EQ(max_abs(fm.probs), 0.0);
 }
 
 TEST(Attention, StabilisationDoesNotChangeTheResult) {
@@ -171,7 +215,9 @@ TEST(Attention, FullyMaskedClipBesideALiveOneMatchesReference) {
       Tensor junk = Tensor::empty(s);
       junk.fill_(std::nan(""));
     }
-    AttentionForward f = attention_forward(in.q, in.k, in.v, in.bias, in.gate, in.mask, in.p);
+    AttentionParams pf = in.p;
+    pf.keep_probs = dead == 1;  // both backward paths
+    AttentionForward f = attention_forward(in.q, in.k, in.v, in.bias, in.gate, in.mask, pf);
     AttentionGrads g = attention_backward(in.go, in.q, in.k, in.v, in.bias, in.gate, in.mask, f, in.p);
     AttentionGrads r = attention_backward_reference(in.go, in.q, in.k, in.v, in.bias, in.gate, in.mask, in.p);
     EXPECT_LT(rel_err(g.dq, r.dq), kFastVsReferenceTol) << "dead clip " << dead;
@@ -234,7 +280,9 @@ TEST(Attention, GradientsMatchFiniteDifferences) {
     Tensor out = attention_forward_reference(q, k, v, bias, gate, in.mask, in.p).out;
     return sum(mul(out, in.go)).item<double>();
   };
-  AttentionForward f = attention_forward(q, k, v, bias, gate, in.mask, in.p);
+  AttentionParams pf = in.p;
+  pf.keep_probs = true;  // the recomputing path is checked against the reference kernel above
+  AttentionForward f = attention_forward(q, k, v, bias, gate, in.mask, pf);
   AttentionGrads g = attention_backward(in.go, q, k, v, bias, gate, in.mask, f, in.p);
   auto check = [&](Tensor& x, const Tensor& analytic, const char* name) {
     float* data = x.data<float>();
