@@ -235,6 +235,17 @@ void row_probs(float* row, const Inputs& in, const Dims& d, const AttentionParam
   });
 }
 
+// Calls f with four std::bool_constant arguments equal to a, b, c, e (one instantiation per combination).
+template <class F>
+SONAR_INLINE auto with_flags(bool a, bool b, bool c, bool e, F&& f) {
+  auto last = [&](auto x, auto y, auto z) {
+    return e ? f(x, y, z, std::true_type{}) : f(x, y, z, std::false_type{});
+  };
+  auto third = [&](auto x, auto y) { return c ? last(x, y, std::true_type{}) : last(x, y, std::false_type{}); };
+  auto second = [&](auto x) { return b ? third(x, std::true_type{}) : third(x, std::false_type{}); };
+  return a ? second(std::true_type{}) : second(std::false_type{});
+}
+
 uint64_t dropout_counter(const Dims& d, const AttentionParams& p, int64_t b, int64_t h, int64_t t, int64_t s) {
   return p.dropout_offset + static_cast<uint64_t>(((b * d.H + h) * d.T + t) * d.S + s);
 }
@@ -407,7 +418,7 @@ AttentionGrads attention_backward(const Tensor& grad_out_in, const Tensor& q_in,
   {
     std::vector<float> Qs(Tp * d.D), Kt(d.D * Sp), Vt(d.D * Sp), Kp(Sp * Dp, 0.0f), Qp(R * Dp), dOp(R * Dp),
         dOs(R * d.D), P(R * Sp), dP(R * Sp), blk(R * Dp), dkb(Sp * Dp), dvb(Sp * Dp);
-    std::vector<uint8_t> keep(Sp);
+    std::vector<float> keep(Sp);  // the row's dropout factors: 1/(1-p) kept, 0 dropped
 #pragma omp for schedule(dynamic)
     for (int64_t h = 0; h < d.H; ++h) {
       for (int64_t b = 0; b < d.B; ++b) {
@@ -455,68 +466,61 @@ AttentionGrads attention_backward(const Tensor& grad_out_in, const Tensor& q_in,
               }
               continue;
             }
-            // The row's passes: probabilities (max, then logits and exp), dropout on dL/dP, delta, then
-            // dL/dlogits with the bias gradient and the dropped probabilities, then the gate's sum. Loops that
-            // reduce are kept apart so that each sums in the same order as a plain loop of its own.
+            // The row's passes: the probabilities (kept by the forward, or recomputed here: max, then logits
+            // and exp), dropout on dL/dP with delta, then dL/dlogits with the bias gradient and the dropped
+            // probabilities, then the gate's sum.
+            // pr: probabilities before dropout (the kept row, or prow recomputed in place); dprow: dL/dP.
+            const float* pr = prow;
             if (kept) {
-              const float* src = kept + ((b * d.H + h) * d.T + t) * d.S;
-              std::copy(src, src + d.S, prow);
+              pr = kept + ((b * d.H + h) * d.T + t) * d.S;
             } else {
               row_probs(prow, in, d, p, b, h, t, l);
             }
-            std::fill(prow + d.S, prow + Sp, 0.0f);
-            // prow: probabilities before dropout; dprow: dL/dP (before dropout) after this block.
-            uint8_t* kp = keep.data();
+            float* kp = keep.data();
             const bool dropout = p.dropout_p > 0.0f;
-            if (dropout) {
+            if (dropout) {  // apart from the sum below: with it, this loop did not vectorise (1.6x slower)
               const DropoutRow drop{mix64(p.dropout_seed), dropout_counter(d, p, b, h, t, 0), threshold};
 #pragma omp simd
               for (int64_t s = 0; s < d.S; ++s) {
                 const bool k = drop.keep(s);
-                kp[s] = k ? 1 : 0;
+                kp[s] = k ? keep_scale : 0.0f;
                 dprow[s] = k ? dprow[s] * keep_scale : 0.0f;
               }
             }
             double delta = 0.0;
 #pragma omp simd reduction(+ : delta)
-            for (int64_t s = 0; s < d.S; ++s) delta += static_cast<double>(prow[s]) * dprow[s];
+            for (int64_t s = 0; s < d.S; ++s) delta += static_cast<double>(pr[s]) * dprow[s];
             const float delta_f = static_cast<float>(delta);
-            // dprow becomes dL/dlogits; dbias gets gate * dL/dlogits (written by the first batch item, added
-            // by the others); prow becomes the dropped probabilities used by the forward's P @ V.
+            // One pass: dprow becomes dL/dlogits; dbias gets gate * dL/dlogits (written by the first batch
+            // item, added to by the others); the gate's gradient sums dL/dlogits * bias; prow becomes the
+            // dropped probabilities used by the forward's P @ V. The flags are template arguments so that each
+            // variant is branch-free and vectorises.
             const float gt = in.gate ? in.gate[(b * d.H + h) * d.T + t] : 1.0f;
             float* dbrow = dbias ? dbias + (h * d.T + t) * d.S : nullptr;
-            if (dbrow && b == 0) {
-#pragma omp simd
-              for (int64_t s = 0; s < d.S; ++s) {
-                const float ds = prow[s] * (dprow[s] - delta_f);
-                dprow[s] = ds;
-                dbrow[s] = gt * ds + 0.0f;  // + 0: a -0 product stores +0, as adding it to a zeroed row did
-                prow[s] = dropout ? (kp[s] ? prow[s] * keep_scale : 0.0f) : prow[s];
-              }
-            } else if (dbrow) {
-#pragma omp simd
-              for (int64_t s = 0; s < d.S; ++s) {
-                const float ds = prow[s] * (dprow[s] - delta_f);
-                dprow[s] = ds;
-                dbrow[s] += gt * ds;
-                prow[s] = dropout ? (kp[s] ? prow[s] * keep_scale : 0.0f) : prow[s];
-              }
-            } else {
-#pragma omp simd
-              for (int64_t s = 0; s < d.S; ++s) {
-                const float ds = prow[s] * (dprow[s] - delta_f);
-                dprow[s] = ds;
-                prow[s] = dropout ? (kp[s] ? prow[s] * keep_scale : 0.0f) : prow[s];
-              }
-            }
-            std::fill(dprow + d.S, dprow + Sp, 0.0f);
-            if (dgate) {
-              const float* brow = in.bias + (h * d.T + t) * d.S;
-              double acc = 0.0;
+            const float* brow = dgate ? in.bias + (h * d.T + t) * d.S : nullptr;
+            const double dgate_sum = with_flags(
+                dbrow != nullptr, b == 0, dgate != nullptr, dropout,
+                [&](auto with_dbias, auto first_clip, auto with_dgate, auto with_dropout) {
+                  double acc = 0.0;
 #pragma omp simd reduction(+ : acc)
-              for (int64_t s = 0; s < d.S; ++s) acc += static_cast<double>(dprow[s]) * brow[s];
-              dgate[(b * d.H + h) * d.T + t] = static_cast<float>(acc);
-            }
+                  for (int64_t s = 0; s < d.S; ++s) {
+                    const float ds = pr[s] * (dprow[s] - delta_f);
+                    dprow[s] = ds;
+                    if constexpr (with_dbias && first_clip)
+                      dbrow[s] = gt * ds + 0.0f;  // + 0: a -0 product stores +0, as adding it to a zeroed row did
+                    if constexpr (with_dbias && !first_clip) dbrow[s] += gt * ds;
+                    if constexpr (with_dgate) acc += static_cast<double>(ds) * brow[s];
+                    if constexpr (with_dropout) {
+                      prow[s] = pr[s] * kp[s];  // pr >= 0: a dropped one is +0
+                    } else {
+                      prow[s] = pr[s];
+                    }
+                  }
+                  return acc;
+                });
+            std::fill(prow + d.S, prow + Sp, 0.0f);
+            std::fill(dprow + d.S, dprow + Sp, 0.0f);
+            if (dgate) dgate[(b * d.H + h) * d.T + t] = static_cast<float>(dgate_sum);
           }
           if (dq) {  // dq = scale * dlogits @ K
             gemm_nn(dP.data(), Sp, Kp.data(), Dp, blk.data(), Dp, rows, Dp, Sp, false);
