@@ -96,21 +96,17 @@ void gemm_nn(const float* A, int64_t lda, const float* B, int64_t ldb, float* C,
   gemm(A, lda, false, B, ldb, C, ldc, M, N, K, accumulate);
 }
 
-// attention_dropout_keep inlined for the row loops, so that they vectorise: the same splitmix64 hash as
-// random_bits (tensor/random.cpp) and the same test u >= p on u = (bits >> 40) / 2^24, written as an integer
-// comparison with ceil(p * 2^24) (exact: both sides are integers below 2^24 scaled by the same power of 2).
-constexpr uint64_t kGolden = 0x9E3779B97F4A7C15ULL;
-SONAR_INLINE uint64_t mix64(uint64_t z) {
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
-  return z ^ (z >> 31);
-}
+// attention_dropout_keep inlined for the row loops, so that they vectorise: the hash of random_bits
+// (detail::stream_bits, tensor/random.h) and the same test u >= p on u = (bits >> 40) / 2^24, written as an
+// integer comparison with ceil(p * 2^24) (exact: both sides are integers below 2^24 scaled by the same power
+// of 2).
+using detail::mix64;
 uint64_t keep_threshold(float p) { return static_cast<uint64_t>(std::ceil(static_cast<double>(p) * 16777216.0)); }
 // The dropout decisions of one row of probabilities: keep(s) is true when element s survives.
 struct DropoutRow {
   uint64_t base, first, threshold;  // mix64(seed), the row's first counter, keep_threshold(p)
   SONAR_INLINE bool keep(int64_t s) const {
-    return (mix64(base + (first + static_cast<uint64_t>(s) + 1) * kGolden) >> 40) >= threshold;
+    return (detail::stream_bits(base, first + static_cast<uint64_t>(s)) >> 40) >= threshold;
   }
 };
 

@@ -12,13 +12,8 @@ namespace sonar {
 
 namespace {
 
-inline uint64_t mix64(uint64_t z) {
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
-  return z ^ (z >> 31);
-}
-
-constexpr uint64_t kGolden = 0x9E3779B97F4A7C15ULL;
+using detail::kGolden;
+using detail::mix64;
 
 // Uniform [0, 1) float with a 24-bit mantissa (every value is exactly representable).
 inline float uniform24(uint64_t bits) { return static_cast<float>(bits >> 40) * (1.0f / 16777216.0f); }
@@ -35,7 +30,7 @@ constexpr double kTwoPi = 6.283185307179586476925;
 
 }  // namespace
 
-uint64_t random_bits(uint64_t seed, uint64_t counter) { return mix64(mix64(seed) + (counter + 1) * kGolden); }
+uint64_t random_bits(uint64_t seed, uint64_t counter) { return detail::stream_bits(mix64(seed), counter); }
 
 uint64_t Generator::next_u64() { return random_bits(seed_, advance(1)); }
 double Generator::next_uniform() { return uniform53(next_u64()); }
@@ -124,7 +119,7 @@ DropoutDraw dropout_draw(const Tensor& x, float p, Generator& gen) {
   detail::parallel_range(n, detail::kGrainMath, [&](int64_t lo, int64_t hi) {
 #pragma omp simd
     for (int64_t i = lo; i < hi; ++i) {
-      const uint64_t bits = mix64(base + (first + static_cast<uint64_t>(i) + 1) * kGolden);
+      const uint64_t bits = detail::stream_bits(base, first + static_cast<uint64_t>(i));
       const float s = (bits >> 11) < threshold ? inv : 0.0f;
       ps[i] = s;
       po[i] = px[i] * s;

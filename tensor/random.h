@@ -30,6 +30,20 @@ class Generator {
 // 64 random bits for (seed, counter): a stateless hash (splitmix64 of both).
 uint64_t random_bits(uint64_t seed, uint64_t counter);
 
+namespace detail {
+// The hash behind random_bits, inline for kernels that draw inside vectorised loops (dropout_draw, the
+// attention kernels' dropout): random_bits(seed, c) == stream_bits(mix64(seed), c).
+constexpr uint64_t kGolden = 0x9E3779B97F4A7C15ULL;  // splitmix64's increment
+inline __attribute__((always_inline)) uint64_t mix64(uint64_t z) {  // splitmix64's finaliser
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+  return z ^ (z >> 31);
+}
+inline __attribute__((always_inline)) uint64_t stream_bits(uint64_t base, uint64_t counter) {
+  return mix64(base + (counter + 1) * kGolden);
+}
+}  // namespace detail
+
 // Tensor draws reserve counters with gen.advance() and fill element i from counter first + i, in parallel.
 // rand: the top 24 bits / 2^24 (every value a multiple of 2^-24). randn: Box-Muller in double on counter
 // pairs (pair k -> elements 2k, 2k+1; reserves 2 * ceil(n / 2) counters). randint: multiply-high of the 64
