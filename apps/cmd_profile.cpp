@@ -38,7 +38,7 @@ using namespace sonar;
 
 const char* kUsage = R"(usage: sonar profile (--preset tiny|small|base | --checkpoint CKPT) [--mode forward|train|pretrain]
                      [--seconds 10] [--batch 1] [--steps 3] [--warmup 2] [--codes 1024] [--precision f32|bf16]
-                     [--threads N] [--clock wall|cpu] [--json OUT]
+                     [--threads N] [--clock wall|cpu] [--ops] [--json OUT]
 
 Runs the real BEATs model on synthetic audio (a chirp plus a tone per clip) with the scoped timers inside the
 model code switched on and prints where the time goes, per part and per phase (forward, backward, optimizer):
@@ -78,6 +78,10 @@ first-touch cost (BEATs-base in train mode: about 1,200 per step after 2 warm-up
   --clock C           wall (default) or cpu: the process's CPU time, all threads summed. On a machine
                       shared with other jobs, cpu gives per-core figures that do not count time spent
                       descheduled (run with --threads 1 for per-core rates)
+  --ops               split the backward rows by autograd op: each node's backward counts in a child of its
+                      part named after the op (encoder/layers.3/mlp/fc1/linear, .../attention/kernel/attention,
+                      .../mlp/activation/gelu, encoder/pos_conv/conv1d, ...); the part's own row keeps only
+                      the engine's hand-off between nodes. The forward rows do not change
   --json OUT          also write the table as JSON (atomically)
 )";
 
@@ -208,7 +212,7 @@ int run_profile(int argc, char** argv) {
   app::Args args(argc, argv,
                  {"preset", "checkpoint", "mode", "seconds", "batch", "steps", "warmup", "codes", "precision", "threads",
                   "clock", "json"},
-                 {});
+                 {"ops"});
   if (args.help()) {
     std::fputs(kUsage, stdout);
     return 0;
@@ -236,6 +240,8 @@ int run_profile(int argc, char** argv) {
   const std::string clock = args.get("clock", "wall");
   SONAR_CHECK(clock == "wall" || clock == "cpu", "--clock must be wall or cpu, got '", clock, "'");
   profile::set_clock(clock == "cpu" ? profile::ClockKind::ProcessCpu : profile::ClockKind::Wall);
+  const bool by_op = args.has("ops");
+  profile::set_backward_by_op(by_op);
 
   std::shared_ptr<beats::BeatsModel> model;
   Generator gen(1);
@@ -375,6 +381,7 @@ int run_profile(int argc, char** argv) {
     j["matmul_peak_gflops"] = peak;
     j["peak_rss_mb"] = rss;
     j["warmup_steps"] = warmup;
+    j["backward_by_op"] = by_op;
     j["page_faults_per_step"] = rep.faults_per_step;
     nlohmann::json rows = nlohmann::json::array();
     for (const auto& r : rep.rows) {

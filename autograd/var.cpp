@@ -2,6 +2,7 @@
 // over consumer counts, freeing each node once it has run; optional leaf-gradient-ready callbacks). Not the ops themselves (autograd/ops.cpp).
 #include "autograd/var.h"
 
+#include <optional>
 #include <unordered_map>
 #include <utility>
 
@@ -106,6 +107,8 @@ void run_backward(const std::shared_ptr<VarImpl>& root, const Tensor& grad_outpu
     ready.pop_back();
     // Profiling: this node's backward (and the hand-off of its gradients) counts in the part that recorded it.
     profile::BackwardScope timed(node->profile_part);
+    std::optional<profile::Scope> timed_op;  // `sonar profile --ops`: a child of the part per op
+    if (profile::enabled() && profile::backward_by_op()) timed_op.emplace(node->name.c_str());
     std::vector<GradSlot> in = std::move(slots_of(node.get()));
     slots.erase(node.get());
 

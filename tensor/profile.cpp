@@ -50,6 +50,7 @@ struct Frame {
 thread_local std::vector<Frame> t_frames;
 thread_local int t_phase = kForward;
 std::atomic<ClockKind> g_clock{ClockKind::Wall};
+std::atomic<bool> g_backward_by_op{false};
 
 int64_t now_ns() {
   if (g_clock.load(std::memory_order_relaxed) == ClockKind::ProcessCpu) {
@@ -103,6 +104,8 @@ void pop() {
 
 void set_enabled(bool on) { detail::g_enabled.store(on, std::memory_order_relaxed); }
 void set_clock(ClockKind c) { g_clock.store(c, std::memory_order_relaxed); }
+void set_backward_by_op(bool on) { g_backward_by_op.store(on, std::memory_order_relaxed); }
+bool backward_by_op() { return g_backward_by_op.load(std::memory_order_relaxed); }
 ClockKind clock_kind() { return g_clock.load(std::memory_order_relaxed); }
 double now_seconds() { return static_cast<double>(now_ns()) * 1e-9; }
 

@@ -74,6 +74,12 @@ class PhaseScope {
   int previous_ = 0;
 };
 
+// With this on, the autograd engine also times each backward node in a child of its part named after the
+// node's op ("linear", "attention", "gelu", ...), so that the backward rows split by op (`sonar profile
+// --ops`). Off by default; the forward has no op scopes (its parts are the model's own).
+void set_backward_by_op(bool on);
+bool backward_by_op();
+
 // The path id of this thread's innermost open scope (-1 when none or when profiling is off). The autograd
 // engine stores it on each recorded node.
 int current_part();

@@ -110,6 +110,38 @@ TEST_F(CmdProfile, TrainStepPartsAddUpAndEveryBlockAppears) {
   EXPECT_NEAR((*bwd)["gflop_per_step"].get<double>(), 2 * fc1, kFlopRelTol * fc1);
 }
 
+// --ops: the backward rows split by autograd op under their parts; the forward rows are the same parts as
+// without it; the FLOPs of fc1's backward move to its linear op; the parts still cover the step.
+TEST_F(CmdProfile, OpsSplitsTheBackwardRowsByOp) {
+  const nlohmann::json j = profile("train", "--ops");
+  EXPECT_TRUE(j["backward_by_op"].get<bool>());
+  expect_parts_cover_step(j);
+  const int64_t L = j["blocks"].get<int64_t>();
+  expect_every_block(j, "encoder/", L, true);
+  for (int64_t i = 0; i < L; ++i) {
+    const std::string b = "encoder/layers." + std::to_string(i) + "/";
+    for (const std::string op : {"mlp/fc1/linear", "mlp/fc2/linear", "mlp/activation/gelu",
+                                 "attention/kernel/attention", "attention/projections/linear"})
+      EXPECT_TRUE(find_row(j, "backward", b + op) != nullptr) << b + op;
+    EXPECT_TRUE(find_row(j, "forward", b + "mlp/fc1/linear") == nullptr);
+  }
+  EXPECT_TRUE(has_row(j, "backward", "encoder/pos_conv/conv1d"));
+  const double P = j["patches"].get<double>(), C = j["embed_dim"].get<double>(), F = j["ffn_dim"].get<double>();
+  const double fc1 = 2.0 * P * C * F * 1e-9;
+  const nlohmann::json* op = find_row(j, "backward", "encoder/layers.0/mlp/fc1/linear");
+  const nlohmann::json* part = find_row(j, "backward", "encoder/layers.0/mlp/fc1");
+  ASSERT_TRUE(op && part);
+  EXPECT_NEAR((*op)["gflop_per_step"].get<double>(), 2 * fc1, kFlopRelTol * fc1);
+  EXPECT_EQ((*part)["gflop_per_step"].get<double>(), 0.0);
+  // Without --ops no row is named after an op.
+  const nlohmann::json plain = profile("train");
+  EXPECT_FALSE(plain["backward_by_op"].get<bool>());
+  for (const auto& r : plain["rows"]) {
+    const std::string path = r["part"];
+    EXPECT_EQ(path.find("/linear"), std::string::npos) << path;
+  }
+}
+
 TEST_F(CmdProfile, PretrainShowsLabelPredictorBlocksAndLoss) {
   const nlohmann::json j = profile("pretrain");
   expect_parts_cover_step(j);
