@@ -1,6 +1,6 @@
-// Fused attention kernels (see tensor/attention.h): a blocked forward that keeps only the row log-sum-exp, a
-// backward that recomputes the probabilities per (batch, head) in blocks of query rows, and the plain
-// double-precision reference kernels. Work is split over (batch, head) in the forward and over heads in the
+// Fused attention kernels (see tensor/attention.h): a blocked forward that keeps the row log-sum-exp (and,
+// with keep_probs, the probabilities), a backward that reads the kept probabilities or recomputes them per
+// (batch, head) in blocks of query rows, and the plain double-precision reference kernels. Work is split over (batch, head) in the forward and over heads in the
 // backward (the bias gradient is summed over the batch, so one thread owns one head's rows of it).
 #include "tensor/attention.h"
 
@@ -463,8 +463,8 @@ AttentionGrads attention_backward(const Tensor& grad_out_in, const Tensor& q_in,
               continue;
             }
             // The row's passes: the probabilities (kept by the forward, or recomputed here: max, then logits
-            // and exp), dropout on dL/dP with delta, then dL/dlogits with the bias gradient and the dropped
-            // probabilities, then the gate's sum.
+            // and exp), dropout on dL/dP, delta, then one pass for dL/dlogits, the bias gradient, the gate's
+            // sum and the dropped probabilities.
             // pr: probabilities before dropout (the kept row, or prow recomputed in place); dprow: dL/dP.
             const float* pr = prow;
             if (kept) {
