@@ -182,7 +182,6 @@ struct AttentionSetup {
   }
 };
 
-// Argument: attention dropout in percent (0 or 10).
 // Args: dropout in percent; 1 = the forward keeps the probabilities for the backward (as in training).
 void BM_AttentionForward(benchmark::State& st) {
   AttentionSetup s(static_cast<float>(st.range(0)) / 100.0f);

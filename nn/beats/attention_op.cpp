@@ -18,7 +18,8 @@ ag::Var attention(const ag::Var& q, const ag::Var& k, const ag::Var& v, const ag
   needs.gate = ag::needs_grad(gate);
   const bool any = needs.q || needs.k || needs.v || needs.bias || needs.gate;
   AttentionParams pf = p;
-  const int64_t scores = qv.dim() == 3 && kv.dim() == 3 ? qv.size(0) * p.num_heads * qv.size(1) * kv.size(1) : 0;
+  const int64_t scores =
+      qv.dim() == 3 && kv.dim() == 3 ? attention_dropout_counters(qv.size(0), p.num_heads, qv.size(1), kv.size(1)) : 0;
   pf.keep_probs = any && scores * static_cast<int64_t>(sizeof(float)) <= kKeepProbsMaxBytes;
   AttentionForward fwd = attention_forward(qv, kv, vv, bv, gv, key_padding_mask, pf);
   if (!any) return ag::make_result(fwd.out, {}, nullptr, "attention");
