@@ -189,9 +189,13 @@ Var relu(const Var& a) {
                      "relu");
 }
 
+// With a gradient to come, the forward writes gelu'(x) beside gelu(x) in one pass (they share the erf) and the
+// backward is a multiply; it keeps that derivative instead of x, so memory is unchanged.
 Var gelu(const Var& a) {
-  Tensor x = a.value();
-  return make_result(sonar::gelu(x), {a}, [x](const Tensor& g) { return Grads{gelu_backward(g, x)}; }, "gelu");
+  if (!needs_grad(a)) return make_result(sonar::gelu(a.value()), {a}, nullptr, "gelu");
+  Tensor dydx;
+  Tensor y = gelu_with_grad(a.value(), dydx);
+  return make_result(y, {a}, [dydx](const Tensor& g) { return Grads{sonar::mul(g, dydx)}; }, "gelu");
 }
 
 Var clamp(const Var& a, float lo, float hi) {

@@ -217,6 +217,28 @@ void BM_GeluBwd(benchmark::State& st, Shape s) {
   }
   set_gbytes(st, 3.0 * x.nbytes());
 }
+// The training path (autograd's gelu when a gradient is needed): gelu and gelu' in one pass, then the
+// backward is grad * gelu'. Compare fwd_with_grad + bwd_multiply against fwd + bwd.
+void BM_GeluFwdWithGrad(benchmark::State& st, Shape s) {
+  Tensor x = rnd(s, 1);
+  for (auto _ : st) {
+    Tensor d;
+    Tensor y = gelu_with_grad(x, d);
+    benchmark::DoNotOptimize(y.raw_data());
+    benchmark::DoNotOptimize(d.raw_data());
+  }
+  set_gbytes(st, 3.0 * x.nbytes());
+}
+void BM_GeluBwdMultiply(benchmark::State& st, Shape s) {
+  Tensor x = rnd(s, 1), gy = rnd(s, 2);
+  Tensor d;
+  gelu_with_grad(x, d);
+  for (auto _ : st) {
+    Tensor g = mul(gy, d);
+    benchmark::DoNotOptimize(g.raw_data());
+  }
+  set_gbytes(st, 3.0 * x.nbytes());
+}
 
 // ------------------------------------------------------------------ convolutions
 // BEATs patch embedding: fbank [B, 1, T=992, F=128] -> [B, 512, 62, 8], 16x16 kernels, stride 16.
@@ -317,6 +339,12 @@ void register_all() {
         ->Apply(timing)
         ->Unit(benchmark::kMicrosecond);
     benchmark::RegisterBenchmark(("Gelu/bwd/" + tag).c_str(), BM_GeluBwd, s)
+        ->Apply(timing)
+        ->Unit(benchmark::kMicrosecond);
+    benchmark::RegisterBenchmark(("Gelu/fwd_with_grad/" + tag).c_str(), BM_GeluFwdWithGrad, s)
+        ->Apply(timing)
+        ->Unit(benchmark::kMicrosecond);
+    benchmark::RegisterBenchmark(("Gelu/bwd_multiply/" + tag).c_str(), BM_GeluBwdMultiply, s)
         ->Apply(timing)
         ->Unit(benchmark::kMicrosecond);
   }

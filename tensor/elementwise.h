@@ -48,6 +48,10 @@ Tensor sign(const Tensor& a);
 
 // dL/dx for y = gelu(x) given dL/dy (exact erf form).
 Tensor gelu_backward(const Tensor& grad_out, const Tensor& x);
+// gelu(x), with its derivative gelu'(x) written to `dydx` (a fresh tensor of x's shape) in the same pass:
+// for training, where the backward is then one multiply (grad_out * dydx) and x need not be kept. Both
+// results are bit-identical to gelu(x) and gelu_backward(ones, x).
+Tensor gelu_with_grad(const Tensor& x, Tensor& dydx);
 
 // where(cond, a, b): cond is bool/uint8 (nonzero = take a), all three broadcast together; the result has
 // a's dtype when a and b agree, else float32 (or int64 for two integer dtypes).

@@ -145,13 +145,26 @@ SONAR_INLINE float two_phi_f(float x) {
 // Exact-form GELU: x * Phi(x) = 0.5 x (1 + erf(x / sqrt 2)).
 SONAR_INLINE float gelu_f(float x) { return 0.5f * x * two_phi_f(x); }
 
-// d gelu / dx = Phi(x) + x phi(x), phi(x) = exp(-x^2 / 2) / sqrt(2 pi).
-SONAR_INLINE float gelu_grad_f(float x) {
+// gelu_f(x) (the same operations as it, so the same bits) and d gelu / dx = Phi(x) + x phi(x), phi(x) =
+// exp(-x^2 / 2) / sqrt(2 pi), sharing their 1 + erf(x / sqrt 2). x phi(x) is taken as 0 once x^2 / 2 > 200
+// (it is below 1e-85 there): x^2 overflows to inf for |x| > 1.8e19, and its residual inf - inf would make
+// the derivative NaN instead of 1 (x -> +inf) or 0 (x -> -inf).
+SONAR_INLINE void gelu_and_grad_f(float x, float& y, float& dydx) {
   const float h = 0.5f * x * x;
   const float e = __builtin_fmaf(0.5f * x, x, -h);
-  const float cdf = 0.5f * one_plus_erf_f(x * 0.70710678118654752f, h, e);
+  const float two_phi = one_plus_erf_f(x * 0.70710678118654752f, h, e);
+  y = 0.5f * x * two_phi;
+  const float cdf = 0.5f * two_phi;
   const float pdf = 0.39894228040143268f * exp_f(-h, -e);
-  return cdf + x * pdf;
+  const float x_pdf = h <= 200.0f ? x * pdf : 0.0f;  // NaN x: h is NaN, cdf too
+  dydx = cdf + x_pdf;
+}
+
+// d gelu / dx alone (gelu_and_grad_f's derivative; the compiler drops the unused gelu).
+SONAR_INLINE float gelu_grad_f(float x) {
+  float y, dydx;
+  gelu_and_grad_f(x, y, dydx);
+  return dydx;
 }
 
 }  // namespace sonar::detail

@@ -1,5 +1,5 @@
-// Unary elementwise math (neg, abs, exp, log, sqrt, rsqrt, tanh, sigmoid, relu, gelu, clamp, sign) and
-// gelu_backward. All float32 math is done in float32 (exp, tanh, sigmoid and the erf of gelu by the
+// Unary elementwise math (neg, abs, exp, log, sqrt, rsqrt, tanh, sigmoid, relu, gelu, clamp, sign),
+// gelu_backward and gelu_with_grad (gelu and its derivative in one pass, for training). All float32 math is done in float32 (exp, tanh, sigmoid and the erf of gelu by the
 // vectorisable few-ulp functions of tensor/elementwise_math.h); outputs are fresh contiguous tensors of the
 // input's shape, inputs may be strided. Not here: binary ops (elementwise.cpp), comparisons (elementwise_compare.cpp).
 #include <cmath>
@@ -133,6 +133,33 @@ Tensor sigmoid(const Tensor& a) {
 }
 Tensor gelu(const Tensor& a) {
   return unary_float(a, "gelu", [](float x) { return detail::gelu_f(x); });
+}
+
+Tensor gelu_with_grad(const Tensor& x, Tensor& dydx) {
+  check_defined(x, "gelu_with_grad");
+  SONAR_CHECK(x.dtype() == DType::Float32, "gelu_with_grad: needs a float32 tensor, got ", dtype_name(x.dtype()),
+              " ", shape_str(x.shape()));
+  Tensor y = Tensor::empty(x.shape());
+  dydx = Tensor::empty(x.shape());
+  detail::StridedLoop<3> loop(x.shape(), {y.strides().data(), dydx.strides().data(), x.strides().data()});
+  float* py = y.data<float>();
+  float* pd = dydx.data<float>();
+  const float* px = x.data<float>();
+  const int64_t sx = loop.inner_stride(2);
+  loop.run(
+      [&](const int64_t* off, int64_t n) SONAR_FLATTEN {
+        float* o = py + off[0];
+        float* d = pd + off[1];
+        const float* v = px + off[2];
+        if (sx == 1) {
+#pragma omp simd
+          for (int64_t i = 0; i < n; ++i) detail::gelu_and_grad_f(v[i], o[i], d[i]);
+        } else {
+          for (int64_t i = 0; i < n; ++i) detail::gelu_and_grad_f(v[i * sx], o[i], d[i]);
+        }
+      },
+      detail::kGrainMath);
+  return y;
 }
 
 Tensor gelu_backward(const Tensor& grad_out, const Tensor& x) {

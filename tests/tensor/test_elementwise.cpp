@@ -5,6 +5,7 @@
 #include <omp.h>
 
 #include <cmath>
+#include <cstring>
 #include <functional>
 #include <limits>
 #include <string>
@@ -410,6 +411,49 @@ TEST(Elementwise, GeluBackwardIsExactDerivative) {
         return 2 * (0.5 * (1 + std::erf(v * c)) + v * k * std::exp(-0.5 * v * v));
       }, 1e-5, 1e-6, "gelu_backward strided");
   expect_error([&] { gelu_backward(values({2, 3}), values({3, 2})); }, {"gelu_backward", "[2, 3]", "[3, 2]"});
+}
+
+// The training forward's fused gelu + derivative must give exactly the bits of the two separate ops (the
+// float32 results of a training step are unchanged by the fusion), on a sweep through the erf's series /
+// Chebyshev switch at |x / sqrt 2| = 0.5, the far tails, the specials, and a strided input.
+TEST(Elementwise, GeluWithGradIsBitIdenticalToGeluAndGeluBackward) {
+  const float inf = std::numeric_limits<float>::infinity();
+  std::vector<float> xs;
+  for (int i = -40000; i <= 40000; ++i) xs.push_back(i * 3e-4f);  // [-12, 12], crossing +-0.7071 many times
+  for (float v : {0.70710677f, -0.70710677f, 0.7071068f, -0.7071068f, 14.2f, -14.2f, 20.f, -20.f, 1e-30f,
+                  -1e-30f, 0.f, -0.f, 3e38f, -3e38f, inf, -inf, std::numeric_limits<float>::quiet_NaN()})
+    xs.push_back(v);
+  const int64_t n = static_cast<int64_t>(xs.size());
+  Tensor x = from_vector(xs, {n});
+  Tensor d;
+  const Tensor y = gelu_with_grad(x, d);
+  const Tensor y_ref = gelu(x), d_ref = gelu_backward(ones({n}), x);
+  const float *py = y.data<float>(), *pd = d.data<float>();
+  const float *ry = y_ref.data<float>(), *rd = d_ref.data<float>();
+  int64_t differ = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const bool same_y = std::memcmp(py + i, ry + i, sizeof(float)) == 0;
+    const bool same_d = std::memcmp(pd + i, rd + i, sizeof(float)) == 0;
+    if (!same_y || !same_d) {
+      if (++differ <= 5) ADD_FAILURE() << "x = " << xs[i] << ": y " << py[i] << " vs " << ry[i] << ", dy/dx " << pd[i]
+                                       << " vs " << rd[i];
+    }
+  }
+  EXPECT_EQ(differ, 0);
+  // Huge and infinite inputs: the derivative tends to 1 (x -> +inf) and 0 (x -> -inf), not NaN.
+  const Tensor big = from_vector(std::vector<float>{3e38f, inf, -3e38f, -inf, 30.f, -30.f}, {6});
+  Tensor dbig;
+  gelu_with_grad(big, dbig);
+  EXPECT_EQ(dbig.to_vector<float>(), (std::vector<float>{1.f, 1.f, 0.f, 0.f, 1.f, 0.f}));
+  // Strided (transposed) input: results in x's logical order.
+  Tensor xt = values({8, 5}, 44, -5.f, 5.f).t();
+  Tensor dt;
+  const Tensor yt = gelu_with_grad(xt, dt);
+  ASSERT_EQ(yt.shape(), (Shape{5, 8}));
+  ASSERT_EQ(dt.shape(), (Shape{5, 8}));
+  EXPECT_EQ(yt.to_vector<float>(), gelu(xt).to_vector<float>());
+  EXPECT_EQ(dt.to_vector<float>(), gelu_backward(ones({5, 8}), xt).to_vector<float>());
+  expect_error([&] { gelu_with_grad(from_vector(std::vector<int64_t>{1, 2}, {2}), dt); }, {"gelu_with_grad", "int64"});
 }
 
 TEST(Elementwise, WhereAndMaskedFill) {
