@@ -166,12 +166,14 @@ void BM_EncoderLayerForwardBackward(benchmark::State& st) {
 struct AttentionSetup {
   Tensor q, k, v, bias, gate, gout;
   AttentionParams p;
-  explicit AttentionSetup(float dropout_p) {
+  // relative_bias: the bias in the kernel's relative form [H, T + S - 1] (what the BEATs encoder passes),
+  // else as the full [H, T, S].
+  AttentionSetup(float dropout_p, bool relative_bias) {
     Generator gen(3);
     q = randn({1, 496, 768}, gen);
     k = randn({1, 496, 768}, gen);
     v = randn({1, 496, 768}, gen);
-    bias = randn({12, 496, 496}, gen);
+    bias = relative_bias ? randn({12, 2 * 496 - 1}, gen) : randn({12, 496, 496}, gen);
     gate = add(rand({1, 12, 496}, gen), 1.0f);
     gout = randn({1, 496, 768}, gen);
     p.num_heads = 12;
@@ -182,9 +184,10 @@ struct AttentionSetup {
   }
 };
 
-// Args: dropout in percent; 1 = the forward keeps the probabilities for the backward (as in training).
+// Args: dropout in percent; 1 = the forward keeps the probabilities for the backward (as in training);
+// 1 = the bias in the relative form [H, 2T - 1] (as the encoder passes it), 0 = [H, T, T].
 void BM_AttentionForward(benchmark::State& st) {
-  AttentionSetup s(static_cast<float>(st.range(0)) / 100.0f);
+  AttentionSetup s(static_cast<float>(st.range(0)) / 100.0f, st.range(2) != 0);
   s.p.keep_probs = st.range(1) != 0;
   reset_peak_rss();
   for (auto _ : st) benchmark::DoNotOptimize(attention_forward(s.q, s.k, s.v, s.bias, s.gate, Tensor(), s.p).out);
@@ -192,7 +195,7 @@ void BM_AttentionForward(benchmark::State& st) {
 }
 
 void BM_AttentionBackward(benchmark::State& st) {
-  AttentionSetup s(static_cast<float>(st.range(0)) / 100.0f);
+  AttentionSetup s(static_cast<float>(st.range(0)) / 100.0f, st.range(2) != 0);
   AttentionParams pf = s.p;
   pf.keep_probs = st.range(1) != 0;
   AttentionForward f = attention_forward(s.q, s.k, s.v, s.bias, s.gate, Tensor(), pf);
@@ -278,8 +281,8 @@ BENCHMARK(BM_Fbank)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_PatchEmbedding)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_EncoderLayerForward)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_EncoderLayerForwardBackward)->Unit(benchmark::kMillisecond)->UseRealTime();
-BENCHMARK(BM_AttentionForward)->ArgsProduct({{0, 10}, {0, 1}})->Unit(benchmark::kMillisecond)->UseRealTime();
-BENCHMARK(BM_AttentionBackward)->ArgsProduct({{0, 10}, {0, 1}})->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_AttentionForward)->ArgsProduct({{0, 10}, {0, 1}, {0, 1}})->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_AttentionBackward)->ArgsProduct({{0, 10}, {0, 1}, {0, 1}})->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_FullForward)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_TrainStepFull)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_TrainStepMasked)->Unit(benchmark::kMillisecond)->UseRealTime();

@@ -13,6 +13,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "tensor/creation.h"
 #include "tensor/elementwise_math.h"
 #include "tensor/profile.h"
 #include "tensor/random.h"
@@ -32,6 +33,10 @@ int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
 struct Dims {
   int64_t B = 0, T = 0, S = 0, C = 0, H = 0, D = 0;
+  bool relative_bias = false;  // bias given as [H, T + S - 1] (a function of s - t), not [H, T, S]
+  // Offset of bias row (h, t) in the bias tensor; the row's S values are contiguous in either form.
+  int64_t bias_row(int64_t h, int64_t t) const { return relative_bias ? h * (T + S - 1) + (T - 1 - t) : (h * T + t) * S; }
+  int64_t bias_numel() const { return relative_bias ? H * (T + S - 1) : H * T * S; }
 };
 
 Dims check_inputs(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& bias, const Tensor& gate,
@@ -54,8 +59,10 @@ Dims check_inputs(const Tensor& q, const Tensor& k, const Tensor& v, const Tenso
               shape_str(v.shape()));
   if (bias.defined()) {
     SONAR_CHECK(bias.dtype() == DType::Float32, op, ": bias must be float32");
-    SONAR_CHECK(bias.shape() == (Shape{d.H, d.T, d.S}), op, ": bias must be [H, T, S] = ",
-                shape_str({d.H, d.T, d.S}), ", got ", shape_str(bias.shape()));
+    d.relative_bias = bias.dim() == 2;
+    SONAR_CHECK(bias.shape() == (Shape{d.H, d.T, d.S}) || bias.shape() == (Shape{d.H, d.T + d.S - 1}), op,
+                ": bias must be [H, T, S] = ", shape_str({d.H, d.T, d.S}), " or, relative, [H, T + S - 1] = ",
+                shape_str({d.H, d.T + d.S - 1}), ", got ", shape_str(bias.shape()));
   }
   if (gate.defined()) {
     SONAR_CHECK(bias.defined(), op, ": a gate needs a bias");
@@ -188,7 +195,7 @@ RowLogits row_context(const float* row, const Inputs& in, const Dims& d, const A
 #pragma omp simd reduction(max : m)
   for (int64_t s = 0; s < d.S; ++s) m = row[s] > m ? row[s] : m;
   return RowLogits{m, p.alpha, in.gate ? in.gate[(b * d.H + h) * d.T + t] : 1.0f,
-                   in.bias ? in.bias + (h * d.T + t) * d.S : nullptr, in.mask ? in.mask + b * d.S : nullptr};
+                   in.bias ? in.bias + d.bias_row(h, t) : nullptr, in.mask ? in.mask + b * d.S : nullptr};
 }
 
 // Turns a row of raw scores into final logits in place (padded columns untouched) and returns their max
@@ -383,10 +390,11 @@ AttentionGrads attention_backward(const Tensor& grad_out_in, const Tensor& q_in,
   if (needs.q) g.dq = Tensor::empty({d.B, d.T, d.C});
   if (needs.k) g.dk = Tensor::empty({d.B, d.S, d.C});
   if (needs.v) g.dv = Tensor::empty({d.B, d.S, d.C});
-  if (want_bias) g.dbias = Tensor::empty({d.H, d.T, d.S});
+  if (want_bias) g.dbias = d.relative_bias ? zeros({d.H, d.T + d.S - 1}) : Tensor::empty({d.H, d.T, d.S});
   if (want_gate) g.dgate = Tensor::empty({d.B, d.H, d.T});
-  // The kernel below writes every element of every output (dbias is written by the first batch item and
-  // added to by the others), so the outputs are zeroed only when there is nothing to compute.
+  // The kernel below writes every element of every output (a [H, T, S] dbias is written by the first batch
+  // item and added to by the others; a relative one, whose rows overlap, starts at zero and is added to), so
+  // the outputs are zeroed only when there is nothing to compute.
   if (d.B * d.T * d.S * d.C == 0) {
     for (Tensor* t : {&g.dq, &g.dk, &g.dv, &g.dbias, &g.dgate})
       if (t->defined()) t->zero_();
@@ -458,7 +466,8 @@ AttentionGrads attention_backward(const Tensor& grad_out_in, const Tensor& q_in,
               std::fill(dprow, dprow + Sp, 0.0f);
               if (t < d.T) {  // a fully masked row has no gradient; the outputs were not zeroed
                 if (dgate) dgate[(b * d.H + h) * d.T + t] = 0.0f;
-                if (dbias && b == 0) std::fill(dbias + (h * d.T + t) * d.S, dbias + (h * d.T + t + 1) * d.S, 0.0f);
+                if (dbias && b == 0 && !d.relative_bias)
+                  std::fill(dbias + d.bias_row(h, t), dbias + d.bias_row(h, t) + d.S, 0.0f);
               }
               continue;
             }
@@ -488,14 +497,15 @@ AttentionGrads attention_backward(const Tensor& grad_out_in, const Tensor& q_in,
             for (int64_t s = 0; s < d.S; ++s) delta += static_cast<double>(pr[s]) * dprow[s];
             const float delta_f = static_cast<float>(delta);
             // One pass: dprow becomes dL/dlogits; dbias gets gate * dL/dlogits (written by the first batch
-            // item, added to by the others); the gate's gradient sums dL/dlogits * bias; prow becomes the
+            // item, added to by the others; always added to in the relative form, where a head's rows overlap
+            // and the thread that owns the head owns all of them); the gate's gradient sums dL/dlogits * bias; prow becomes the
             // dropped probabilities used by the forward's P @ V. The flags are template arguments so that each
             // variant is branch-free and vectorises.
             const float gt = in.gate ? in.gate[(b * d.H + h) * d.T + t] : 1.0f;
-            float* dbrow = dbias ? dbias + (h * d.T + t) * d.S : nullptr;
-            const float* brow = dgate ? in.bias + (h * d.T + t) * d.S : nullptr;
+            float* dbrow = dbias ? dbias + d.bias_row(h, t) : nullptr;
+            const float* brow = dgate ? in.bias + d.bias_row(h, t) : nullptr;
             const double dgate_sum = with_flags(
-                dbrow != nullptr, b == 0, dgate != nullptr, dropout,
+                dbrow != nullptr, b == 0 && !d.relative_bias, dgate != nullptr, dropout,
                 [&](auto with_dbias, auto first_clip, auto with_dgate, auto with_dropout) {
                   double acc = 0.0;
 #pragma omp simd reduction(+ : acc)
@@ -556,6 +566,9 @@ struct RefProbs {
 };
 
 double ref_at(const Tensor& t, int64_t i, int64_t j, int64_t l) { return t.at({i, j, l}); }
+double ref_bias(const Tensor& bias, const Dims& d, int64_t h, int64_t t, int64_t s) {
+  return d.relative_bias ? bias.at({h, s - t + d.T - 1}) : bias.at({h, t, s});
+}
 
 RefProbs reference_probs(const Tensor& q, const Tensor& k, const Tensor& bias, const Tensor& gate,
                          const Tensor& mask, const AttentionParams& p, const Dims& d) {
@@ -584,7 +597,7 @@ RefProbs reference_probs(const Tensor& q, const Tensor& k, const Tensor& bias, c
             l = -std::numeric_limits<double>::infinity();
           } else if (bias.defined()) {
             const double g = gate.defined() ? gate.at({b, h, t}) : 1.0;
-            l += g * bias.at({h, t, s});
+            l += g * ref_bias(bias, d, h, t, s);
           }
           sc[s] = l;
           lmax = std::max(lmax, l);
@@ -641,7 +654,7 @@ AttentionGrads attention_backward_reference(const Tensor& grad_out, const Tensor
   const RefProbs r = reference_probs(q, k, bias, gate, mask, p, d);
   const double keep_scale = p.dropout_p > 0.0f ? 1.0 / (1.0 - static_cast<double>(p.dropout_p)) : 1.0;
   std::vector<double> dq(d.B * d.T * d.C, 0.0), dk(d.B * d.S * d.C, 0.0), dv(d.B * d.S * d.C, 0.0),
-      dbias(d.H * d.T * d.S, 0.0), dgate(d.B * d.H * d.T, 0.0);
+      dbias(d.bias_numel(), 0.0), dgate(d.B * d.H * d.T, 0.0);
   std::vector<double> dl(d.S);
   for (int64_t b = 0; b < d.B; ++b)
     for (int64_t h = 0; h < d.H; ++h)
@@ -664,8 +677,8 @@ AttentionGrads attention_backward_reference(const Tensor& grad_out, const Tensor
         const double g = gate.defined() ? gate.at({b, h, t}) : 1.0;
         for (int64_t s = 0; s < d.S; ++s) {
           if (bias.defined()) {
-            dbias[(h * d.T + t) * d.S + s] += g * dl[s];
-            dgate[(b * d.H + h) * d.T + t] += dl[s] * bias.at({h, t, s});
+            dbias[d.bias_row(h, t) + s] += g * dl[s];
+            dgate[(b * d.H + h) * d.T + t] += dl[s] * ref_bias(bias, d, h, t, s);
           }
           for (int64_t j = 0; j < d.D; ++j) {
             dq[(b * d.T + t) * d.C + h * d.D + j] += p.scale * dl[s] * ref_at(k, b, s, h * d.D + j);
@@ -681,7 +694,7 @@ AttentionGrads attention_backward_reference(const Tensor& grad_out, const Tensor
   if (needs.q) g.dq = to_tensor(dq, {d.B, d.T, d.C});
   if (needs.k) g.dk = to_tensor(dk, {d.B, d.S, d.C});
   if (needs.v) g.dv = to_tensor(dv, {d.B, d.S, d.C});
-  if (needs.bias && bias.defined()) g.dbias = to_tensor(dbias, {d.H, d.T, d.S});
+  if (needs.bias && bias.defined()) g.dbias = to_tensor(dbias, bias.shape());
   if (needs.gate && gate.defined()) g.dgate = to_tensor(dgate, {d.B, d.H, d.T});
   return g;
 }

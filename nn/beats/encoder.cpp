@@ -14,20 +14,20 @@ namespace sonar::beats {
 
 // ---- relative positions ----
 
-Tensor relative_position_buckets(int64_t T, int64_t S, int64_t num_buckets, int64_t max_distance) {
+Tensor relative_position_buckets_by_offset(int64_t T, int64_t S, int64_t num_buckets, int64_t max_distance) {
   SONAR_CHECK(num_buckets >= 4 && max_distance > 0, "relative_position_buckets: invalid num_buckets ", num_buckets,
               " / max_distance ", max_distance);
-  Tensor out = Tensor::empty({T, S}, DType::Int64);
-  int64_t* o = out.data<int64_t>();
+  SONAR_CHECK(T > 0 && S > 0, "relative_position_buckets: query and key lengths must be positive, got ", T, " and ",
+              S);
+  Tensor out = Tensor::empty({T + S - 1}, DType::Int64);
+  int64_t* by_rel = out.data<int64_t>();
   // official: bidirectional, so half of the buckets per direction; inside each half, exact buckets below
   // max_exact, then log-spaced ones. The arithmetic is float32, as torch computes it on a float tensor.
   const int64_t half = num_buckets / 2;
   const int64_t max_exact = half / 2;
   const float log_range = static_cast<float>(std::log(static_cast<double>(max_distance) / max_exact));
   const float span = static_cast<float>(half - max_exact);
-  // The bucket depends only on rel = s - t: computed once per distinct rel (T + S - 1 logs instead of T * S,
-  // the same float32 arithmetic per value), then spread over the table.
-  std::vector<int64_t> by_rel(static_cast<size_t>(T + S > 0 ? T + S - 1 : 0));
+  // The bucket depends only on rel = s - t: computed once per distinct rel.
   for (int64_t rel = -(T - 1); rel <= S - 1; ++rel) {
     int64_t bucket = rel > 0 ? half : 0;
     const int64_t n = rel < 0 ? -rel : rel;
@@ -39,10 +39,19 @@ Tensor relative_position_buckets(int64_t T, int64_t S, int64_t num_buckets, int6
       int64_t large = max_exact + static_cast<int64_t>(scaled);
       bucket += std::min(large, half - 1);
     }
-    by_rel[static_cast<size_t>(rel + T - 1)] = bucket;
+    by_rel[rel + T - 1] = bucket;
   }
+  return out;
+}
+
+Tensor relative_position_buckets(int64_t T, int64_t S, int64_t num_buckets, int64_t max_distance) {
+  if (T == 0 || S == 0) return Tensor::empty({T, S}, DType::Int64);
+  const Tensor by_offset = relative_position_buckets_by_offset(T, S, num_buckets, max_distance);
+  const int64_t* by_rel = by_offset.data<int64_t>();
+  Tensor out = Tensor::empty({T, S}, DType::Int64);
+  int64_t* o = out.data<int64_t>();
   for (int64_t t = 0; t < T; ++t) {
-    const int64_t* src = by_rel.data() + (T - 1 - t);  // rel = s - t for s = 0..S-1
+    const int64_t* src = by_rel + (T - 1 - t);  // rel = s - t for s = 0..S-1
     std::copy(src, src + S, o + t * S);
   }
   return out;
@@ -88,9 +97,9 @@ std::shared_ptr<nn::Module> MultiheadAttention::create_like() const {
 
 ag::Var MultiheadAttention::compute_bias(int64_t query_len, int64_t key_len) const {
   SONAR_CHECK(relative_attention_bias != nullptr, "MultiheadAttention: no relative_attention_bias table");
-  Tensor buckets = relative_position_buckets(query_len, key_len, cfg.num_buckets, cfg.max_distance);
-  ag::Var values = relative_attention_bias->forward(buckets);  // [T, S, H]
-  return ag::contiguous(ag::permute(values, {2, 0, 1}));       // [H, T, S]
+  Tensor buckets = relative_position_buckets_by_offset(query_len, key_len, cfg.num_buckets, cfg.max_distance);
+  ag::Var values = relative_attention_bias->forward(buckets);  // [T + S - 1, H]
+  return ag::contiguous(ag::permute(values, {1, 0}));          // [H, T + S - 1]
 }
 
 ag::Var MultiheadAttention::gate(const ag::Var& q) const {

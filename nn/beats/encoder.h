@@ -20,6 +20,10 @@ namespace sonar::beats {
 // for each direction, exact below num_buckets/4, logarithmic up to max_distance, computed in float32 as the
 // official _relative_positions_bucket does.
 Tensor relative_position_buckets(int64_t query_len, int64_t key_len, int64_t num_buckets, int64_t max_distance);
+// The same buckets once per offset, int64 [T + S - 1]: element j is the bucket of key - query = j - (T - 1)
+// (row t of the [T, S] table is elements T - 1 - t .. T - 2 - t + S).
+Tensor relative_position_buckets_by_offset(int64_t query_len, int64_t key_len, int64_t num_buckets,
+                                           int64_t max_distance);
 
 // Identity forward, gradient multiplied by `scale` (fairseq's GradMultiply).
 ag::Var grad_multiply(const ag::Var& x, float scale);
@@ -40,9 +44,12 @@ class MultiheadAttention : public nn::Module {
   // Every layer builds its own relative_attention_bias table (as official); the encoder then replaces the
   // tables of layers 1.. by layer 0's.
   explicit MultiheadAttention(const BeatsConfig& cfg);
-  // x [B, T, C]; position_bias [H, T, T] or undefined; key_padding_mask [B, T] or undefined.
+  // x [B, T, C]; position_bias [H, T, T], relative [H, 2T - 1] (tensor/attention.h) or undefined;
+  // key_padding_mask [B, T] or undefined.
   ag::Var forward(const ag::Var& x, const ag::Var& position_bias, const Tensor& key_padding_mask);
-  // The [H, T, S] bias from the relative_attention_bias table (gradient flows into the table).
+  // The bias from the relative_attention_bias table (gradient flows into the table) in the attention
+  // kernel's relative form [H, T + S - 1]: bias[h, t, s] = result[h, s - t + T - 1]. The official code
+  // builds the [H, T, S] expansion of these values; the kernel reads the same values without it.
   ag::Var compute_bias(int64_t query_len, int64_t key_len) const;
   // The per-query gate [B, H, T] that scales the relative position bias (gru_rel_pos).
   ag::Var gate(const ag::Var& q) const;

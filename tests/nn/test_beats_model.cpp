@@ -117,6 +117,16 @@ TEST(BeatsModel, RelativePositionBucketsMatchTorch) {
     EXPECT_EQ(got1, want_320_800[i]) << "relative position " << r;
     EXPECT_EQ(got2, want_32_64[i]) << "relative position " << r;
   }
+  // Once per offset (the encoder's form): element j is key - query = j - (T - 1).
+  const Tensor by_offset = relative_position_buckets_by_offset(3001, 3001, 320, 800);
+  ASSERT_EQ(by_offset.shape(), (Shape{6001}));
+  for (size_t i = 0; i < rel.size(); ++i)
+    EXPECT_EQ(by_offset.at({rel[i] + 3000}), want_320_800[i]) << "relative position " << rel[i];
+  // And every row of the [T, S] table is a slice of it, for unequal lengths too.
+  const Tensor table = relative_position_buckets(7, 19, 320, 800);
+  const Tensor offsets = relative_position_buckets_by_offset(7, 19, 320, 800);
+  for (int64_t t = 0; t < 7; ++t)
+    for (int64_t s = 0; s < 19; ++s) EXPECT_EQ(table.at({t, s}), offsets.at({s - t + 6})) << t << ", " << s;
 }
 
 TEST(BeatsModel, SharedRelativeBiasTableAndNames) {

@@ -8,6 +8,7 @@
 
 #include "tensor/attention.h"
 #include "tensor/ops.h"
+#include "tests/test_util.h"
 
 namespace sonar {
 namespace {
@@ -39,6 +40,7 @@ struct Case {
   bool bias = true, gate = true, mask = true;
   float alpha = 32.0f, dropout = 0.0f;
   bool strided_qkv = true;  // q, k, v as narrowed views of one [B, T, 3C] tensor
+  bool relative_bias = false;  // the bias as [H, T + S - 1] (a function of s - t) instead of [H, T, S]
 };
 
 struct Inputs {
@@ -60,7 +62,7 @@ Inputs make_inputs(const Case& c, uint64_t seed) {
     in.k = randn({c.B, c.S, C}, gen);
     in.v = randn({c.B, c.S, C}, gen);
   }
-  if (c.bias) in.bias = randn({c.H, c.T, c.S}, gen);
+  if (c.bias) in.bias = c.relative_bias ? randn({c.H, c.T + c.S - 1}, gen) : randn({c.H, c.T, c.S}, gen);
   if (c.gate) in.gate = add(rand({c.B, c.H, c.T}, gen), 0.5f);
   if (c.mask) {
     std::vector<uint8_t> m(c.B * c.S, 0);
@@ -138,6 +140,61 @@ TEST(Attention, MatchesReferenceWithDropout) {
   compare_with_reference(c);
 }
 
+TEST(Attention, MatchesReferenceWithRelativeBias) {
+  for (int64_t T : {13, 7, 70}) {
+    Case c;
+    c.relative_bias = true;
+    c.T = T;
+    c.S = T == 7 ? 37 : T;  // square, cross lengths, and longer than one backward block of rows
+    c.dropout = T == 13 ? 0.3f : 0.0f;
+    c.gate = T != 7;
+    SCOPED_TRACE("T = " + std::to_string(c.T) + ", S = " + std::to_string(c.S));
+    compare_with_reference(c);
+  }
+}
+
+// The relative form [H, T + S - 1] against its expansion to [H, T, S] built here with plain loops: the same
+// bias values, so the forward and every gradient but the bias's are bit-identical; the relative bias
+// gradient is the expanded one summed along each diagonal s - t.
+TEST(Attention, RelativeBiasEqualsItsExpansion) {
+  for (bool keep : {false, true}) {
+    Case c;
+    c.relative_bias = true;
+    c.T = 9;
+    c.S = 40;
+    c.dropout = 0.2f;
+    Inputs in = make_inputs(c, 5);
+    const int64_t R = c.T + c.S - 1;
+    const std::vector<float> rel = in.bias.to_vector<float>();
+    std::vector<float> dense(c.H * c.T * c.S);
+    for (int64_t h = 0; h < c.H; ++h)
+      for (int64_t t = 0; t < c.T; ++t)
+        for (int64_t s = 0; s < c.S; ++s) dense[(h * c.T + t) * c.S + s] = rel[h * R + (s - t + c.T - 1)];
+    const Tensor dense_bias = from_vector(dense, {c.H, c.T, c.S});
+    AttentionParams pf = in.p;
+    pf.keep_probs = keep;
+    AttentionForward fr = attention_forward(in.q, in.k, in.v, in.bias, in.gate, in.mask, pf);
+    AttentionForward fd = attention_forward(in.q, in.k, in.v, dense_bias, in.gate, in.mask, pf);
+    EXPECT_EQ(fr.out.to_vector<float>(), fd.out.to_vector<float>());
+    EXPECT_EQ(fr.lse.to_vector<float>(), fd.lse.to_vector<float>());
+    AttentionGrads gr = attention_backward(in.go, in.q, in.k, in.v, in.bias, in.gate, in.mask, fr, in.p);
+    AttentionGrads gd = attention_backward(in.go, in.q, in.k, in.v, dense_bias, in.gate, in.mask, fd, in.p);
+    EXPECT_EQ(gr.dq.to_vector<float>(), gd.dq.to_vector<float>());
+    EXPECT_EQ(gr.dk.to_vector<float>(), gd.dk.to_vector<float>());
+    EXPECT_EQ(gr.dv.to_vector<float>(), gd.dv.to_vector<float>());
+    EXPECT_EQ(gr.dgate.to_vector<float>(), gd.dgate.to_vector<float>());
+    ASSERT_EQ(gr.dbias.shape(), (Shape{c.H, R}));
+    const std::vector<float> dd = gd.dbias.to_vector<float>();
+    std::vector<float> diag(c.H * R, 0.0f);
+    std::vector<double> acc(c.H * R, 0.0);
+    for (int64_t h = 0; h < c.H; ++h)
+      for (int64_t t = 0; t < c.T; ++t)
+        for (int64_t s = 0; s < c.S; ++s) acc[h * R + (s - t + c.T - 1)] += dd[(h * c.T + t) * c.S + s];
+    for (size_t i = 0; i < acc.size(); ++i) diag[i] = static_cast<float>(acc[i]);
+    EXPECT_LT(rel_err(gr.dbias, from_vector(diag, {c.H, R})), kFastVsReferenceTol) << (keep ? "kept" : "recomputed");
+  }
+}
+
 // The kept probabilities are the softmax the output was made from: with no dropout, out = P V per head; they
 // do not depend on dropout (kept before it); every live row sums to 1 and a fully masked row is zero. Keeping
 // them changes nothing else: out and lse are bit-identical to a forward that does not keep them.
@@ -206,8 +263,9 @@ TEST(Attention, FullyMaskedRowGivesZerosAndNoNaN) {
 // and added to by the others), so a fully masked row must still leave zeros. Freed blocks of the outputs'
 // sizes are filled with NaN first, so that a missed element shows up instead of reading a lucky zero.
 TEST(Attention, FullyMaskedClipBesideALiveOneMatchesReference) {
-  for (int dead : {0, 1}) {
+  for (int dead : {0, 1}) for (bool relative : {false, true}) {
     Case c;
+    c.relative_bias = relative;
     c.T = c.S = 40;  // longer than one backward block of rows
     Inputs in = make_inputs(c, 17 + dead);
     std::vector<uint8_t> m(c.B * c.S, 0);
@@ -261,6 +319,11 @@ TEST(Attention, RejectsBadShapes) {
   Case c;
   Inputs in = make_inputs(c, 1);
   EXPECT_THROW(attention_forward(in.q, in.k, in.v, zeros({c.H, c.T, c.S + 1}), Tensor(), in.mask, in.p), Error);
+  const std::string wrong_relative = testutil::error_of([&] {
+    attention_forward(in.q, in.k, in.v, zeros({c.H, c.T + c.S}), Tensor(), in.mask, in.p);
+  });
+  EXPECT_NE(wrong_relative.find("[H, T + S - 1]"), std::string::npos) << wrong_relative;
+  EXPECT_NE(wrong_relative.find("[3, 26]"), std::string::npos) << wrong_relative;
   EXPECT_THROW(attention_forward(in.q, in.k, in.v, Tensor(), in.gate, in.mask, in.p), Error);
   AttentionParams bad = in.p;
   bad.num_heads = 4;
@@ -269,7 +332,10 @@ TEST(Attention, RejectsBadShapes) {
 
 // Central finite differences of L = sum(out * go) against the fast backward, for every input element.
 TEST(Attention, GradientsMatchFiniteDifferences) {
+  for (bool relative : {false, true}) {
+  SCOPED_TRACE(relative ? "relative bias [H, T + S - 1]" : "bias [H, T, S]");
   Case c;
+  c.relative_bias = relative;
   c.B = 2;
   c.T = c.S = 6;
   c.H = 2;
@@ -305,6 +371,7 @@ TEST(Attention, GradientsMatchFiniteDifferences) {
   check(v, g.dv, "v");
   check(bias, g.dbias, "bias");
   check(gate, g.dgate, "gate");
+  }
 }
 
 }  // namespace
