@@ -168,6 +168,7 @@ LeafGradReadyScope::LeafGradReadyScope(LeafGradReadyFn on_ready) : fn_(std::move
   g_leaf_ready = fn_ ? &fn_ : nullptr;
 }
 LeafGradReadyScope::~LeafGradReadyScope() { g_leaf_ready = prev_; }
+bool leaf_grad_ready_active() { return g_leaf_ready != nullptr; }
 
 bool needs_grad(const Var& v) { return g_grad_enabled && v.defined() && v.requires_grad(); }
 

@@ -141,6 +141,9 @@ struct LeafGradReadyScope {
   const LeafGradReadyFn* prev_;
 };
 
+// True while a LeafGradReadyScope is alive on this thread (someone already listens for finished leaves).
+bool leaf_grad_ready_active();
+
 // True when an op taking `v` should compute a gradient for it (grad mode on, v defined and requiring grad).
 bool needs_grad(const Var& v);
 

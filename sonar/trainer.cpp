@@ -830,12 +830,15 @@ PretrainResult Trainer::run_impl() {
             }
             return loss;
           },
-          [&]() {
+          // Only with several processes is there anything to do after the backward (and only then may the
+          // gradients change there; without it TrainStep measures their norm during the backward).
+          dist.multi() ? std::function<void()>([&]() {
             if (overlap)
               s.grad_sum->finish();
             else
               allreduce_gradients(s.train_step->optimizer().params(), dist, p.allreduce_bucket_bytes);
-          });
+          })
+                       : std::function<void()>());
     } catch (const Error& e) {
       SONAR_FAIL("step ", s.step + 1, " of ", p.steps, ": ", e.what(), " (the last checkpoint is ", s.ckpt_path, ")");
     }

@@ -4,7 +4,9 @@
 #include <algorithm>
 #include <cmath>
 #include <optional>
+#include <limits>
 #include <set>
+#include <unordered_map>
 
 #include "autograd/loss.h"
 #include "autograd/ops.h"
@@ -245,19 +247,37 @@ constexpr int64_t kParallelMin = 1 << 15;  // elements below which a parameter i
 constexpr double kClipEps = 1e-6;          // clip_grad_norm's denominator guard (PyTorch's)
 }  // namespace
 
-double ClippedAdamW::grad_norm() const {
-  double sq = 0.0;
-  for (const Slot& slot : flat_) {
-    if (!slot.param.grad().defined()) continue;
-    const Tensor g = slot.param.grad().contiguous();
-    const float* gp = g.data<float>();
-    const int64_t n = g.numel();
-    double s = 0.0;
+// Sum of squares of one gradient, in double (one parallel reduction for a large one).
+static double square_sum(const Tensor& grad) {
+  const Tensor g = grad.contiguous();
+  const float* gp = g.data<float>();
+  const int64_t n = g.numel();
+  double s = 0.0;
 #pragma omp parallel for simd reduction(+ : s) if (n > kParallelMin)
-    for (int64_t k = 0; k < n; ++k) s += static_cast<double>(gp[k]) * gp[k];
-    sq += s;
+  for (int64_t k = 0; k < n; ++k) s += static_cast<double>(gp[k]) * gp[k];
+  return s;
+}
+
+double ClippedAdamW::grad_norm() const { return grad_norm({}); }
+
+double ClippedAdamW::grad_norm(const std::vector<double>& known) const {
+  double sq = 0.0;
+  for (size_t i = 0; i < flat_.size(); ++i) {
+    const Tensor& g = flat_[i].param.grad();
+    if (!g.defined()) continue;
+    sq += i < known.size() && !std::isnan(known[i]) ? known[i] : square_sum(g);
   }
   return std::sqrt(sq);
+}
+
+ag::LeafGradReadyFn ClippedAdamW::square_sums_hook(std::vector<double>& sums) const {
+  sums.assign(flat_.size(), std::numeric_limits<double>::quiet_NaN());
+  std::unordered_map<const ag::VarImpl*, size_t> index;
+  for (size_t i = 0; i < flat_.size(); ++i) index.emplace(flat_[i].param.impl().get(), i);
+  return [&sums, index = std::move(index)](ag::VarImpl& leaf) {
+    auto it = index.find(&leaf);
+    if (it != index.end() && leaf.grad.defined()) sums[it->second] = square_sum(leaf.grad);
+  };
 }
 
 void ClippedAdamW::step_scaled(float grad_scale) {
@@ -337,13 +357,21 @@ StepStats TrainStep::run(const std::function<ag::Var()>& forward_loss, const std
               loss.defined() ? shape_str(loss.shape()) : std::string("undefined"));
   s.loss = loss.value().item_double();
   SONAR_CHECK(std::isfinite(s.loss), "TrainStep: loss is ", s.loss, " at step ", step_);
-  loss.backward();
+  // The gradient norm's sums of squares are taken as the backward finishes each gradient (still in cache),
+  // unless after_backward may change the gradients (a data-parallel sum) or someone else listens already;
+  // the result is the same bits either way (TrainStep tests).
+  std::vector<double> square_sums;
+  {
+    std::optional<ag::LeafGradReadyScope> measure;
+    if (!after_backward && !ag::leaf_grad_ready_active()) measure.emplace(opt_->square_sums_hook(square_sums));
+    loss.backward();
+  }
   bf16_weights.reset();
   if (after_backward) after_backward();
   profile::PhaseScope phase("optimizer");
   {
     profile::Scope timed("grad_norm");
-    s.grad_norm = opt_->grad_norm();
+    s.grad_norm = opt_->grad_norm(square_sums);
   }
   SONAR_CHECK(std::isfinite(s.grad_norm), "TrainStep: gradient norm is ", s.grad_norm, " at step ", step_);
   // clip_grad_norm's rule: scale by max_norm / (norm + 1e-6) when that is below 1.

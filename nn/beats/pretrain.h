@@ -168,6 +168,13 @@ class ClippedAdamW : public ag::AdamW {
  public:
   using ag::AdamW::AdamW;
   double grad_norm() const;  // L2 norm of every defined gradient together
+  // The same norm, taking each parameter's sum of squares from `known` (indexed like the optimiser's
+  // parameters) where it is not NaN. Bit-identical to grad_norm() when `known` holds what it would compute.
+  double grad_norm(const std::vector<double>& known) const;
+  // A LeafGradReadyScope callback (autograd/var.h) that writes each parameter's gradient sum of squares into
+  // sums[i] as the backward finishes it, while the gradient is still in cache; sums is resized to the number
+  // of parameters and filled with NaN (not measured) first.
+  ag::LeafGradReadyFn square_sums_hook(std::vector<double>& sums) const;
   void step_scaled(float grad_scale);
   void step() override { step_scaled(1.0f); }
 };

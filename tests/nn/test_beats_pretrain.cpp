@@ -312,6 +312,64 @@ TEST(BeatsPretrain, PredictorGradientsMatchFiniteDifferences) {
 
 // ---- training ----
 
+// Without an after_backward, TrainStep takes each gradient's sum of squares during the backward; the norm,
+// the clipping and so the whole update must be the same bits as measuring after it. With an after_backward
+// the gradients may change there, and the norm must be the changed gradients' (checked by doubling them:
+// the norm then doubles exactly).
+TEST(BeatsPretrain, TrainStepGradientNormDuringBackwardIsTheSameBits) {
+  struct Run {
+    std::shared_ptr<MaskedLabelPrediction> mlp;
+    std::unique_ptr<TrainStep> step;
+    Generator mg{10}, dg{11};
+  };
+  Tensor fb = synth_fbank(4, 1.0, 3);
+  Generator tg(2);
+  RandomProjectionTokenizer tok(16, 32, 16, &tg);
+  Tensor labels = tok.labels(fb);
+  auto make = [&] {
+    auto r = std::make_unique<Run>();
+    BeatsConfig cfg = tiny_cfg();
+    cfg.dropout = 0.05;
+    Generator init(1);
+    auto model = std::make_shared<BeatsModel>(cfg, &init);
+    MlpOptions o;
+    o.predictor.layers = 1;
+    o.predictor.num_classes = 32;
+    r->mlp = std::make_shared<MaskedLabelPrediction>(model, o, &init);
+    r->mlp->train();
+    TrainStepOptions so;
+    so.adamw.lr = 4e-3f;
+    so.max_grad_norm = 0.05f;  // small enough that every step clips: the norm reaches the update
+    r->step = std::make_unique<TrainStep>(*r->mlp, so);
+    return r;
+  };
+  auto loss_of = [&](Run& r) {
+    return [&] {
+      nn::RngScope scope(r.dg);
+      return r.mlp->forward(ag::Var(fb), Tensor(), labels, r.mg).loss;
+    };
+  };
+  auto during = make(), after = make(), doubled = make();
+  for (int i = 0; i < 3; ++i) {
+    const StepStats a = during->step->run(loss_of(*during));
+    const StepStats b = after->step->run(loss_of(*after), [] {});
+    const StepStats c = doubled->step->run(loss_of(*doubled), [&] {
+      for (const ag::Var& p : doubled->step->optimizer().params())
+        if (p.grad().defined()) {
+          Tensor g = p.grad();  // a handle on the gradient's storage: doubled in place
+          mul_(g, 2.0f);
+        }
+    });
+    EXPECT_GT(a.grad_norm, 0.05) << "step " << i;
+    EXPECT_EQ(a.grad_norm, b.grad_norm) << "step " << i;
+    if (i == 0) EXPECT_EQ(c.grad_norm, 2.0 * a.grad_norm);  // same parameters, gradients doubled
+  }
+  const std::vector<ag::Var> pa = during->step->optimizer().params(), pb = after->step->optimizer().params();
+  ASSERT_EQ(pa.size(), pb.size());
+  for (size_t i = 0; i < pa.size(); ++i)
+    EXPECT_EQ(pa[i].value().to_vector<float>(), pb[i].value().to_vector<float>()) << "parameter " << i;
+}
+
 TEST(BeatsPretrain, MaskedLabelPredictionLossFallsOnSynthAudio) {
   BeatsConfig cfg = tiny_cfg();
   cfg.dropout = 0.05;  // train mode with dropout, as pre-training runs
