@@ -641,8 +641,12 @@ LinearGrads linear_backward(const Tensor& grad_y, const Tensor& x, const Tensor&
   // Rows of all leading dims: [R, out] and [R, in] (views when the layout allows, else copies).
   Tensor gy2 = grad_y.reshape({-1, out});
   Tensor x2 = x.reshape({-1, in});
-  g.dx = matmul(gy2, weight, false, false, backend).view(x.shape());
-  g.dweight = matmul(gy2, x2, true, false, backend);
+  {
+    // bf16: dy is an operand of both products; converted once for the two (nothing in float32).
+    Bf16WeightCache dy_once({gy2});
+    g.dx = matmul(gy2, weight, false, false, backend).view(x.shape());
+    g.dweight = matmul(gy2, x2, true, false, backend);
+  }
   if (need_bias) {
     g.dbias = Tensor::empty({out}, DType::Float32);
     Tensor gyc = gy2.contiguous();

@@ -8,6 +8,7 @@
 #include "nn/beats/attention_op.h"
 #include "tensor/creation.h"
 #include "tensor/elementwise.h"
+#include "tensor/precision.h"
 #include "tensor/profile.h"
 
 namespace sonar::beats {
@@ -121,6 +122,7 @@ ag::Var MultiheadAttention::forward(const ag::Var& x, const ag::Var& position_bi
   ag::Var q, k, v;
   {
     profile::Scope timed("projections");
+    Bf16WeightCache x_once({x.value()});  // bf16: x converted once for its three products (no-op in float32)
     q = q_proj->forward(x);
     k = k_proj->forward(x);
     v = v_proj->forward(x);

@@ -169,6 +169,26 @@ TEST_F(Bf16, CachedWeightIsConvertedOncePerCache) {
   EXPECT_EQ(bf16_weight_conversions() - c0, 2);
 }
 
+// linear_backward's two products share dy: converted once (one cached conversion, and nothing left cached
+// afterwards), and each product is still the bf16 product of its operands.
+TEST_F(Bf16, LinearBackwardConvertsTheOutputGradientOnce) {
+  Generator gen(25);
+  const Tensor w = randn({32, 48}, gen), x = randn({2, 10, 48}, gen), dy = randn({2, 10, 32}, gen);
+  PrecisionGuard g(Precision::BF16);
+  const int64_t c0 = bf16_weight_conversions();
+  const LinearGrads grads = linear_backward(dy, x, w, true);
+  EXPECT_EQ(bf16_weight_conversions() - c0, 1);
+  const Tensor dy2 = dy.reshape({20, 32}), x2 = x.reshape({20, 48});
+  expect_bf16_product(grads.dx.reshape({20, 48}), dy2, w, false, false, Tensor());
+  expect_bf16_product(grads.dweight, dy2, x2, true, false, Tensor());
+  // The cache lived only for the call: a changed dy is converted afresh.
+  Tensor dy_changed = dy.clone();
+  dy_changed.fill_(0.25);
+  const LinearGrads again = linear_backward(dy_changed, x, w, false);
+  expect_bf16_product(again.dweight, dy_changed.reshape({20, 32}), x2, true, false, Tensor());
+  EXPECT_EQ(bf16_weight_conversions() - c0, 2);
+}
+
 TEST(Precision, UnsupportedCpuNamesTheInstructionSet) {
   const std::string why = bf16_unsupported_reason();
   if (why.empty()) {
