@@ -35,7 +35,9 @@ struct Dims {
   int64_t B = 0, T = 0, S = 0, C = 0, H = 0, D = 0;
   bool relative_bias = false;  // bias given as [H, T + S - 1] (a function of s - t), not [H, T, S]
   // Offset of bias row (h, t) in the bias tensor; the row's S values are contiguous in either form.
-  int64_t bias_row(int64_t h, int64_t t) const { return relative_bias ? h * (T + S - 1) + (T - 1 - t) : (h * T + t) * S; }
+  int64_t bias_row(int64_t h, int64_t t) const {
+    return relative_bias ? h * (T + S - 1) + (T - 1 - t) : (h * T + t) * S;
+  }
   int64_t bias_numel() const { return relative_bias ? H * (T + S - 1) : H * T * S; }
 };
 
@@ -498,9 +500,9 @@ AttentionGrads attention_backward(const Tensor& grad_out_in, const Tensor& q_in,
             const float delta_f = static_cast<float>(delta);
             // One pass: dprow becomes dL/dlogits; dbias gets gate * dL/dlogits (written by the first batch
             // item, added to by the others; always added to in the relative form, where a head's rows overlap
-            // and the thread that owns the head owns all of them); the gate's gradient sums dL/dlogits * bias; prow becomes the
-            // dropped probabilities used by the forward's P @ V. The flags are template arguments so that each
-            // variant is branch-free and vectorises.
+            // and the thread that owns the head owns all of them); the gate's gradient sums dL/dlogits * bias;
+            // prow becomes the dropped probabilities used by the forward's P @ V. The flags are template
+            // arguments so that each variant is branch-free and vectorises.
             const float gt = in.gate ? in.gate[(b * d.H + h) * d.T + t] : 1.0f;
             float* dbrow = dbias ? dbias + d.bias_row(h, t) : nullptr;
             const float* brow = dgate ? in.bias + d.bias_row(h, t) : nullptr;

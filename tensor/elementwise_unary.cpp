@@ -1,7 +1,8 @@
 // Unary elementwise math (neg, abs, exp, log, sqrt, rsqrt, tanh, sigmoid, relu, gelu, clamp, sign),
-// gelu_backward and gelu_with_grad (gelu and its derivative in one pass, for training). All float32 math is done in float32 (exp, tanh, sigmoid and the erf of gelu by the
-// vectorisable few-ulp functions of tensor/elementwise_math.h); outputs are fresh contiguous tensors of the
-// input's shape, inputs may be strided. Not here: binary ops (elementwise.cpp), comparisons (elementwise_compare.cpp).
+// gelu_backward and gelu_with_grad (gelu and its derivative in one pass, for training). All float32 math is
+// done in float32 (exp, tanh, sigmoid and the erf of gelu by the vectorisable few-ulp functions of
+// tensor/elementwise_math.h); outputs are fresh contiguous tensors of the input's shape, inputs may be
+// strided. Not here: binary ops (elementwise.cpp), comparisons (elementwise_compare.cpp).
 #include <cmath>
 #include <limits>
 #ifdef __AVX__
