@@ -321,33 +321,23 @@ void register_all() {
       ->Apply(timing)
       ->Unit(benchmark::kMicrosecond);
   const std::pair<const char*, Shape> shapes[] = {{"496x768", {496, 768}}, {"12x496x496", {12, 496, 496}}};
-  for (const auto& [n, s] : shapes) {
-    const std::string tag(n);
-    benchmark::RegisterBenchmark(("LayerNorm/fwd/" + tag).c_str(), BM_LayerNormFwd, s)
-        ->Apply(timing)
-        ->Unit(benchmark::kMicrosecond);
-    benchmark::RegisterBenchmark(("LayerNorm/bwd/" + tag).c_str(), BM_LayerNormBwd, s)
-        ->Apply(timing)
-        ->Unit(benchmark::kMicrosecond);
-    benchmark::RegisterBenchmark(("Softmax/fwd/" + tag).c_str(), BM_SoftmaxFwd, s)
-        ->Apply(timing)
-        ->Unit(benchmark::kMicrosecond);
-    benchmark::RegisterBenchmark(("Softmax/bwd/" + tag).c_str(), BM_SoftmaxBwd, s)
-        ->Apply(timing)
-        ->Unit(benchmark::kMicrosecond);
-    benchmark::RegisterBenchmark(("Gelu/fwd/" + tag).c_str(), BM_GeluFwd, s)
-        ->Apply(timing)
-        ->Unit(benchmark::kMicrosecond);
-    benchmark::RegisterBenchmark(("Gelu/bwd/" + tag).c_str(), BM_GeluBwd, s)
-        ->Apply(timing)
-        ->Unit(benchmark::kMicrosecond);
-    benchmark::RegisterBenchmark(("Gelu/fwd_with_grad/" + tag).c_str(), BM_GeluFwdWithGrad, s)
-        ->Apply(timing)
-        ->Unit(benchmark::kMicrosecond);
-    benchmark::RegisterBenchmark(("Gelu/bwd_multiply/" + tag).c_str(), BM_GeluBwdMultiply, s)
-        ->Apply(timing)
-        ->Unit(benchmark::kMicrosecond);
-  }
+  // The memory-bound kernels, each at both shapes, in this order (names as before: Family/pass/shape).
+  using ShapeBench = void (*)(benchmark::State&, Shape);
+  const std::pair<const char*, ShapeBench> kernels[] = {
+      {"LayerNorm/fwd/", BM_LayerNormFwd},
+      {"LayerNorm/bwd/", BM_LayerNormBwd},
+      {"Softmax/fwd/", BM_SoftmaxFwd},
+      {"Softmax/bwd/", BM_SoftmaxBwd},
+      {"Gelu/fwd/", BM_GeluFwd},
+      {"Gelu/bwd/", BM_GeluBwd},
+      {"Gelu/fwd_with_grad/", BM_GeluFwdWithGrad},
+      {"Gelu/bwd_multiply/", BM_GeluBwdMultiply},
+  };
+  for (const auto& [n, s] : shapes)
+    for (const auto& [family, fn] : kernels)
+      benchmark::RegisterBenchmark((std::string(family) + n).c_str(), fn, s)
+          ->Apply(timing)
+          ->Unit(benchmark::kMicrosecond);
   for (ConvLayout layout : {ConvLayout::Blocked, ConvLayout::Plain}) {
     const std::string ln = layout == ConvLayout::Plain ? "plain" : "blocked";
     benchmark::RegisterBenchmark(("Conv/patch_embed_1x1x992x128_512x16x16/fwd/" + ln).c_str(), BM_PatchEmbed, false,
