@@ -812,6 +812,16 @@ PretrainResult Trainer::run_impl() {
         s.grad_sum = std::make_unique<OverlappedGradientSum>(params, dist, p.allreduce_bucket_bytes);
       s.grad_sum->begin();
     }
+    // Only with several processes is there anything to do after the backward (and only then may the gradients
+    // change there; without it TrainStep measures their norm during the backward).
+    std::function<void()> sum_gradients;
+    if (dist.multi())
+      sum_gradients = [&]() {
+        if (overlap)
+          s.grad_sum->finish();
+        else
+          allreduce_gradients(s.train_step->optimizer().params(), dist, p.allreduce_bucket_bytes);
+      };
     try {
       std::optional<ag::LeafGradReadyScope> leaf_ready;
       if (overlap) leaf_ready.emplace(s.grad_sum->hook());
@@ -830,15 +840,7 @@ PretrainResult Trainer::run_impl() {
             }
             return loss;
           },
-          // Only with several processes is there anything to do after the backward (and only then may the
-          // gradients change there; without it TrainStep measures their norm during the backward).
-          dist.multi() ? std::function<void()>([&]() {
-            if (overlap)
-              s.grad_sum->finish();
-            else
-              allreduce_gradients(s.train_step->optimizer().params(), dist, p.allreduce_bucket_bytes);
-          })
-                       : std::function<void()>());
+          sum_gradients);
     } catch (const Error& e) {
       SONAR_FAIL("step ", s.step + 1, " of ", p.steps, ": ", e.what(), " (the last checkpoint is ", s.ckpt_path, ")");
     }

@@ -53,7 +53,8 @@ struct AttentionForward {
 // bias: [H, T, S], or relative [H, T + S - 1] with bias[h, t, s] = relative[h, s - t + T - 1], or undefined.
 // The relative form holds the same values without the T x S repetition: per layer of BEATs-base on a 10 s
 // clip 24 KB instead of 11.8 MB to read in the forward, and to read and write in the backward. gate: [B, H, T]
-// or undefined (then the bias is added as is; a gate needs a bias). key_padding_mask: [B, S] uint8/bool, nonzero = padding (that key gets -inf), or undefined.
+// or undefined (then the bias is added as is; a gate needs a bias). key_padding_mask: [B, S] uint8/bool,
+// nonzero = padding (that key gets -inf), or undefined.
 // Row logits: alpha * (q*(scale/alpha) . k - rowmax) + gate[b,h,t] * bias[h,t,s], masked keys -inf.
 // A query whose keys are all masked gets an all-zero output (the official code would produce NaN there).
 AttentionForward attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& bias,
