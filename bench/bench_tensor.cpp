@@ -281,7 +281,7 @@ void BM_PosConv(benchmark::State& st, bool backward, ConvLayout layout, Conv1dPa
       benchmark::DoNotOptimize(y.raw_data());
     }
   }
-  const double f = 2.0 * 497 * 768 * 48 * 128;
+  const double f = 2.0 * 497 * 768 * 48 * 128;  // the direct convolution's count (an equivalent rate for FFTs)
   set_gflops(st, backward ? 2 * f : f);
   st.SetLabel(conv1d_impl(x, w, true, p));
   set_conv_layout(ConvLayout::Blocked);
@@ -357,15 +357,15 @@ void register_all() {
         ->Apply(timing)
         ->Unit(benchmark::kMillisecond);
   }
-  // The default path for this shape: unfolded channel blocks + oneDNN matmul.
-  benchmark::RegisterBenchmark("Conv/pos_conv1d_768x496_k128_g16/fwd/im2col", BM_PosConv, false, ConvLayout::Blocked,
-                               Conv1dPath::Im2col)
-      ->Apply(timing)
-      ->Unit(benchmark::kMillisecond);
-  benchmark::RegisterBenchmark("Conv/pos_conv1d_768x496_k128_g16/bwd/im2col", BM_PosConv, true, ConvLayout::Blocked,
-                               Conv1dPath::Im2col)
-      ->Apply(timing)
-      ->Unit(benchmark::kMillisecond);
+  // Unfolded channel blocks + oneDNN sgemm, and the FFT segments (the default for this shape).
+  for (const auto& [name, path] : {std::pair<const char*, Conv1dPath>{"im2col", Conv1dPath::Im2col},
+                                   {"fft", Conv1dPath::Fft}})
+    for (const bool backward : {false, true})
+      benchmark::RegisterBenchmark(("Conv/pos_conv1d_768x496_k128_g16/" + std::string(backward ? "bwd/" : "fwd/") + name)
+                                       .c_str(),
+                                   BM_PosConv, backward, ConvLayout::Blocked, path)
+          ->Apply(timing)
+          ->Unit(benchmark::kMillisecond);
 }
 
 }  // namespace

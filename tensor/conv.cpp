@@ -12,6 +12,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "tensor/conv1d_fft.h"
 #include "tensor/dnnl_context.h"
 #include "tensor/profile.h"
 
@@ -402,10 +403,41 @@ void check_grad_y(const Geom& g, const Tensor& gy) {
 
 constexpr int64_t kUnfoldFloats = int64_t{1} << 18;  // 1 MB per unfolded block
 
+bool use_fft(const Geom& g) {
+  const Conv1dPath path = g_conv1d_path.load();
+  if (g.sd != 1 || g.stride[0] != 1) return false;
+  return path == Conv1dPath::Fft || (path == Conv1dPath::Auto && g.k[0] >= kFftMinKernel);
+}
+
 bool use_im2col(const Geom& g) {
   const Conv1dPath path = g_conv1d_path.load();
   if (g.sd != 1 || path == Conv1dPath::Primitive) return false;
-  return path == Conv1dPath::Im2col || g.k[0] >= kIm2colMinKernel;
+  return path == Conv1dPath::Im2col || path == Conv1dPath::Fft || g.k[0] >= kIm2colMinKernel;
+}
+
+conv1d_fft::Geometry fft_geometry(const Geom& g) {
+  return conv1d_fft::Geometry{g.N, g.C, g.O, g.G, g.in[0], g.k[0], g.pad[0], g.out[0]};
+}
+
+Tensor fft_forward(const Geom& g, const Tensor& x_in, const Tensor& w_in, const Tensor& bias_in) {
+  const Tensor x = x_in.contiguous(), w = w_in.contiguous();
+  const Tensor b = bias_in.defined() ? bias_in.contiguous() : Tensor();
+  Tensor y = Tensor::empty(y_shape(g));
+  conv1d_fft::forward(fft_geometry(g), x.data<float>(), w.data<float>(), b.defined() ? b.data<float>() : nullptr,
+                      y.data<float>());
+  return y;
+}
+
+ConvGrads fft_backward(const Geom& g, const Tensor& gy_in, const Tensor& x_in, const Tensor& w_in, bool has_bias,
+                       bool need_dx) {
+  const Tensor x = x_in.contiguous(), gy = gy_in.contiguous(), w = w_in.contiguous();
+  ConvGrads r;
+  if (need_dx) r.dx = Tensor::empty(x_shape(g));
+  r.dweight = Tensor::empty(w_shape(g));
+  conv1d_fft::backward(fft_geometry(g), gy.data<float>(), x.data<float>(), w.data<float>(),
+                       need_dx ? r.dx.data<float>() : nullptr, r.dweight.data<float>());
+  if (has_bias) r.dbias = bias_grad_reference(gy);
+  return r;
 }
 
 int64_t channel_block(const Geom& g) {
@@ -545,6 +577,11 @@ ConvGrads im2col_backward(const Geom& g, const Tensor& gy_in, const Tensor& x_in
 bool empty_problem(const Geom& g) { return g.N == 0 || g.C == 0 || g.O == 0; }
 
 std::string impl_info(const Geom& g, bool bias) {
+  if (use_fft(g)) {
+    const int64_t nf = conv1d_fft::fft_length(fft_geometry(g));
+    return "FFT of " + std::to_string(nf) + "-sample segments (" + std::to_string(nf - g.k[0] + 1) +
+           " outputs each, FFTW float), threads over outputs and groups";
+  }
   if (use_im2col(g)) {
     return "unfolded blocks of " + std::to_string(channel_block(g)) + " channels + oneDNN sgemm, " +
            (g.N * g.G >= dnnl_ctx::max_threads() ? "threads over groups" : "threads inside sgemm");
@@ -570,7 +607,9 @@ double conv_flops(const Geom& g) {
 }
 
 Tensor forward_any(const Geom& g, const Tensor& x, const Tensor& w, const Tensor& bias) {
-  profile::count_flops(conv_flops(g));
+  const bool fft = !empty_problem(g) && use_fft(g);
+  profile::count_flops(fft ? conv1d_fft::flops(fft_geometry(g), false, false) : conv_flops(g));
+  if (fft) return fft_forward(g, x, w, bias);
   if (empty_problem(g)) {
     Tensor y = zeros_of(y_shape(g));
     if (bias.defined() && g.N > 0) y.copy_(bias.reshape(g.sd == 2 ? Shape{1, g.O, 1, 1} : Shape{1, g.O, 1}));
@@ -580,8 +619,10 @@ Tensor forward_any(const Geom& g, const Tensor& x, const Tensor& w, const Tensor
 }
 
 ConvGrads backward_any(const Geom& g, const Tensor& gy, const Tensor& x, const Tensor& w, bool has_bias, bool need_dx) {
-  profile::count_flops(conv_flops(g) * (need_dx ? 2.0 : 1.0));
+  const bool fft = !empty_problem(g) && use_fft(g);
+  profile::count_flops(fft ? conv1d_fft::flops(fft_geometry(g), true, need_dx) : conv_flops(g) * (need_dx ? 2.0 : 1.0));
   check_grad_y(g, gy);
+  if (fft) return fft_backward(g, gy, x, w, has_bias, need_dx);
   if (empty_problem(g)) {
     ConvGrads r{need_dx ? zeros_of(x_shape(g)) : Tensor(), zeros_of(w_shape(g)), has_bias ? zeros_of({g.O}) : Tensor()};
     return r;

@@ -56,11 +56,14 @@ enum class ConvLayout { Blocked, Plain };
 void set_conv_layout(ConvLayout layout);
 ConvLayout conv_layout();
 
-// How conv1d runs: oneDNN's convolution primitives, or unfolded channel blocks multiplied with oneDNN's
-// matmul (faster for long kernels, where oneDNN 2.6 only has its generic gemm convolution). Auto picks the
-// latter when the kernel has at least kIm2colMinKernel taps. Process-wide; for benchmarks and tests.
-enum class Conv1dPath { Auto, Primitive, Im2col };
+// How conv1d runs: oneDNN's convolution primitives, unfolded channel blocks multiplied with oneDNN's sgemm
+// (faster for long kernels, where oneDNN 2.6 only has its generic gemm convolution), or FFTs of overlapping
+// segments (tensor/conv1d_fft.h; stride 1 only, a strided call forced onto it takes the unfolded path). Auto
+// picks the FFTs for stride 1 and at least kFftMinKernel taps, the unfolded blocks from kIm2colMinKernel taps,
+// the primitives below. Process-wide; for benchmarks and tests.
+enum class Conv1dPath { Auto, Primitive, Im2col, Fft };
 constexpr int64_t kIm2colMinKernel = 16;
+constexpr int64_t kFftMinKernel = 64;
 void set_conv1d_path(Conv1dPath path);
 Conv1dPath conv1d_path();
 

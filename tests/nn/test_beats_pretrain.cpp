@@ -362,7 +362,9 @@ TEST(BeatsPretrain, TrainStepGradientNormDuringBackwardIsTheSameBits) {
     });
     EXPECT_GT(a.grad_norm, 0.05) << "step " << i;
     EXPECT_EQ(a.grad_norm, b.grad_norm) << "step " << i;
-    if (i == 0) EXPECT_EQ(c.grad_norm, 2.0 * a.grad_norm);  // same parameters, gradients doubled
+    if (i == 0) {
+      EXPECT_EQ(c.grad_norm, 2.0 * a.grad_norm);  // same parameters, gradients doubled
+    }
   }
   const std::vector<ag::Var> pa = during->step->optimizer().params(), pb = after->step->optimizer().params();
   ASSERT_EQ(pa.size(), pb.size());
