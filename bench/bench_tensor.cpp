@@ -18,6 +18,7 @@
 #include "tensor/conv.h"
 #include "tensor/dnnl_context.h"
 #include "tensor/elementwise.h"
+#include "tensor/index.h"
 #include "tensor/layer_norm.h"
 #include "tensor/matmul.h"
 #include "tensor/random.h"
@@ -168,6 +169,28 @@ void BM_LinearBias(benchmark::State& st, int64_t T, int64_t in, int64_t out) {
 }
 
 // ------------------------------------------------------------------ memory-bound kernels
+// A column reduction: the L2 norm over the two leading dims of BEATs' positional-conv weight (weight_norm).
+void BM_ColumnNorm(benchmark::State& st) {
+  Tensor v = rnd({768, 48, 128}, 1);
+  for (auto _ : st) {
+    Tensor n = norm(v, 2.0, {0, 1}, true);
+    benchmark::DoNotOptimize(n.raw_data());
+  }
+  set_gbytes(st, static_cast<double>(v.nbytes()));
+}
+
+// weight_norm's backward on the same weight (dim 2): reads dL/dw and v twice (the per-tap dot products, then
+// dv), writes dv.
+void BM_WeightNormBwd(benchmark::State& st) {
+  Tensor v = rnd({768, 48, 128}, 1), gw = rnd({768, 48, 128}, 2), g = rnd({1, 1, 128}, 3);
+  const Tensor n = norm(v, 2.0, {0, 1}, true);
+  for (auto _ : st) {
+    WeightNormGrads r = weight_norm_backward(gw, v, g, n, 2);
+    benchmark::DoNotOptimize(r.dv.raw_data());
+  }
+  set_gbytes(st, 5.0 * static_cast<double>(v.nbytes()));
+}
+
 void BM_LayerNormFwd(benchmark::State& st, Shape s) {
   Tensor x = rnd(s, 1), w = rnd({s.back()}, 2), b = rnd({s.back()}, 3);
   for (auto _ : st) {
@@ -333,6 +356,10 @@ void register_all() {
       {"Gelu/fwd_with_grad/", BM_GeluFwdWithGrad},
       {"Gelu/bwd_multiply/", BM_GeluBwdMultiply},
   };
+  benchmark::RegisterBenchmark("Reduce/norm_over_leading_dims/768x48x128", BM_ColumnNorm)
+      ->Apply(timing)
+      ->Unit(benchmark::kMicrosecond);
+  benchmark::RegisterBenchmark("WeightNorm/bwd/768x48x128", BM_WeightNormBwd)->Apply(timing)->Unit(benchmark::kMicrosecond);
   for (const auto& [n, s] : shapes)
     for (const auto& [family, fn] : kernels)
       benchmark::RegisterBenchmark((std::string(family) + n).c_str(), fn, s)

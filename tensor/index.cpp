@@ -447,8 +447,16 @@ WeightNormGrads weight_norm_backward(const Tensor& grad_w, const Tensor& v, cons
     coef[j] = nj > 0.0 ? static_cast<float>(-dot * scale[j] / (nj * nj)) : 0.0f;
   }
   float* dv = r.dv.data<float>();
+  const float* ps = scale.data();
+  const float* pc = coef.data();
 #pragma omp parallel for schedule(static) if (v.numel() > kParallelMin)
   for (int64_t o = 0; o < O; ++o) {
+    if (I == 1) {  // dim is the last one (BEATs' positional conv): vectorise along it
+      const int64_t base = o * N;
+#pragma omp simd
+      for (int64_t j = 0; j < N; ++j) dv[base + j] = pg[base + j] * ps[j] + pv[base + j] * pc[j];
+      continue;
+    }
     for (int64_t j = 0; j < N; ++j) {
       const int64_t base = (o * N + j) * I;
       const float s = scale[j], c = coef[j];

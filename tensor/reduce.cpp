@@ -90,6 +90,17 @@ typename Op::Acc reduce_range(const Op& op, const typename Op::In* x, const int6
   }
 }
 
+// acc[c] += op.map(xr[c]) for a whole block of kColBlock neighbouring columns (one row of a column
+// reduction). Kept out of line on purpose: inlined into the loop over rows, GCC vectorised that outer loop
+// instead (gathering one column from 8 rows at a time) and the column reductions ran at 5 GB/s (3.6 ms for
+// weight_norm's norm of BEATs' [768, 48, 128] positional-conv weight).
+template <class Op>
+__attribute__((noinline)) void add_column_block(const Op& op, const typename Op::In* xr, int64_t obase,
+                                                typename Op::Acc* acc) {
+#pragma omp simd
+  for (int64_t c = 0; c < kColBlock; ++c) acc[c] += op.map(xr[c], obase + c);
+}
+
 template <class Op>
 void combine(const Op& op, typename Op::Acc& a, const typename Op::Acc& b) {
   if constexpr (Op::additive) a += b;
@@ -143,12 +154,19 @@ std::vector<typename Op::Acc> run(const Op& op, const Plan& p, const Tensor& a) 
     const int64_t obase = o * V + c0;  // first output element of this block
     Acc acc[kColBlock];
     for (int64_t c = 0; c < w; ++c) acc[c] = op.init();
-    for (int64_t r = r0; r < r1; ++r) {
-      const typename Op::In* xr = x + base[o] + rp[r] + c0;
-      if constexpr (Op::additive) {
-#pragma omp simd
-        for (int64_t c = 0; c < w; ++c) acc[c] += op.map(xr[c], obase + c);
+    if constexpr (Op::additive) {
+      if (w == kColBlock) {
+        for (int64_t r = r0; r < r1; ++r) add_column_block(op, x + base[o] + rp[r] + c0, obase, acc);
       } else {
+        for (int64_t r = r0; r < r1; ++r) {
+          const typename Op::In* xr = x + base[o] + rp[r] + c0;
+#pragma omp simd
+          for (int64_t c = 0; c < w; ++c) acc[c] += op.map(xr[c], obase + c);
+        }
+      }
+    } else {
+      for (int64_t r = r0; r < r1; ++r) {
+        const typename Op::In* xr = x + base[o] + rp[r] + c0;
         for (int64_t c = 0; c < w; ++c) op.step(acc[c], xr[c], r);
       }
     }

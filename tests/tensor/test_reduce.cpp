@@ -147,13 +147,14 @@ TEST(Reduce, LargeInputsOnEveryPathAndChunking) {
       {{3, 100000}, {1}, "long rows (chunked row path)"},
       {{100000, 3}, {0}, "long columns of width 3 (chunked column path)"},
       {{2000, 130}, {0}, "column path, 3 blocks"},
+      {{96, 48, 128}, {0, 1}, "column path over two leading dims (weight_norm's norm of a conv weight)"},
       {{20000, 7}, {1}, "many short rows"},
       {{50, 40, 30}, {0, 2}, "generic path"},
       {{300000}, {}, "all of a long vector"},
   };
   for (const Case& c : cases) {
     Tensor x = rand_tensor(c.shape, 4, -1.f, 3.f);
-    for (Kind k : {Kind::Sum, Kind::VarU, Kind::NormInf}) {
+    for (Kind k : {Kind::Sum, Kind::VarU, Kind::Norm2, Kind::NormInf}) {
       Shape ws;
       const std::vector<double> want = ref(k, x, c.dims, false, ws);
       Tensor got = run(k, x, c.dims, false);
