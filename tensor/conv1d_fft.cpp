@@ -219,52 +219,29 @@ struct Planes {
   Planes at(int64_t row) const { return {re + row * fs, im + row * fs, fs}; }
 };
 
-// out[b] = sum over i < n of conj(a[i]) * m[i * stride + b], for kB consecutive b (the forward's products).
-template <int kB>
-void conj_weighted_sum(const Planes& a, int64_t n, const Planes& m, int64_t stride, const Planes& out) {
+// out[q] = sum over p < n of conj(a[p]) * m[p * p_step + q * q_step], for kQ consecutive q. The forward's
+// products (p = input channel, q = segment) and the weight gradient's (p = segment, q = input channel).
+template <int kQ>
+void conj_product_sum(const Planes& a, int64_t n, const Planes& m, int64_t p_step, int64_t q_step,
+                      const Planes& out) {
   for (int64_t f = 0; f < a.fs; f += kLanes) {
-    float yr[kB][kLanes] = {}, yi[kB][kLanes] = {};
-    for (int64_t i = 0; i < n; ++i) {
-      const float* __restrict ar = a.r(i) + f;
-      const float* __restrict ai = a.i(i) + f;
-      for (int b = 0; b < kB; ++b) {
-        const float* __restrict mr = m.r(i * stride + b) + f;
-        const float* __restrict mi = m.i(i * stride + b) + f;
+    float yr[kQ][kLanes] = {}, yi[kQ][kLanes] = {};
+    for (int64_t p = 0; p < n; ++p) {
+      const float* __restrict ar = a.r(p) + f;
+      const float* __restrict ai = a.i(p) + f;
+      for (int q = 0; q < kQ; ++q) {
+        const float* __restrict mr = m.r(p * p_step + q * q_step) + f;
+        const float* __restrict mi = m.i(p * p_step + q * q_step) + f;
 #pragma omp simd
         for (int l = 0; l < kLanes; ++l) {
-          yr[b][l] += ar[l] * mr[l] + ai[l] * mi[l];
-          yi[b][l] += ar[l] * mi[l] - ai[l] * mr[l];
+          yr[q][l] += ar[l] * mr[l] + ai[l] * mi[l];
+          yi[q][l] += ar[l] * mi[l] - ai[l] * mr[l];
         }
       }
     }
-    for (int b = 0; b < kB; ++b) {
-      std::copy(yr[b], yr[b] + kLanes, out.wr(b) + f);
-      std::copy(yi[b], yi[b] + kLanes, out.wi(b) + f);
-    }
-  }
-}
-
-// out[i] = sum over b < n of conj(d[b]) * m[i * stride + b], for kI consecutive i (the weight gradient).
-template <int kI>
-void conj_correlate(const Planes& d, int64_t n, const Planes& m, int64_t stride, const Planes& out) {
-  for (int64_t f = 0; f < d.fs; f += kLanes) {
-    float gr[kI][kLanes] = {}, gi[kI][kLanes] = {};
-    for (int64_t b = 0; b < n; ++b) {
-      const float* __restrict dr = d.r(b) + f;
-      const float* __restrict di = d.i(b) + f;
-      for (int i = 0; i < kI; ++i) {
-        const float* __restrict mr = m.r(i * stride + b) + f;
-        const float* __restrict mi = m.i(i * stride + b) + f;
-#pragma omp simd
-        for (int l = 0; l < kLanes; ++l) {
-          gr[i][l] += dr[l] * mr[l] + di[l] * mi[l];
-          gi[i][l] += dr[l] * mi[l] - di[l] * mr[l];
-        }
-      }
-    }
-    for (int i = 0; i < kI; ++i) {
-      std::copy(gr[i], gr[i] + kLanes, out.wr(i) + f);
-      std::copy(gi[i], gi[i] + kLanes, out.wi(i) + f);
+    for (int q = 0; q < kQ; ++q) {
+      std::copy(yr[q], yr[q] + kLanes, out.wr(q) + f);
+      std::copy(yi[q], yi[q] + kLanes, out.wi(q) + f);
     }
   }
 }
@@ -361,7 +338,7 @@ void forward(const Geometry& g, const float* x, const float* w, const float* bia
       // Y_b = sum_i conj(W_i) S_(c0+i),b
       const Planes W{wre.get(), wim.get(), s.fs}, Y{yre.get(), yim.get(), s.fs};
       in_blocks(s.NB, [&](int64_t b, auto kb) {
-        conj_weighted_sum<decltype(kb)::value>(W, s.Cg, S.at(c0 * s.NB + b), s.NB, Y.at(b));
+        conj_product_sum<decltype(kb)::value>(W, s.Cg, S.at(c0 * s.NB + b), s.NB, 1, Y.at(b));
       });
       irfft_rows(s, s.NB, yre.get(), yim.get(), yt.get());
       const float bo = bias ? bias[o] : 0.0f;
@@ -411,7 +388,7 @@ void backward(const Geometry& g, const float* dy, const float* x, const float* w
         const Planes W{wre.get(), wim.get(), s.fs}, D = DY.at(o * s.NB);
         // dW_oi = sum_b conj(DY_ob) S_(c0+i),b
         in_blocks(s.Cg, [&](int64_t i, auto ki) {
-          conj_correlate<decltype(ki)::value>(D, s.NB, S.at((c0 + i) * s.NB), s.NB, G.at(i));
+          conj_product_sum<decltype(ki)::value>(D, s.NB, S.at((c0 + i) * s.NB), 1, s.NB, G.at(i));
         });
         // DS_(c0+i),b (+)= W_oi DY_ob, summed over the group's outputs in order (the first writes)
         if (need_dx) add_products(W, s.Cg, D, s.NB, X.at(c0 * s.NB), s.NB, oo == 0);

@@ -57,6 +57,19 @@ void check_fd(Tensor t, const Tensor& grad, const std::function<Tensor()>& f, co
   }
 }
 
+// Central differences of every input of a convolution: forward(x, w, b) gives y, backward(r, x, w) the
+// gradients of sum(y * r) for a fixed random r (seeded by `seed`).
+template <class Forward, class Backward>
+void check_conv_fd(Tensor x, Tensor w, Tensor b, Forward forward, Backward backward, uint64_t seed,
+                   const std::string& what) {
+  const Tensor r = uniform(forward(x, w, b).shape(), seed);
+  const ConvGrads g = backward(r, x, w);
+  auto f = [&] { return forward(x, w, b); };
+  check_fd(x, g.dx, f, r, what + " dx");
+  check_fd(w, g.dweight, f, r, what + " dw");
+  check_fd(b, g.dbias, f, r, what + " db");
+}
+
 struct Case2d {
   Shape x, w;
   Conv2dParams p;
@@ -101,28 +114,18 @@ TEST(ConvReference, HandComputed2dGrouped) {
 }
 
 TEST(ConvReference, BackwardMatchesFiniteDifferences) {
-  {
-    Tensor x = uniform({2, 4, 5, 6}, 1), w = uniform({6, 2, 3, 2}, 2), b = uniform({6}, 3);
-    const Conv2dParams p = p2(2, 1, 1, 1, 2);
-    Tensor y = conv2d_reference(x, w, b, p);
-    Tensor r = uniform(y.shape(), 4);
-    ConvGrads g = conv2d_backward_reference(r, x, w, true, p);
-    auto f = [&] { return conv2d_reference(x, w, b, p); };
-    check_fd(x, g.dx, f, r, "conv2d dx");
-    check_fd(w, g.dweight, f, r, "conv2d dw");
-    check_fd(b, g.dbias, f, r, "conv2d db");
-  }
-  {
-    Tensor x = uniform({2, 4, 9}, 5), w = uniform({4, 1, 4}, 6), b = uniform({4}, 7);
-    const Conv1dParams p = p1(2, 2, 4);
-    Tensor y = conv1d_reference(x, w, b, p);
-    Tensor r = uniform(y.shape(), 8);
-    ConvGrads g = conv1d_backward_reference(r, x, w, true, p);
-    auto f = [&] { return conv1d_reference(x, w, b, p); };
-    check_fd(x, g.dx, f, r, "conv1d dx");
-    check_fd(w, g.dweight, f, r, "conv1d dw");
-    check_fd(b, g.dbias, f, r, "conv1d db");
-  }
+  const Conv2dParams p2d = p2(2, 1, 1, 1, 2);
+  check_conv_fd(
+      uniform({2, 4, 5, 6}, 1), uniform({6, 2, 3, 2}, 2), uniform({6}, 3),
+      [&](const Tensor& x, const Tensor& w, const Tensor& b) { return conv2d_reference(x, w, b, p2d); },
+      [&](const Tensor& r, const Tensor& x, const Tensor& w) { return conv2d_backward_reference(r, x, w, true, p2d); },
+      4, "conv2d");
+  const Conv1dParams p1d = p1(2, 2, 4);
+  check_conv_fd(
+      uniform({2, 4, 9}, 5), uniform({4, 1, 4}, 6), uniform({4}, 7),
+      [&](const Tensor& x, const Tensor& w, const Tensor& b) { return conv1d_reference(x, w, b, p1d); },
+      [&](const Tensor& r, const Tensor& x, const Tensor& w) { return conv1d_backward_reference(r, x, w, true, p1d); },
+      8, "conv1d");
 }
 
 TEST(ConvReference, BiasGradIsSumOverBatchAndSpace) {
@@ -265,15 +268,12 @@ TEST(ConvErrors, MessagesNameShapesAndValues) {
 // and results that do not depend on the number of threads.
 TEST(ConvFft, BackwardMatchesFiniteDifferences) {
   set_conv1d_path(Conv1dPath::Fft);
-  Tensor x = uniform({2, 4, 40}, 40), w = uniform({4, 2, 20}, 41), b = uniform({4}, 42);
   const Conv1dParams p = p1(1, 10, 2);  // 41 outputs: segments of 64 samples, 45 outputs each
-  Tensor y = conv1d(x, w, b, p);
-  Tensor r = uniform(y.shape(), 43);
-  ConvGrads g = conv1d_backward(r, x, w, true, p);
-  auto f = [&] { return conv1d(x, w, b, p); };
-  check_fd(x, g.dx, f, r, "fft conv1d dx");
-  check_fd(w, g.dweight, f, r, "fft conv1d dw");
-  check_fd(b, g.dbias, f, r, "fft conv1d db");
+  check_conv_fd(
+      uniform({2, 4, 40}, 40), uniform({4, 2, 20}, 41), uniform({4}, 42),
+      [&](const Tensor& x, const Tensor& w, const Tensor& b) { return conv1d(x, w, b, p); },
+      [&](const Tensor& r, const Tensor& x, const Tensor& w) { return conv1d_backward(r, x, w, true, p); }, 43,
+      "fft conv1d");
   set_conv1d_path(Conv1dPath::Auto);
 }
 
