@@ -31,6 +31,7 @@ namespace {
 constexpr int64_t kMinLength = 16;      // 64-byte segments: every row offset keeps the buffers' alignment
 constexpr int64_t kSpectrumAlign = 16;  // floats; each spectrum starts on a 64-byte boundary
 constexpr int64_t kChunk = 16;          // transforms per FFTW call (the rest go one at a time)
+constexpr int64_t kMinItems = 8;        // backward work items at least (a group's outputs split if needed)
 
 // A float buffer from fftwf_malloc: aligned as FFTW's SIMD plans expect (a plan made on aligned arrays may
 // only run on equally aligned ones; the unaligned variant was 4x slower here).
@@ -371,8 +372,13 @@ void backward(const Geometry& g, const float* dy, const float* x, const float* w
   }
   const Planes S{sre.get(), sim.get(), s.fs}, DY{dyre.get(), dyim.get(), s.fs}, X{xre.get(), xim.get(), s.fs};
   const float scale = 1.0f / static_cast<float>(s.nf);
-  // One group per item: the group's outputs in order, so its DS rows (owned by this item) are summed over
-  // o in a fixed order.
+  // Work items: a group's outputs in `parts` consecutive ranges (one range when there are kMinItems groups or
+  // more; with fewer groups their outputs are split so that the threads share them). An item sums DS over its
+  // outputs in order into the group's DS rows (one range) or into its own partial rows, which are then added
+  // range by range. The split depends on the problem only, so the results do not depend on the thread count.
+  const int64_t parts = std::min(s.Og, (kMinItems + g.G - 1) / g.G);
+  const int64_t part_floats = parts > 1 && need_dx ? s.Cg * s.NB * s.fs : 0;
+  Buffer pre(g.G * parts * part_floats), pim(g.G * parts * part_floats);
 #pragma omp parallel
   {
     Buffer wpad(s.Cg * s.nf), wre(s.Cg * s.fs), wim(s.Cg * s.fs), gre(s.Cg * s.fs), gim(s.Cg * s.fs),
@@ -380,9 +386,12 @@ void backward(const Geometry& g, const float* dy, const float* x, const float* w
     zero(wpad.get(), s.Cg * s.nf);
     const Planes G{gre.get(), gim.get(), s.fs};
 #pragma omp for schedule(dynamic, 1)
-    for (int64_t grp = 0; grp < g.G; ++grp) {
-      const int64_t c0 = grp * s.Cg;
-      for (int64_t oo = 0; oo < s.Og; ++oo) {
+    for (int64_t item = 0; item < g.G * parts; ++item) {
+      const int64_t grp = item / parts, part = item % parts, c0 = grp * s.Cg;
+      const int64_t first = s.Og * part / parts, last = s.Og * (part + 1) / parts;
+      const Planes XS = parts > 1 ? Planes{pre.get() + item * part_floats, pim.get() + item * part_floats, s.fs}
+                                  : X.at(c0 * s.NB);
+      for (int64_t oo = first; oo < last; ++oo) {
         const int64_t o = grp * s.Og + oo;
         weight_spectra(g, s, w, o, wpad.get(), wre.get(), wim.get());
         const Planes W{wre.get(), wim.get(), s.fs}, D = DY.at(o * s.NB);
@@ -390,8 +399,8 @@ void backward(const Geometry& g, const float* dy, const float* x, const float* w
         in_blocks(s.Cg, [&](int64_t i, auto ki) {
           conj_product_sum<decltype(ki)::value>(D, s.NB, S.at((c0 + i) * s.NB), 1, s.NB, G.at(i));
         });
-        // DS_(c0+i),b (+)= W_oi DY_ob, summed over the group's outputs in order (the first writes)
-        if (need_dx) add_products(W, s.Cg, D, s.NB, X.at(c0 * s.NB), s.NB, oo == 0);
+        // DS_(c0+i),b (+)= W_oi DY_ob, summed over the item's outputs in order (the first writes)
+        if (need_dx) add_products(W, s.Cg, D, s.NB, XS, s.NB, oo == first);
         irfft_rows(s, s.Cg, gre.get(), gim.get(), gt.get());
         for (int64_t i = 0; i < s.Cg; ++i) {
           const float* src = gt.get() + i * s.nf;
@@ -403,6 +412,25 @@ void backward(const Geometry& g, const float* dy, const float* x, const float* w
     }
   }
   if (!need_dx) return;
+  if (parts > 1) {  // DS = the items' partial sums, added in range order
+#pragma omp parallel for schedule(static)
+    for (int64_t c = 0; c < g.C; ++c) {
+      const int64_t grp = c / s.Cg, row = (c % s.Cg) * s.NB * s.fs, n = s.NB * s.fs;
+      float* __restrict xr = xre.get() + c * n;
+      float* __restrict xi = xim.get() + c * n;
+      std::copy(pre.get() + grp * parts * part_floats + row, pre.get() + grp * parts * part_floats + row + n, xr);
+      std::copy(pim.get() + grp * parts * part_floats + row, pim.get() + grp * parts * part_floats + row + n, xi);
+      for (int64_t part = 1; part < parts; ++part) {
+        const float* __restrict ar = pre.get() + (grp * parts + part) * part_floats + row;
+        const float* __restrict ai = pim.get() + (grp * parts + part) * part_floats + row;
+#pragma omp simd
+        for (int64_t k = 0; k < n; ++k) {
+          xr[k] += ar[k];
+          xi[k] += ai[k];
+        }
+      }
+    }
+  }
   // dx: each channel's segments back to time and added onto the positions they were cut from.
 #pragma omp parallel
   {

@@ -288,22 +288,26 @@ TEST(ConvFft, AutoPicksFftForLongKernelsAtStrideOne) {
   set_conv1d_path(Conv1dPath::Auto);
 }
 
+// 16 groups (one backward work item per group) and 2 groups (each group's outputs split into 4 items whose
+// partial input-gradient spectra are added afterwards).
 TEST(ConvFft, ResultsDoNotDependOnTheThreadCount) {
-  Tensor x = uniform({2, 32, 300}, 50), w = uniform({32, 2, 128}, 51), b = uniform({32}, 52);
-  const Conv1dParams p = p1(1, 64, 16);
   set_conv1d_path(Conv1dPath::Fft);
   const int threads = omp_get_max_threads();
-  auto run = [&](int n) {
-    omp_set_num_threads(n);
-    Tensor y = conv1d(x, w, b, p);
-    ConvGrads g = conv1d_backward(uniform(y.shape(), 53), x, w, true, p);
-    return std::vector<std::vector<float>>{y.to_vector<float>(), g.dx.to_vector<float>(),
-                                           g.dweight.to_vector<float>()};
-  };
-  const auto one = run(1), three = run(3);
+  for (int64_t groups : {16, 2}) {
+    Tensor x = uniform({2, 32, 300}, 50), w = uniform({32, 32 / groups, 128}, 51), b = uniform({32}, 52);
+    const Conv1dParams p = p1(1, 64, groups);
+    auto run = [&](int n) {
+      omp_set_num_threads(n);
+      Tensor y = conv1d(x, w, b, p);
+      ConvGrads g = conv1d_backward(uniform(y.shape(), 53), x, w, true, p);
+      return std::vector<std::vector<float>>{y.to_vector<float>(), g.dx.to_vector<float>(),
+                                             g.dweight.to_vector<float>()};
+    };
+    const auto one = run(1), three = run(3);
+    EXPECT_EQ(one, three) << groups << " groups";
+  }
   omp_set_num_threads(threads);
   set_conv1d_path(Conv1dPath::Auto);
-  EXPECT_EQ(one, three);
 }
 
 // Accuracy at BEATs' positional-conv geometry (128 taps, groups of 48 channels, 496 frames; 2 of the 16
