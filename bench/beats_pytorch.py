@@ -19,7 +19,13 @@ this repository), built with the BEATs_iter3 base configuration and random weigh
 work: `extract_features` on the clip (its own torchaudio fbank), and for step_full the same head, masking,
 loss, clipping and AdamW as above. This is the issue's "official code" baseline.
 
-Usage: /usr/bin/python3 bench/beats_pytorch.py --mode forward --threads 2 --reps 5 [--official DIR]
+Threads: --threads sets ATen's (OpenMP) threads. Debian's torch does its matrix products in OpenBLAS, whose
+pthread build keeps its own pool (all cores unless OPENBLAS_NUM_THREADS says otherwise), so --threads 2 on a
+2-core machine runs up to 4 busy threads. --blas-threads N sets OpenBLAS's pool before torch loads; the
+line printed first names both. On 2 cores of an AMD EPYC (Zen 5) the official step was fastest with
+--threads 1 --blas-threads 2 (docs/performance.md, session 14).
+
+Usage: /usr/bin/python3 bench/beats_pytorch.py --mode forward --threads 2 --reps 5 [--blas-threads N] [--official DIR]
 """
 import argparse
 import math
@@ -29,7 +35,21 @@ import statistics
 import sys
 import time
 
-import torch
+
+def _blas_threads_from_argv(argv):
+    """The --blas-threads value, read before torch is imported (OpenBLAS reads its variable when it loads)."""
+    for i, arg in enumerate(argv):
+        if arg == "--blas-threads" and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--blas-threads="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+if _blas_threads_from_argv(sys.argv) is not None:
+    os.environ["OPENBLAS_NUM_THREADS"] = _blas_threads_from_argv(sys.argv)
+
+import torch  # noqa: E402 (after OPENBLAS_NUM_THREADS)
 import torch.nn as nn
 import torch.nn.functional as F
 import torchaudio
@@ -208,12 +228,15 @@ def peak_rss_mb():
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--mode", choices=["forward", "step_full", "step_masked", "layers"], default="forward")
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=2, help="ATen (OpenMP) threads")
+    ap.add_argument("--blas-threads", type=int, help="OpenBLAS threads (default: its own, all cores)")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--official", metavar="DIR", help="time the official BEATs code found in DIR instead")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
+    blas = os.environ.get("OPENBLAS_NUM_THREADS", f"unset (OpenBLAS uses {os.cpu_count()})")
+    print(f"threads: ATen {a.threads}, OpenBLAS {blas}")
     torch.manual_seed(0)
     wave = test_wave(a.seconds)
     gen = torch.Generator().manual_seed(1)
