@@ -359,7 +359,9 @@ void register_all() {
   benchmark::RegisterBenchmark("Reduce/norm_over_leading_dims/768x48x128", BM_ColumnNorm)
       ->Apply(timing)
       ->Unit(benchmark::kMicrosecond);
-  benchmark::RegisterBenchmark("WeightNorm/bwd/768x48x128", BM_WeightNormBwd)->Apply(timing)->Unit(benchmark::kMicrosecond);
+  benchmark::RegisterBenchmark("WeightNorm/bwd/768x48x128", BM_WeightNormBwd)
+      ->Apply(timing)
+      ->Unit(benchmark::kMicrosecond);
   for (const auto& [n, s] : shapes)
     for (const auto& [family, fn] : kernels)
       benchmark::RegisterBenchmark((std::string(family) + n).c_str(), fn, s)

@@ -91,7 +91,8 @@ int64_t pow2_at_least(int64_t n) {
   return p;
 }
 
-Layout layout_of(const Geometry& g) {
+// The block structure of a call without the plans (also what flops() counts from).
+Layout sizes_of(const Geometry& g) {
   Layout s;
   s.nf = fft_length(g);
   s.hop = s.nf - g.K + 1;
@@ -101,9 +102,25 @@ Layout layout_of(const Geometry& g) {
   s.NB = g.N * s.nb;
   s.Cg = g.C / g.G;
   s.Og = g.O / g.G;
+  return s;
+}
+
+Layout layout_of(const Geometry& g) {
+  Layout s = sizes_of(g);
   s.chunk = plans(s.nf, s.fs, kChunk);
   s.single = plans(s.nf, s.fs, 1);
   return s;
+}
+
+// Segment j of an input row starts at input position j * hop - P; its samples m in [lo, hi) lie inside the
+// row [0, L) (the others are the zero padding).
+struct SegmentSpan {
+  int64_t start, lo, hi;
+};
+SegmentSpan segment_span(const Geometry& g, const Layout& s, int64_t j) {
+  const int64_t start = j * s.hop - g.P;
+  const int64_t lo = std::clamp<int64_t>(-start, 0, s.nf), hi = std::clamp<int64_t>(g.L - start, lo, s.nf);
+  return {start, lo, hi};
 }
 
 // This thread's buffer of kChunk interleaved spectra (grown on demand, kept for the thread's life).
@@ -169,11 +186,10 @@ void cut_segments(const Geometry& g, const Layout& s, const float* x, int64_t c,
     const float* row = x + (n * g.C + c) * g.L;
     for (int64_t j = 0; j < s.nb; ++j) {
       float* dst = seg + (n * s.nb + j) * s.nf;
-      const int64_t start = j * s.hop - g.P;
-      const int64_t lo = std::clamp<int64_t>(-start, 0, s.nf), hi = std::clamp<int64_t>(g.L - start, lo, s.nf);
-      std::fill(dst, dst + lo, 0.0f);
-      std::memcpy(dst + lo, row + start + lo, sizeof(float) * static_cast<size_t>(hi - lo));
-      std::fill(dst + hi, dst + s.nf, 0.0f);
+      const SegmentSpan sp = segment_span(g, s, j);
+      std::fill(dst, dst + sp.lo, 0.0f);
+      std::memcpy(dst + sp.lo, row + sp.start + sp.lo, sizeof(float) * static_cast<size_t>(sp.hi - sp.lo));
+      std::fill(dst + sp.hi, dst + s.nf, 0.0f);
     }
   }
 }
@@ -213,10 +229,8 @@ struct Planes {
   float* re;
   float* im;
   int64_t fs;
-  const float* r(int64_t row) const { return re + row * fs; }
-  const float* i(int64_t row) const { return im + row * fs; }
-  float* wr(int64_t row) const { return re + row * fs; }
-  float* wi(int64_t row) const { return im + row * fs; }
+  float* r(int64_t row) const { return re + row * fs; }
+  float* i(int64_t row) const { return im + row * fs; }
   Planes at(int64_t row) const { return {re + row * fs, im + row * fs, fs}; }
 };
 
@@ -241,8 +255,8 @@ void conj_product_sum(const Planes& a, int64_t n, const Planes& m, int64_t p_ste
       }
     }
     for (int q = 0; q < kQ; ++q) {
-      std::copy(yr[q], yr[q] + kLanes, out.wr(q) + f);
-      std::copy(yi[q], yi[q] + kLanes, out.wi(q) + f);
+      std::copy(yr[q], yr[q] + kLanes, out.r(q) + f);
+      std::copy(yi[q], yi[q] + kLanes, out.i(q) + f);
     }
   }
 }
@@ -266,8 +280,8 @@ void add_products(const Planes& a, int64_t n, const Planes& d, int64_t nd, const
     for (int64_t b = 0; b < nd; ++b) {
       const float* __restrict dr = d.r(b);
       const float* __restrict di = d.i(b);
-      float* __restrict xr = x.wr(i * stride + b);
-      float* __restrict xi = x.wi(i * stride + b);
+      float* __restrict xr = x.r(i * stride + b);
+      float* __restrict xi = x.i(i * stride + b);
       if (first) {
 #pragma omp simd
         for (int64_t f = 0; f < a.fs; ++f) {
@@ -303,16 +317,7 @@ void input_spectra(const Geometry& g, const Layout& s, const float* x, float* re
 int64_t fft_length(const Geometry& g) { return std::min(pow2_at_least(2 * g.K), pow2_at_least(g.Lo + g.K - 1)); }
 
 double flops(const Geometry& g, bool backward, bool need_dx) {
-  const Layout s = [&] {  // sizes only (no plans)
-    Layout l;
-    l.nf = fft_length(g);
-    l.hop = l.nf - g.K + 1;
-    l.nb = (g.Lo + l.hop - 1) / l.hop;
-    l.F = l.nf / 2 + 1;
-    l.NB = g.N * l.nb;
-    l.Cg = g.C / g.G;
-    return l;
-  }();
+  const Layout s = sizes_of(g);
   const double per_transform = 2.5 * static_cast<double>(s.nf) * std::log2(static_cast<double>(s.nf));
   const double weights = static_cast<double>(g.O * s.Cg), segs = static_cast<double>(g.C * s.NB),
                blocks = static_cast<double>(g.O * s.NB);
@@ -443,10 +448,9 @@ void backward(const Geometry& g, const float* dy, const float* x, const float* w
         zero(row, g.L);
         for (int64_t j = 0; j < s.nb; ++j) {
           const float* src = seg.get() + (n * s.nb + j) * s.nf;
-          const int64_t start = j * s.hop - g.P;
-          const int64_t lo = std::clamp<int64_t>(-start, 0, s.nf), hi = std::clamp<int64_t>(g.L - start, lo, s.nf);
+          const SegmentSpan sp = segment_span(g, s, j);
 #pragma omp simd
-          for (int64_t m = lo; m < hi; ++m) row[start + m] += src[m] * scale;
+          for (int64_t m = sp.lo; m < sp.hi; ++m) row[sp.start + m] += src[m] * scale;
         }
       }
     }
