@@ -134,6 +134,17 @@ TEST(Attention, MatchesReferenceLongerThanOneBackwardBlock) {
   compare_with_reference(c);
 }
 
+// Heads of 32 channels over 40 keys, q/k/v strided views of one tensor: the keys' packing runs the 16 x 16
+// block transpose (two column blocks, two key blocks) and its scalar tail (8 keys).
+TEST(Attention, MatchesReferenceWideHeadsStridedKeys) {
+  Case c;
+  c.B = 1;
+  c.T = c.S = 40;
+  c.H = 2;
+  c.D = 32;
+  compare_with_reference(c);
+}
+
 TEST(Attention, MatchesReferenceWithDropout) {
   Case c;
   c.dropout = 0.3f;
