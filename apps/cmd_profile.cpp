@@ -54,7 +54,9 @@ Times are self times (a part's children are listed separately), in ms per step, 
 steps after --warmup warm-up steps. GFLOP/s counts matrix products, convolutions and the attention kernel's
 products; "peak" is the rate of a 512x768x3072 matrix product measured by this command before the run,
 in the same precision (the best of 10 bursts). The last lines give the step time measured around the whole step, how much of it
-the parts cover, the page faults per measured step and the process's peak RSS. Page faults are the sign that
+the parts cover; the parts that count FLOPs together (their rate, and the time they would take at the peak)
+beside everything else, and what the step would take with those products at the peak (a floor for this
+machine unless the rest gets faster); the page faults per measured step and the process's peak RSS. Page faults are the sign that
 the heap is still growing: each touches fresh memory, which costs about 14 us on a virtual machine (see
 docs/performance.md), so while they number more than a few hundred per step the figures include that
 first-touch cost (BEATs-base in train mode: about 1,200 per step after 2 warm-up steps, none after 7).
@@ -357,6 +359,21 @@ int run_profile(int argc, char** argv) {
   print_table(kinds, "part, all blocks together (largest first)");
   std::printf("\nstep: %.3f ms measured around the whole step; the parts add up to %.3f ms (%.1f%%)\n", step_ms,
               parts * 1e3, 100.0 * parts * 1e3 / step_ms);
+  // How far the step is from what this machine's product rate allows: the rows that count FLOPs at the
+  // measured peak, beside everything else as it ran.
+  double product_gflop = 0, product_ms = 0;
+  for (const auto& r : rep.rows)
+    if (r.self_flops > 0) {
+      product_gflop += r.self_flops / n * 1e-9;
+      product_ms += r.self_seconds / n * 1e3;
+    }
+  const double product_ms_at_peak = product_gflop / peak * 1e3, other_ms = parts * 1e3 - product_ms;
+  std::printf("products: %.1f GFLOP per step in %.3f ms (%.0f%% of the peak); at the peak they would take %.3f ms\n",
+              product_gflop, product_ms, product_ms > 0 ? 100.0 * product_ms_at_peak / product_ms : 0.0,
+              product_ms_at_peak);
+  std::printf("everything else: %.3f ms (%.1f%% of the step); with the products at the peak the step would take "
+              "%.3f ms\n",
+              other_ms, 100.0 * other_ms / step_ms, product_ms_at_peak + other_ms + (step_ms - parts * 1e3));
   std::printf("page faults: %.0f per measured step (%lld warm-up steps; more than a few hundred means the heap was\n"
               "still growing and the times include first touches of memory: raise --warmup)\n",
               rep.faults_per_step, static_cast<long long>(warmup));
@@ -379,6 +396,10 @@ int run_profile(int argc, char** argv) {
     j["step_ms"] = step_ms;
     j["parts_ms"] = parts * 1e3;
     j["matmul_peak_gflops"] = peak;
+    j["product_gflop_per_step"] = product_gflop;
+    j["product_ms"] = product_ms;
+    j["product_ms_at_peak"] = product_ms_at_peak;
+    j["other_ms"] = other_ms;
     j["peak_rss_mb"] = rss;
     j["warmup_steps"] = warmup;
     j["backward_by_op"] = by_op;

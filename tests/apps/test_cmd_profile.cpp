@@ -72,6 +72,19 @@ void expect_parts_cover_step(const nlohmann::json& j) {
   EXPECT_GT(step, 0.0);
   EXPECT_NEAR(sum, j["parts_ms"].get<double>(), 1e-6 * step);
   EXPECT_LE(std::abs(sum - step), kCoverTol * step) << "parts " << sum << " ms vs step " << step << " ms";
+  // The products' summary: the rows that count FLOPs, their time at the measured peak, and the rest.
+  double gflop = 0, product_ms = 0;
+  for (const auto& r : j["rows"])
+    if (r["gflop_per_step"].get<double>() > 0) {
+      gflop += r["gflop_per_step"].get<double>();
+      product_ms += r["ms"].get<double>();
+    }
+  EXPECT_GT(gflop, 0.0);
+  EXPECT_NEAR(j["product_gflop_per_step"].get<double>(), gflop, kFlopRelTol * gflop);
+  EXPECT_NEAR(j["product_ms"].get<double>(), product_ms, 1e-6 * step);
+  EXPECT_NEAR(j["other_ms"].get<double>(), sum - product_ms, 1e-6 * step);
+  const double at_peak = gflop / j["matmul_peak_gflops"].get<double>() * 1e3;
+  EXPECT_NEAR(j["product_ms_at_peak"].get<double>(), at_peak, 1e-9 * at_peak);
 }
 
 void expect_every_block(const nlohmann::json& j, const std::string& prefix, int64_t blocks, bool backward) {
