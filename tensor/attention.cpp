@@ -19,12 +19,15 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <type_traits>
 #include <vector>
 
 #include "tensor/creation.h"
 #include "tensor/elementwise_math.h"
+#include "tensor/matmul.h"
+#include "tensor/precision.h"
 #include "tensor/profile.h"
 #include "tensor/random.h"
 
@@ -113,6 +116,28 @@ void gemm(const float* A, int64_t lda, bool trans_a, const float* B, int64_t ldb
 void gemm_nn(const float* A, int64_t lda, const float* B, int64_t ldb, float* C, int64_t ldc, int64_t M, int64_t N,
              int64_t K, bool accumulate) {
   gemm(A, lda, false, B, ldb, C, ldc, M, N, K, accumulate);
+}
+
+// bf16 mode (tensor/precision.h): the products take bfloat16 operands, accumulate in float32. Rows of n floats
+// (src row stride ls) to bf16 rows (dst row stride ld), rounded to nearest even as convert_to_bf16 does, with
+// optional scaling in the official two roundings ((x * a) * b); columns n .. ld and rows `rows` .. pad_rows zero.
+void rows_to_bf16(const float* src, int64_t ls, int64_t rows, int64_t n, uint16_t* dst, int64_t ld,
+                  int64_t pad_rows, float a = 1.0f, float b = 1.0f) {
+  const bool scaled = a != 1.0f || b != 1.0f;
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* x = src + r * ls;
+    uint16_t* y = dst + r * ld;
+#pragma omp simd
+    for (int64_t j = 0; j < n; ++j) {
+      const float v = scaled ? (x[j] * a) * b : x[j];
+      uint32_t u;
+      std::memcpy(&u, &v, 4);
+      const bool nan = (u & 0x7fffffffu) > 0x7f800000u;
+      y[j] = static_cast<uint16_t>(nan ? ((u >> 16) | 0x40u) : (u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+    }
+    std::fill(y + n, y + ld, uint16_t{0});
+  }
+  for (int64_t r = rows; r < pad_rows; ++r) std::fill(dst + r * ld, dst + (r + 1) * ld, uint16_t{0});
 }
 
 // attention_dropout_keep inlined for the row loops, so that they vectorise: the hash of random_bits
@@ -346,20 +371,38 @@ AttentionForward attention_forward(const Tensor& q_in, const Tensor& k_in, const
   const uint64_t threshold = keep_threshold(p.dropout_p);
   const bool parallel = d.B * d.H * d.T * d.S * d.D > kParallelWork;
 
+  // bf16: one block of all query rows per head, so that each product is one oneDNN call (a call per 32 rows
+  // cost more than the bf16 products save).
+  const bool bf16 = matmul_precision() == Precision::BF16;
+  const int64_t R = bf16 ? Tp : kForwardRows;
+
 #pragma omp parallel if (parallel)
   {
-    std::vector<float> Qs(Tp * d.D), Kt(d.D * Sp), Vp(Sp * Dp, 0.0f), sc(kForwardRows * Sp), ob(kForwardRows * Dp);
+    std::vector<float> Qs(bf16 ? 0 : Tp * d.D), Kt(bf16 ? 0 : d.D * Sp), Vp(bf16 ? 0 : Sp * Dp, 0.0f), sc(R * Sp),
+        ob(R * Dp);
+    std::vector<uint16_t> Q16(bf16 ? Tp * d.D : 0), K16(bf16 ? Sp * d.D : 0), V16(bf16 ? Sp * Dp : 0),
+        P16(bf16 ? R * Sp : 0);
 #pragma omp for collapse(2) schedule(dynamic)
     for (int64_t b = 0; b < d.B; ++b) {
       for (int64_t h = 0; h < d.H; ++h) {
-        pack_scores_operands(in, d, p, b, h, Tp, Sp, Qs.data(), Kt.data());
-        for (int64_t s = 0; s < d.S; ++s) {
-          const float* src = in.v + b * in.vb + s * in.vt + h * d.D;
-          std::copy(src, src + d.D, Vp.data() + s * Dp);
+        if (bf16) {
+          rows_to_bf16(in.q + b * in.qb + h * d.D, in.qt, d.T, d.D, Q16.data(), d.D, Tp, p.scale, 1.0f / p.alpha);
+          rows_to_bf16(in.k + b * in.kb + h * d.D, in.kt, d.S, d.D, K16.data(), d.D, Sp);
+          rows_to_bf16(in.v + b * in.vb + h * d.D, in.vt, d.S, d.D, V16.data(), Dp, Sp);
+        } else {
+          pack_scores_operands(in, d, p, b, h, Tp, Sp, Qs.data(), Kt.data());
+          for (int64_t s = 0; s < d.S; ++s) {
+            const float* src = in.v + b * in.vb + s * in.vt + h * d.D;
+            std::copy(src, src + d.D, Vp.data() + s * Dp);
+          }
         }
-        for (int64_t t0 = 0; t0 < Tp; t0 += kForwardRows) {
-          const int64_t rows = std::min(kForwardRows, Tp - t0);  // a multiple of kRowTile
-          gemm_nn(Qs.data() + t0 * d.D, d.D, Kt.data(), Sp, sc.data(), Sp, rows, Sp, d.D, false);
+        for (int64_t t0 = 0; t0 < Tp; t0 += R) {
+          const int64_t rows = std::min(R, Tp - t0);  // a multiple of kRowTile
+          if (bf16) {
+            matmul_bf16_raw(Q16.data() + t0 * d.D, d.D, false, K16.data(), d.D, true, sc.data(), Sp, rows, Sp, d.D);
+          } else {
+            gemm_nn(Qs.data() + t0 * d.D, d.D, Kt.data(), Sp, sc.data(), Sp, rows, Sp, d.D, false);
+          }
           for (int64_t r = 0; r < rows; ++r) {
             float* row = sc.data() + r * Sp;
             const int64_t t = t0 + r;
@@ -402,7 +445,12 @@ AttentionForward attention_forward(const Tensor& q_in, const Tensor& k_in, const
             std::fill(row + d.S, row + Sp, 0.0f);
             *lse_t = lmax + static_cast<float>(std::log(sum));
           }
-          gemm_nn(sc.data(), Sp, Vp.data(), Dp, ob.data(), Dp, rows, Dp, Sp, false);
+          if (bf16) {
+            rows_to_bf16(sc.data(), Sp, rows, Sp, P16.data(), Sp, rows);
+            matmul_bf16_raw(P16.data(), Sp, false, V16.data(), Dp, false, ob.data(), Dp, rows, Dp, Sp);
+          } else {
+            gemm_nn(sc.data(), Sp, Vp.data(), Dp, ob.data(), Dp, rows, Dp, Sp, false);
+          }
           for (int64_t r = 0; r < rows && t0 + r < d.T; ++r)
             std::copy(ob.data() + r * Dp, ob.data() + r * Dp + d.D, out + (b * d.T + t0 + r) * d.C + h * d.D);
         }
@@ -463,27 +511,43 @@ AttentionGrads attention_backward(const Tensor& grad_out_in, const Tensor& q_in,
   const float* lse = lse_t.data<float>();
 
   const int64_t Tp = round_up(d.T, kRowTile), Sp = round_up(d.S, kColTile), Dp = round_up(d.D, kColTile);
-  const int64_t R = kBackwardRows;
+  // bf16 (as in the forward): one block of all query rows per head, the five products on bf16 copies.
+  const bool bf16 = matmul_precision() == Precision::BF16;
+  const int64_t R = bf16 ? Tp : kBackwardRows;
   const float keep_scale = p.dropout_p > 0.0f ? 1.0f / (1.0f - p.dropout_p) : 1.0f;
   const uint64_t threshold = keep_threshold(p.dropout_p);
   const bool parallel = d.B * d.H * d.T * d.S * d.D > kParallelWork;
 
 #pragma omp parallel if (parallel)
   {
-    std::vector<float> Qs(Tp * d.D), Kt(d.D * Sp), Vt(d.D * Sp), Kp(Sp * Dp, 0.0f), Qp(R * Dp), dOp(R * Dp),
-        dOs(R * d.D), P(R * Sp), dP(R * Sp), blk(R * Dp), dkb(Sp * Dp), dvb(Sp * Dp);
+    const int64_t f32 = bf16 ? 0 : 1;  // the float32 packings are not needed in bf16 mode
+    std::vector<float> Qs(f32 * Tp * d.D), Kt(f32 * d.D * Sp), Vt(f32 * d.D * Sp), Kp(f32 * Sp * Dp, 0.0f),
+        Qp(f32 * R * Dp), dOp(f32 * R * Dp), dOs(f32 * R * d.D), P(R * Sp), dP(R * Sp), blk(R * Dp), dkb(Sp * Dp),
+        dvb(Sp * Dp);
+    const int64_t h16 = bf16 ? 1 : 0;
+    // Scaled queries (for recomputed scores), keys and values [Sp x D], the block's unscaled queries and output
+    // gradients [R x D], its dL/dlogits and dropped probabilities [R x Sp].
+    std::vector<uint16_t> Qs16(h16 * (kept ? 0 : Tp * d.D)), K16(h16 * Sp * d.D), V16(h16 * Sp * d.D),
+        Q16(h16 * R * d.D), dO16(h16 * R * d.D), dS16(h16 * R * Sp), P16(h16 * R * Sp);
     std::vector<float> keep(Sp);  // the row's dropout factors: 1/(1-p) kept, 0 dropped
 #pragma omp for schedule(dynamic)
     for (int64_t h = 0; h < d.H; ++h) {
       for (int64_t b = 0; b < d.B; ++b) {
-        if (!kept) pack_scores_operands(in, d, p, b, h, Tp, Sp, Qs.data(), Kt.data());
-        for (int64_t j = 0; j < d.D; ++j) std::fill(Vt.data() + j * Sp + d.S, Vt.data() + (j + 1) * Sp, 0.0f);
-        for (int64_t s = 0; s < d.S; ++s) {
-          const float* vs = in.v + b * in.vb + s * in.vt + h * d.D;
-          const float* ks = in.k + b * in.kb + s * in.kt + h * d.D;
-          for (int64_t j = 0; j < d.D; ++j) {
-            Vt[j * Sp + s] = vs[j];
-            Kp[s * Dp + j] = ks[j];
+        if (bf16) {
+          if (!kept)
+            rows_to_bf16(in.q + b * in.qb + h * d.D, in.qt, d.T, d.D, Qs16.data(), d.D, Tp, p.scale, 1.0f / p.alpha);
+          rows_to_bf16(in.k + b * in.kb + h * d.D, in.kt, d.S, d.D, K16.data(), d.D, Sp);
+          rows_to_bf16(in.v + b * in.vb + h * d.D, in.vt, d.S, d.D, V16.data(), d.D, Sp);
+        } else {
+          if (!kept) pack_scores_operands(in, d, p, b, h, Tp, Sp, Qs.data(), Kt.data());
+          for (int64_t j = 0; j < d.D; ++j) std::fill(Vt.data() + j * Sp + d.S, Vt.data() + (j + 1) * Sp, 0.0f);
+          for (int64_t s = 0; s < d.S; ++s) {
+            const float* vs = in.v + b * in.vb + s * in.vt + h * d.D;
+            const float* ks = in.k + b * in.kb + s * in.kt + h * d.D;
+            for (int64_t j = 0; j < d.D; ++j) {
+              Vt[j * Sp + s] = vs[j];
+              Kp[s * Dp + j] = ks[j];
+            }
           }
         }
         std::fill(dkb.begin(), dkb.end(), 0.0f);
@@ -492,20 +556,30 @@ AttentionGrads attention_backward(const Tensor& grad_out_in, const Tensor& q_in,
           const int64_t rows = std::min(R, Tp - t0);  // a multiple of kRowTile
           // Recompute the probabilities of this block of query rows (their raw scores here, the rest per row),
           // unless the forward kept them.
-          if (!kept) gemm_nn(Qs.data() + t0 * d.D, d.D, Kt.data(), Sp, P.data(), Sp, rows, Sp, d.D, false);
+          if (!kept && bf16)
+            matmul_bf16_raw(Qs16.data() + t0 * d.D, d.D, false, K16.data(), d.D, true, P.data(), Sp, rows, Sp, d.D);
+          if (!kept && !bf16)
+            gemm_nn(Qs.data() + t0 * d.D, d.D, Kt.data(), Sp, P.data(), Sp, rows, Sp, d.D, false);
           // dL/d(dropped probabilities) = dO . v
-          std::fill(dOs.begin(), dOs.end(), 0.0f);
-          std::fill(dOp.begin(), dOp.end(), 0.0f);
-          std::fill(Qp.begin(), Qp.end(), 0.0f);
-          for (int64_t r = 0; r < rows && t0 + r < d.T; ++r) {
-            const int64_t t = t0 + r;
-            const float* gsrc = gop + (b * d.T + t) * d.C + h * d.D;
-            const float* qsrc = in.q + b * in.qb + t * in.qt + h * d.D;
-            std::copy(gsrc, gsrc + d.D, dOs.data() + r * d.D);
-            std::copy(gsrc, gsrc + d.D, dOp.data() + r * Dp);
-            std::copy(qsrc, qsrc + d.D, Qp.data() + r * Dp);
+          if (!bf16) {
+            std::fill(dOs.begin(), dOs.end(), 0.0f);
+            std::fill(dOp.begin(), dOp.end(), 0.0f);
+            std::fill(Qp.begin(), Qp.end(), 0.0f);
+            for (int64_t r = 0; r < rows && t0 + r < d.T; ++r) {
+              const int64_t t = t0 + r;
+              const float* gsrc = gop + (b * d.T + t) * d.C + h * d.D;
+              const float* qsrc = in.q + b * in.qb + t * in.qt + h * d.D;
+              std::copy(gsrc, gsrc + d.D, dOs.data() + r * d.D);
+              std::copy(gsrc, gsrc + d.D, dOp.data() + r * Dp);
+              std::copy(qsrc, qsrc + d.D, Qp.data() + r * Dp);
+            }
+            gemm_nn(dOs.data(), d.D, Vt.data(), Sp, dP.data(), Sp, rows, Sp, d.D, false);
+          } else {
+            const int64_t live = std::max<int64_t>(0, std::min(rows, d.T - t0));  // rows with a query
+            rows_to_bf16(gop + (b * d.T + t0) * d.C + h * d.D, d.C, live, d.D, dO16.data(), d.D, rows);
+            rows_to_bf16(in.q + b * in.qb + t0 * in.qt + h * d.D, in.qt, live, d.D, Q16.data(), d.D, rows);
+            matmul_bf16_raw(dO16.data(), d.D, false, V16.data(), d.D, true, dP.data(), Sp, rows, Sp, d.D);
           }
-          gemm_nn(dOs.data(), d.D, Vt.data(), Sp, dP.data(), Sp, rows, Sp, d.D, false);
           for (int64_t r = 0; r < rows; ++r) {
             const int64_t t = t0 + r;
             float* prow = P.data() + r * Sp;
@@ -578,17 +652,28 @@ AttentionGrads attention_backward(const Tensor& grad_out_in, const Tensor& q_in,
             std::fill(dprow + d.S, dprow + Sp, 0.0f);
             if (dgate) dgate[(b * d.H + h) * d.T + t] = static_cast<float>(dgate_sum);
           }
+          if (bf16) {  // the three products below on bf16 copies of dL/dlogits and the dropped probabilities
+            rows_to_bf16(dP.data(), Sp, rows, Sp, dS16.data(), Sp, rows);
+            rows_to_bf16(P.data(), Sp, rows, Sp, P16.data(), Sp, rows);
+          }
           if (dq) {  // dq = scale * dlogits @ K
-            gemm_nn(dP.data(), Sp, Kp.data(), Dp, blk.data(), Dp, rows, Dp, Sp, false);
+            if (bf16) {
+              matmul_bf16_raw(dS16.data(), Sp, false, K16.data(), d.D, false, blk.data(), Dp, rows, d.D, Sp);
+            } else {
+              gemm_nn(dP.data(), Sp, Kp.data(), Dp, blk.data(), Dp, rows, Dp, Sp, false);
+            }
             for (int64_t r = 0; r < rows && t0 + r < d.T; ++r) {
               float* dst = dq + (b * d.T + t0 + r) * d.C + h * d.D;
               for (int64_t j = 0; j < d.D; ++j) dst[j] = p.scale * blk[r * Dp + j];
             }
           }
-          if (dk)  // dk += dlogits^T @ Q  (scaled at the end); the transpose is read in place
-            gemm(dP.data(), Sp, true, Qp.data(), Dp, dkb.data(), Dp, Sp, Dp, rows, true);
-          if (dv)  // dv += P_dropped^T @ dO
-            gemm(P.data(), Sp, true, dOp.data(), Dp, dvb.data(), Dp, Sp, Dp, rows, true);
+          // dk += dlogits^T @ Q  (scaled at the end), dv += P_dropped^T @ dO; the transposes are read in place
+          if (dk && bf16)
+            matmul_bf16_raw(dS16.data(), Sp, true, Q16.data(), d.D, false, dkb.data(), Dp, Sp, d.D, rows, t0 > 0);
+          if (dk && !bf16) gemm(dP.data(), Sp, true, Qp.data(), Dp, dkb.data(), Dp, Sp, Dp, rows, true);
+          if (dv && bf16)
+            matmul_bf16_raw(P16.data(), Sp, true, dO16.data(), d.D, false, dvb.data(), Dp, Sp, d.D, rows, t0 > 0);
+          if (dv && !bf16) gemm(P.data(), Sp, true, dOp.data(), Dp, dvb.data(), Dp, Sp, Dp, rows, true);
         }
         for (int64_t s = 0; s < d.S; ++s) {
           if (dk) {

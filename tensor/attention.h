@@ -12,6 +12,11 @@
 // (nn/beats/attention_op.h keeps them in training while they are small; see kKeepProbsMaxBytes there.) The plain reference kernels beside
 // the fast ones compute the same thing in double precision with the whole score tensor: the test oracle.
 //
+// Precision: with matmul_precision() == BF16 (tensor/precision.h) the five products take bfloat16 copies of
+// their operands (q, k, v, dO per head; the probabilities and dL/dlogits per block) with float32
+// accumulation, each as one oneDNN call over all of a head's query rows; the softmax, dropout, bias, gate,
+// log-sum-exp and the kept probabilities stay float32. The float32 path is unchanged by it.
+//
 // Not here: the projections, the gate's small linear layer or the bias table lookup (nn/beats composes those
 // from differentiable primitives) and autograd (nn/beats/attention_op.h wraps these kernels).
 #pragma once

@@ -492,6 +492,47 @@ void run_bf16(const Problem& p) {
   s.wait();
 }
 
+}  // namespace
+
+void matmul_bf16_raw(const uint16_t* A, int64_t lda, bool trans_a, const uint16_t* B, int64_t ldb, bool trans_b,
+                     float* C, int64_t ldc, int64_t M, int64_t N, int64_t K, bool accumulate) {
+  SONAR_CHECK(M > 0 && N > 0 && K > 0, "matmul_bf16_raw: empty product M=", M, " N=", N, " K=", K);
+  const memory::dims as = trans_a ? memory::dims{1, lda} : memory::dims{lda, 1};
+  const memory::dims bs = trans_b ? memory::dims{1, ldb} : memory::dims{ldb, 1};
+  dnnl_ctx::Key key("matmul_bf16_raw");
+  key << dnnl_ctx::max_threads() << M << N << K << as << bs << ldc << (accumulate ? "acc" : "set");
+  std::shared_ptr<MatmulPrim> mp = dnnl_ctx::cached<MatmulPrim>(key, [&] {
+    auto r = std::make_shared<MatmulPrim>();
+    r->a_md = memory::desc({M, K}, memory::data_type::bf16, as);
+    r->b_md = memory::desc({K, N}, memory::data_type::bf16, bs);
+    r->c_md = memory::desc({M, N}, memory::data_type::f32, memory::dims{ldc, 1});
+    dnnl::primitive_attr attr;
+    if (accumulate) {
+      dnnl::post_ops ops;
+      ops.append_sum(1.0f);
+      attr.set_post_ops(ops);
+    }
+    try {
+      dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(r->a_md, r->b_md, r->c_md), attr, dnnl_ctx::engine());
+      r->impl = pd.impl_info_str();
+      r->prim = dnnl::matmul(pd);
+      r->fast = true;
+    } catch (const dnnl::error& e) {
+      SONAR_FAIL("matmul_bf16_raw: oneDNN has no bf16 matmul for M=", M, " N=", N, " K=", K, " (", e.what(), ")");
+    }
+    return r;
+  });
+  const dnnl::engine& eng = dnnl_ctx::engine();
+  memory am(mp->a_md, eng, const_cast<uint16_t*>(A));
+  memory bm(mp->b_md, eng, const_cast<uint16_t*>(B));
+  memory cm(mp->c_md, eng, C);
+  dnnl::stream& s = dnnl_ctx::stream();
+  mp->prim.execute(s, {{DNNL_ARG_SRC, am}, {DNNL_ARG_WEIGHTS, bm}, {DNNL_ARG_DST, cm}});
+  s.wait();
+}
+
+namespace {
+
 void run_onednn(const Problem& p) {
   if (matmul_precision() == Precision::BF16) {
     run_bf16(p);

@@ -48,4 +48,14 @@ int64_t matmul_operand_copies();
 
 std::string matmul_onednn_impl(const Tensor& a, const Tensor& b, bool trans_a = false, bool trans_b = false);
 
+// For kernels that convert their own operands (the attention kernel in bf16 mode): C [M x N] (float32,
+// row-major, row stride ldc) = op(A) op(B), or C += op(A) op(B) when accumulate, with A and B bfloat16 bit
+// patterns (tensor/precision.h convert_to_bf16) and float32 accumulation. op(A) is a stored [M x K] (row stride
+// lda) or, with trans_a, the transpose of a stored [K x M]; op(B) a stored [K x N] or, with trans_b, the
+// transpose of a stored [N x K]. One fixed-shape oneDNN primitive per shape, layout and thread (built on first
+// use); inside a parallel region it runs on the calling thread alone. Throws naming the shape when oneDNN has
+// no bf16 matmul here.
+void matmul_bf16_raw(const uint16_t* A, int64_t lda, bool trans_a, const uint16_t* B, int64_t ldb, bool trans_b,
+                     float* C, int64_t ldc, int64_t M, int64_t N, int64_t K, bool accumulate = false);
+
 }  // namespace sonar

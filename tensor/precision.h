@@ -1,7 +1,8 @@
 // The precision of matrix products, process-wide: float32 (the default, bit-for-bit the results of the float32
 // kernels) or bf16 (opt-in: matrix products on the default oneDNN backend take bfloat16 operands, rounded to
-// nearest even, and accumulate and write float32). Everything else stays float32 in both modes: parameters,
-// gradients, optimiser state, softmax, layer norm, reductions, losses, convolutions, the attention kernel.
+// nearest even, and accumulate and write float32; so do the products inside the fused attention kernel,
+// tensor/attention.h). Everything else stays float32 in both modes: parameters, gradients, optimiser state,
+// softmax, layer norm, reductions, losses, convolutions, the rest of the attention kernel.
 //
 // bf16 needs a CPU whose bfloat16 dot products oneDNN uses: AVX512-BF16 (or AMX-BF16). Where they are missing
 // (or disabled for oneDNN by DNNL_MAX_CPU_ISA), selecting bf16 throws one line naming the missing

@@ -8,12 +8,18 @@
 
 #include "tensor/attention.h"
 #include "tensor/ops.h"
+#include "tensor/precision.h"
 #include "tests/test_util.h"
 
 namespace sonar {
 namespace {
 
 constexpr double kFastVsReferenceTol = 2e-5;  // relative to the largest magnitude of the reference
+// bf16 mode: operands rounded to 8 significant bits (relative error up to 2^-9 = 2e-3 each); measured 2-6e-3
+// at BEATs' shape (12 heads of 64, 496 keys), so 10 units of 2^-9.
+constexpr double kBf16VsReferenceTol = 2e-2;
+// The bf16 path must really run: its results differ from the float32 kernel's by more than this.
+constexpr double kBf16MinDifference = 1e-4;
 constexpr double kFiniteDiffTol = 2e-3;       // relative to the largest analytic gradient
 constexpr double kFiniteDiffStep = 1e-2;
 
@@ -81,7 +87,7 @@ Inputs make_inputs(const Case& c, uint64_t seed) {
 }
 
 // Both backward paths: probabilities recomputed, and kept by the forward (keep_probs).
-void compare_with_reference(const Case& c) {
+void compare_with_reference(const Case& c, double tol = kFastVsReferenceTol) {
   for (bool keep : {false, true}) {
     SCOPED_TRACE(keep ? "probabilities kept by the forward" : "probabilities recomputed");
     Inputs in = make_inputs(c, 42);
@@ -90,18 +96,18 @@ void compare_with_reference(const Case& c) {
     AttentionForward fast = attention_forward(in.q, in.k, in.v, in.bias, in.gate, in.mask, pf);
     EXPECT_EQ(fast.probs.defined(), keep);
     AttentionForward ref = attention_forward_reference(in.q, in.k, in.v, in.bias, in.gate, in.mask, in.p);
-    EXPECT_LT(rel_err(fast.out, ref.out), kFastVsReferenceTol);
-    EXPECT_LT(rel_err(fast.lse, ref.lse), kFastVsReferenceTol);
+    EXPECT_LT(rel_err(fast.out, ref.out), tol);
+    EXPECT_LT(rel_err(fast.lse, ref.lse), tol);
     AttentionGrads gf = attention_backward(in.go, in.q, in.k, in.v, in.bias, in.gate, in.mask, fast, in.p);
     AttentionGrads gr = attention_backward_reference(in.go, in.q, in.k, in.v, in.bias, in.gate, in.mask, in.p);
-    EXPECT_LT(rel_err(gf.dq, gr.dq), kFastVsReferenceTol);
-    EXPECT_LT(rel_err(gf.dk, gr.dk), kFastVsReferenceTol);
-    EXPECT_LT(rel_err(gf.dv, gr.dv), kFastVsReferenceTol);
+    EXPECT_LT(rel_err(gf.dq, gr.dq), tol);
+    EXPECT_LT(rel_err(gf.dk, gr.dk), tol);
+    EXPECT_LT(rel_err(gf.dv, gr.dv), tol);
     if (c.bias) {
-      EXPECT_LT(rel_err(gf.dbias, gr.dbias), kFastVsReferenceTol);
+      EXPECT_LT(rel_err(gf.dbias, gr.dbias), tol);
     }
     if (c.gate) {
-      EXPECT_LT(rel_err(gf.dgate, gr.dgate), kFastVsReferenceTol);
+      EXPECT_LT(rel_err(gf.dgate, gr.dgate), tol);
     }
   }
 }
@@ -143,6 +149,40 @@ TEST(Attention, MatchesReferenceWideHeadsStridedKeys) {
   c.H = 2;
   c.D = 32;
   compare_with_reference(c);
+}
+
+// bf16 mode (tensor/precision.h): the five products on bf16 copies with float32 accumulation, one block of
+// all query rows per head. Against the double reference within the bf16 band, on both backward paths, with
+// masking, dropout, both bias forms, cross lengths and strided inputs; and visibly different from float32.
+TEST(Attention, Bf16ProductsStayWithinTheirBandOfTheReference) {
+  const std::string why = bf16_unsupported_reason();
+  if (!why.empty()) GTEST_SKIP() << why;
+  PrecisionGuard bf16(Precision::BF16);
+  Case square;  // [H, T, S] bias, gate, mask
+  square.T = square.S = 40;
+  square.D = 16;
+  Case relative = square;
+  relative.relative_bias = true;
+  relative.dropout = 0.3f;
+  Case cross;
+  cross.T = 7;
+  cross.S = 37;
+  cross.D = 16;
+  cross.gate = false;
+  for (const Case& c : {square, relative, cross}) {
+    SCOPED_TRACE("T = " + std::to_string(c.T) + ", S = " + std::to_string(c.S));
+    compare_with_reference(c, kBf16VsReferenceTol);
+    Inputs in = make_inputs(c, 42);
+    const AttentionForward b16 = attention_forward(in.q, in.k, in.v, in.bias, in.gate, in.mask, in.p);
+    const AttentionGrads g16 = attention_backward(in.go, in.q, in.k, in.v, in.bias, in.gate, in.mask, b16, in.p);
+    PrecisionGuard f32(Precision::F32);
+    const AttentionForward f = attention_forward(in.q, in.k, in.v, in.bias, in.gate, in.mask, in.p);
+    const AttentionGrads g = attention_backward(in.go, in.q, in.k, in.v, in.bias, in.gate, in.mask, f, in.p);
+    EXPECT_GT(rel_err(b16.out, f.out), kBf16MinDifference);
+    EXPECT_GT(rel_err(g16.dq, g.dq), kBf16MinDifference);
+    EXPECT_GT(rel_err(g16.dk, g.dk), kBf16MinDifference);
+    EXPECT_GT(rel_err(g16.dv, g.dv), kBf16MinDifference);
+  }
 }
 
 TEST(Attention, MatchesReferenceWithDropout) {
