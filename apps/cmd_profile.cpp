@@ -53,13 +53,14 @@ model code switched on and prints where the time goes, per part and per phase (f
 Times are self times (a part's children are listed separately), in ms per step, averaged over --steps
 steps after --warmup warm-up steps. GFLOP/s counts matrix products, convolutions and the attention kernel's
 products; "peak" is the rate of a 512x768x3072 matrix product measured by this command before the run,
-in the same precision (the best of 10 bursts). The last lines give the step time measured around the whole step, how much of it
-the parts cover; the parts that count FLOPs together (their rate, and the time they would take at the peak)
-beside everything else, and what the step would take with those products at the peak (a floor for this
-machine unless the rest gets faster); the page faults per measured step and the process's peak RSS. Page faults are the sign that
-the heap is still growing: each touches fresh memory, which costs about 14 us on a virtual machine (see
-docs/performance.md), so while they number more than a few hundred per step the figures include that
-first-touch cost (BEATs-base in train mode: about 1,200 per step after 2 warm-up steps, none after 7).
+in the same precision (the best of 10 bursts). The last lines give the step time measured around the
+whole step and how much of it the parts cover; the parts that count FLOPs together (their rate, and the
+time they would take at the peak) beside everything else, and what the step would take with those
+products at the peak (a floor for this machine unless the rest gets faster); the page faults per measured
+step and the process's peak RSS. Page faults are the sign that the heap is still growing: each touches
+fresh memory, which costs about 14 us on a virtual machine (see docs/performance.md), so while they number
+more than a few hundred per step the figures include that first-touch cost (BEATs-base in train mode:
+about 1,200 per step after 2 warm-up steps, none after 7).
 
   --preset NAME       a fresh model: tiny (2 blocks, 64 wide), small (4 blocks, 256 wide) or base
                       (BEATs base), layer drop off so

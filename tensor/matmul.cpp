@@ -409,31 +409,41 @@ int64_t operand_span(const Operand& o, const std::vector<int64_t>& bshape) {
 // one primitive per layout (transposes, accumulate) serves every shape. oneDNN builds it in ~0.2 ms where a
 // fixed-shape brgemm primitive takes 2-15 ms of JIT, so shapes seen only once or twice (masking changes the
 // number of visible patches every step) use it; it runs at ~80% of the fixed-shape kernel's rate.
+// A bf16 x bf16 -> float32 matmul primitive for the given descriptors (C = A B, or C += A B when accumulate);
+// `what` names the shape in the error when oneDNN has none.
+std::shared_ptr<MatmulPrim> make_bf16_prim(const memory::desc& a, const memory::desc& b, const memory::desc& c,
+                                           bool accumulate, const std::string& what) {
+  auto r = std::make_shared<MatmulPrim>();
+  r->a_md = a;
+  r->b_md = b;
+  r->c_md = c;
+  dnnl::primitive_attr attr;
+  if (accumulate) {
+    dnnl::post_ops ops;
+    ops.append_sum(1.0f);
+    attr.set_post_ops(ops);
+  }
+  try {
+    dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(a, b, c), attr, dnnl_ctx::engine());
+    r->impl = pd.impl_info_str();
+    r->prim = dnnl::matmul(pd);
+    r->fast = true;
+  } catch (const dnnl::error& e) {
+    SONAR_FAIL("matmul: oneDNN has no bf16 matmul for ", what, " (", e.what(), ")");
+  }
+  return r;
+}
+
 std::shared_ptr<MatmulPrim> bf16_runtime_prim(bool a_col, bool b_col, bool accumulate) {
   constexpr memory::dim R = DNNL_RUNTIME_DIM_VAL;
   dnnl_ctx::Key key("matmul_bf16_runtime");
   key << dnnl_ctx::max_threads() << (a_col ? "a_col" : "a_row") << (b_col ? "b_col" : "b_row")
       << (accumulate ? "acc" : "set");
   return dnnl_ctx::cached<MatmulPrim>(key, [&] {
-    auto r = std::make_shared<MatmulPrim>();
-    const memory::desc a({R, R}, memory::data_type::bf16, a_col ? memory::dims{1, R} : memory::dims{R, 1});
-    const memory::desc b({R, R}, memory::data_type::bf16, b_col ? memory::dims{1, R} : memory::dims{R, 1});
-    const memory::desc c({R, R}, memory::data_type::f32, memory::dims{R, 1});
-    dnnl::primitive_attr attr;
-    if (accumulate) {
-      dnnl::post_ops ops;
-      ops.append_sum(1.0f);
-      attr.set_post_ops(ops);
-    }
-    try {
-      dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(a, b, c), attr, dnnl_ctx::engine());
-      r->impl = pd.impl_info_str();
-      r->prim = dnnl::matmul(pd);
-      r->fast = true;
-    } catch (const dnnl::error& e) {
-      SONAR_FAIL("matmul: oneDNN has no runtime-shape bf16 matmul (", e.what(), ")");
-    }
-    return r;
+    const memory::dims col{1, R}, row{R, 1};
+    return make_bf16_prim(memory::desc({R, R}, memory::data_type::bf16, a_col ? col : row),
+                          memory::desc({R, R}, memory::data_type::bf16, b_col ? col : row),
+                          memory::desc({R, R}, memory::data_type::f32, row), accumulate, "runtime shapes");
   });
 }
 
@@ -502,25 +512,10 @@ void matmul_bf16_raw(const uint16_t* A, int64_t lda, bool trans_a, const uint16_
   dnnl_ctx::Key key("matmul_bf16_raw");
   key << dnnl_ctx::max_threads() << M << N << K << as << bs << ldc << (accumulate ? "acc" : "set");
   std::shared_ptr<MatmulPrim> mp = dnnl_ctx::cached<MatmulPrim>(key, [&] {
-    auto r = std::make_shared<MatmulPrim>();
-    r->a_md = memory::desc({M, K}, memory::data_type::bf16, as);
-    r->b_md = memory::desc({K, N}, memory::data_type::bf16, bs);
-    r->c_md = memory::desc({M, N}, memory::data_type::f32, memory::dims{ldc, 1});
-    dnnl::primitive_attr attr;
-    if (accumulate) {
-      dnnl::post_ops ops;
-      ops.append_sum(1.0f);
-      attr.set_post_ops(ops);
-    }
-    try {
-      dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(r->a_md, r->b_md, r->c_md), attr, dnnl_ctx::engine());
-      r->impl = pd.impl_info_str();
-      r->prim = dnnl::matmul(pd);
-      r->fast = true;
-    } catch (const dnnl::error& e) {
-      SONAR_FAIL("matmul_bf16_raw: oneDNN has no bf16 matmul for M=", M, " N=", N, " K=", K, " (", e.what(), ")");
-    }
-    return r;
+    return make_bf16_prim(memory::desc({M, K}, memory::data_type::bf16, as),
+                          memory::desc({K, N}, memory::data_type::bf16, bs),
+                          memory::desc({M, N}, memory::data_type::f32, memory::dims{ldc, 1}), accumulate,
+                          "M=" + std::to_string(M) + " N=" + std::to_string(N) + " K=" + std::to_string(K));
   });
   const dnnl::engine& eng = dnnl_ctx::engine();
   memory am(mp->a_md, eng, const_cast<uint16_t*>(A));
