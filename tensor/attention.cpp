@@ -19,7 +19,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstring>
 #include <limits>
 #include <type_traits>
 #include <vector>
@@ -128,13 +127,7 @@ void rows_to_bf16(const float* src, int64_t ls, int64_t rows, int64_t n, uint16_
     const float* x = src + r * ls;
     uint16_t* y = dst + r * ld;
 #pragma omp simd
-    for (int64_t j = 0; j < n; ++j) {
-      const float v = scaled ? (x[j] * a) * b : x[j];
-      uint32_t u;
-      std::memcpy(&u, &v, 4);
-      const bool nan = (u & 0x7fffffffu) > 0x7f800000u;
-      y[j] = static_cast<uint16_t>(nan ? ((u >> 16) | 0x40u) : (u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
-    }
+    for (int64_t j = 0; j < n; ++j) y[j] = float_to_bf16(scaled ? (x[j] * a) * b : x[j]);
     std::fill(y + n, y + ld, uint16_t{0});
   }
   for (int64_t r = rows; r < pad_rows; ++r) std::fill(dst + r * ld, dst + (r + 1) * ld, uint16_t{0});

@@ -118,15 +118,8 @@ PrecisionGuard::PrecisionGuard(Precision p) : previous_(matmul_precision()) { se
 PrecisionGuard::~PrecisionGuard() { g_precision.store(previous_, std::memory_order_relaxed); }
 
 void convert_to_bf16(const float* src, uint16_t* dst, int64_t n) {
-  // Round to nearest even on the bit pattern; a NaN keeps its sign and becomes a quiet NaN.
 #pragma omp parallel for simd schedule(static) if (n > (int64_t{1} << 16))
-  for (int64_t i = 0; i < n; ++i) {
-    uint32_t u;
-    std::memcpy(&u, src + i, 4);
-    const bool nan = (u & 0x7fffffffu) > 0x7f800000u;
-    const uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
-    dst[i] = static_cast<uint16_t>(nan ? ((u >> 16) | 0x40u) : rounded);
-  }
+  for (int64_t i = 0; i < n; ++i) dst[i] = float_to_bf16(src[i]);
 }
 
 float bf16_to_float(uint16_t v) {

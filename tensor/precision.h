@@ -15,6 +15,8 @@
 //
 // Not here: the products themselves (tensor/matmul.cpp runs them through oneDNN).
 #pragma once
+#include <cstdint>
+#include <cstring>
 #include <string>
 #include <vector>
 
@@ -74,6 +76,15 @@ int64_t bf16_weight_conversions();
 
 // Round-to-nearest-even float32 -> bfloat16 (NaN stays NaN), and back (exact). n elements; parallel for large n.
 void convert_to_bf16(const float* src, uint16_t* dst, int64_t n);
+// One element of that conversion (inline, so that kernels' own loops vectorise): round to nearest even on
+// the bit pattern; a NaN keeps its sign and becomes a quiet NaN.
+inline uint16_t float_to_bf16(float x) {
+  uint32_t u;
+  std::memcpy(&u, &x, 4);
+  const bool nan = (u & 0x7fffffffu) > 0x7f800000u;
+  const uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+  return static_cast<uint16_t>(nan ? ((u >> 16) | 0x40u) : rounded);
+}
 float bf16_to_float(uint16_t v);
 
 namespace bf16_detail {
