@@ -37,11 +37,20 @@ constexpr int64_t kRowTile = 4;        // packed query rows are padded to a mult
 constexpr int64_t kColTile = 16;       // packed key and head-width columns are padded to a multiple of this
 constexpr int64_t kForwardRows = 32;   // query rows scored at once in the forward (multiple of kRowTile)
 constexpr int64_t kBackwardRows = 32;  // query rows recomputed at once in the backward (multiple of kRowTile)
+// bf16 mode: as many query rows per block as keep a block's float32 scores within this many floats (1 MB),
+// so that each bf16 product is one oneDNN call over a whole head at BEATs' lengths (496 x 512 scores) while a
+// long clip's blocks stay bounded (the float32 path's blocks are kForwardRows / kBackwardRows rows).
+constexpr int64_t kBf16BlockFloats = int64_t{1} << 18;
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 // Below this many multiply-adds (B*H*T*S*D) a call runs on one thread: waking a team costs more.
 constexpr int64_t kParallelWork = int64_t{1} << 18;
 
 int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+
+// Query rows per block in bf16 mode for Tp padded query rows and Sp padded keys (a multiple of kRowTile).
+int64_t bf16_block_rows(int64_t Tp, int64_t Sp) {
+  return std::min(Tp, std::max(kRowTile, kBf16BlockFloats / Sp / kRowTile * kRowTile));
+}
 
 struct Dims {
   int64_t B = 0, T = 0, S = 0, C = 0, H = 0, D = 0;
@@ -364,10 +373,10 @@ AttentionForward attention_forward(const Tensor& q_in, const Tensor& k_in, const
   const uint64_t threshold = keep_threshold(p.dropout_p);
   const bool parallel = d.B * d.H * d.T * d.S * d.D > kParallelWork;
 
-  // bf16: one block of all query rows per head, so that each product is one oneDNN call (a call per 32 rows
-  // cost more than the bf16 products save).
+  // bf16: blocks of all query rows of a head at BEATs' lengths, so that each product is one oneDNN call (a call
+  // per 32 rows cost more than the bf16 products save).
   const bool bf16 = matmul_precision() == Precision::BF16;
-  const int64_t R = bf16 ? Tp : kForwardRows;
+  const int64_t R = bf16 ? bf16_block_rows(Tp, Sp) : kForwardRows;
 
 #pragma omp parallel if (parallel)
   {
@@ -504,9 +513,10 @@ AttentionGrads attention_backward(const Tensor& grad_out_in, const Tensor& q_in,
   const float* lse = lse_t.data<float>();
 
   const int64_t Tp = round_up(d.T, kRowTile), Sp = round_up(d.S, kColTile), Dp = round_up(d.D, kColTile);
-  // bf16 (as in the forward): one block of all query rows per head, the five products on bf16 copies.
+  // bf16 (as in the forward): blocks of all query rows per head at BEATs' lengths, the five products on bf16
+  // copies; dK and dV accumulate over the blocks of a long clip.
   const bool bf16 = matmul_precision() == Precision::BF16;
-  const int64_t R = bf16 ? Tp : kBackwardRows;
+  const int64_t R = bf16 ? bf16_block_rows(Tp, Sp) : kBackwardRows;
   const float keep_scale = p.dropout_p > 0.0f ? 1.0f / (1.0f - p.dropout_p) : 1.0f;
   const uint64_t threshold = keep_threshold(p.dropout_p);
   const bool parallel = d.B * d.H * d.T * d.S * d.D > kParallelWork;
