@@ -14,7 +14,8 @@
 //
 // Precision: with matmul_precision() == BF16 (tensor/precision.h) the five products take bfloat16 copies of
 // their operands (q, k, v, dO per head; the probabilities and dL/dlogits per block) with float32
-// accumulation, each as one oneDNN call over all of a head's query rows; the softmax, dropout, bias, gate,
+// accumulation, each as one oneDNN call over a block of query rows holding at most 1 MB of scores (a whole
+// head at BEATs' lengths); the softmax, dropout, bias, gate,
 // log-sum-exp and the kept probabilities stay float32. The float32 path is unchanged by it.
 //
 // Not here: the projections, the gate's small linear layer or the bias table lookup (nn/beats composes those
