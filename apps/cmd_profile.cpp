@@ -369,12 +369,13 @@ int run_profile(int argc, char** argv) {
       product_ms += r.self_seconds / n * 1e3;
     }
   const double product_ms_at_peak = product_gflop / peak * 1e3, other_ms = parts * 1e3 - product_ms;
+  const double floor_ms = step_ms - product_ms + product_ms_at_peak;  // the untimed rest included
   std::printf("products: %.1f GFLOP per step in %.3f ms (%.0f%% of the peak); at the peak they would take %.3f ms\n",
               product_gflop, product_ms, product_ms > 0 ? 100.0 * product_ms_at_peak / product_ms : 0.0,
               product_ms_at_peak);
   std::printf("everything else: %.3f ms (%.1f%% of the step); with the products at the peak the step would take "
               "%.3f ms\n",
-              other_ms, 100.0 * other_ms / step_ms, product_ms_at_peak + other_ms + (step_ms - parts * 1e3));
+              other_ms, 100.0 * other_ms / step_ms, floor_ms);
   std::printf("page faults: %.0f per measured step (%lld warm-up steps; more than a few hundred means the heap was\n"
               "still growing and the times include first touches of memory: raise --warmup)\n",
               rep.faults_per_step, static_cast<long long>(warmup));
@@ -401,6 +402,7 @@ int run_profile(int argc, char** argv) {
     j["product_ms"] = product_ms;
     j["product_ms_at_peak"] = product_ms_at_peak;
     j["other_ms"] = other_ms;
+    j["step_floor_ms"] = floor_ms;
     j["peak_rss_mb"] = rss;
     j["warmup_steps"] = warmup;
     j["backward_by_op"] = by_op;

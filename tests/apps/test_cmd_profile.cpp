@@ -85,6 +85,7 @@ void expect_parts_cover_step(const nlohmann::json& j) {
   EXPECT_NEAR(j["other_ms"].get<double>(), sum - product_ms, 1e-6 * step);
   const double at_peak = gflop / j["matmul_peak_gflops"].get<double>() * 1e3;
   EXPECT_NEAR(j["product_ms_at_peak"].get<double>(), at_peak, 1e-9 * at_peak);
+  EXPECT_NEAR(j["step_floor_ms"].get<double>(), step - product_ms + at_peak, 1e-6 * step);
 }
 
 void expect_every_block(const nlohmann::json& j, const std::string& prefix, int64_t blocks, bool backward) {
