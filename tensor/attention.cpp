@@ -240,6 +240,16 @@ void pack_scores_operands(const Inputs& in, const Dims& d, const AttentionParams
   }
 }
 
+// bf16 mode's counterpart: head h of clip b as bf16 rows, zero-padded: the scaled queries [Tp x D] when Qs
+// is given (the same two roundings), the keys [Sp x D] (the score product reads them transposed in place)
+// and the values [Sp x v_ld].
+void pack_bf16_operands(const Inputs& in, const Dims& d, const AttentionParams& p, int64_t b, int64_t h,
+                        int64_t Tp, int64_t Sp, uint16_t* Qs, uint16_t* K, uint16_t* V, int64_t v_ld) {
+  if (Qs) rows_to_bf16(in.q + b * in.qb + h * d.D, in.qt, d.T, d.D, Qs, d.D, Tp, p.scale, 1.0f / p.alpha);
+  rows_to_bf16(in.k + b * in.kb + h * d.D, in.kt, d.S, d.D, K, d.D, Sp);
+  rows_to_bf16(in.v + b * in.vb + h * d.D, in.vt, d.S, d.D, V, v_ld, Sp);
+}
+
 // One row's logits from its raw scores q.k, in the arithmetic (and rounding) of the official code:
 // (score - rowmax) * alpha, then + gate * bias; masked keys -inf. `max` is the row max of the raw scores.
 struct RowLogits {
@@ -380,17 +390,14 @@ AttentionForward attention_forward(const Tensor& q_in, const Tensor& k_in, const
 
 #pragma omp parallel if (parallel)
   {
-    std::vector<float> Qs(bf16 ? 0 : Tp * d.D), Kt(bf16 ? 0 : d.D * Sp), Vp(bf16 ? 0 : Sp * Dp, 0.0f), sc(R * Sp),
-        ob(R * Dp);
-    std::vector<uint16_t> Q16(bf16 ? Tp * d.D : 0), K16(bf16 ? Sp * d.D : 0), V16(bf16 ? Sp * Dp : 0),
-        P16(bf16 ? R * Sp : 0);
+    const int64_t f32 = bf16 ? 0 : 1, h16 = 1 - f32;  // each mode's packings only
+    std::vector<float> Qs(f32 * Tp * d.D), Kt(f32 * d.D * Sp), Vp(f32 * Sp * Dp, 0.0f), sc(R * Sp), ob(R * Dp);
+    std::vector<uint16_t> Q16(h16 * Tp * d.D), K16(h16 * Sp * d.D), V16(h16 * Sp * Dp), P16(h16 * R * Sp);
 #pragma omp for collapse(2) schedule(dynamic)
     for (int64_t b = 0; b < d.B; ++b) {
       for (int64_t h = 0; h < d.H; ++h) {
         if (bf16) {
-          rows_to_bf16(in.q + b * in.qb + h * d.D, in.qt, d.T, d.D, Q16.data(), d.D, Tp, p.scale, 1.0f / p.alpha);
-          rows_to_bf16(in.k + b * in.kb + h * d.D, in.kt, d.S, d.D, K16.data(), d.D, Sp);
-          rows_to_bf16(in.v + b * in.vb + h * d.D, in.vt, d.S, d.D, V16.data(), Dp, Sp);
+          pack_bf16_operands(in, d, p, b, h, Tp, Sp, Q16.data(), K16.data(), V16.data(), Dp);
         } else {
           pack_scores_operands(in, d, p, b, h, Tp, Sp, Qs.data(), Kt.data());
           for (int64_t s = 0; s < d.S; ++s) {
@@ -523,11 +530,10 @@ AttentionGrads attention_backward(const Tensor& grad_out_in, const Tensor& q_in,
 
 #pragma omp parallel if (parallel)
   {
-    const int64_t f32 = bf16 ? 0 : 1;  // the float32 packings are not needed in bf16 mode
+    const int64_t f32 = bf16 ? 0 : 1, h16 = 1 - f32;  // each mode's packings only
     std::vector<float> Qs(f32 * Tp * d.D), Kt(f32 * d.D * Sp), Vt(f32 * d.D * Sp), Kp(f32 * Sp * Dp, 0.0f),
         Qp(f32 * R * Dp), dOp(f32 * R * Dp), dOs(f32 * R * d.D), P(R * Sp), dP(R * Sp), blk(R * Dp), dkb(Sp * Dp),
         dvb(Sp * Dp);
-    const int64_t h16 = bf16 ? 1 : 0;
     // Scaled queries (for recomputed scores), keys and values [Sp x D], the block's unscaled queries and output
     // gradients [R x D], its dL/dlogits and dropped probabilities [R x Sp].
     std::vector<uint16_t> Qs16(h16 * (kept ? 0 : Tp * d.D)), K16(h16 * Sp * d.D), V16(h16 * Sp * d.D),
@@ -537,10 +543,7 @@ AttentionGrads attention_backward(const Tensor& grad_out_in, const Tensor& q_in,
     for (int64_t h = 0; h < d.H; ++h) {
       for (int64_t b = 0; b < d.B; ++b) {
         if (bf16) {
-          if (!kept)
-            rows_to_bf16(in.q + b * in.qb + h * d.D, in.qt, d.T, d.D, Qs16.data(), d.D, Tp, p.scale, 1.0f / p.alpha);
-          rows_to_bf16(in.k + b * in.kb + h * d.D, in.kt, d.S, d.D, K16.data(), d.D, Sp);
-          rows_to_bf16(in.v + b * in.vb + h * d.D, in.vt, d.S, d.D, V16.data(), d.D, Sp);
+          pack_bf16_operands(in, d, p, b, h, Tp, Sp, kept ? nullptr : Qs16.data(), K16.data(), V16.data(), d.D);
         } else {
           if (!kept) pack_scores_operands(in, d, p, b, h, Tp, Sp, Qs.data(), Kt.data());
           for (int64_t j = 0; j < d.D; ++j) std::fill(Vt.data() + j * Sp + d.S, Vt.data() + (j + 1) * Sp, 0.0f);

@@ -423,11 +423,14 @@ void backward(const Geometry& g, const float* dy, const float* x, const float* w
       const int64_t grp = c / s.Cg, row = (c % s.Cg) * s.NB * s.fs, n = s.NB * s.fs;
       float* __restrict xr = xre.get() + c * n;
       float* __restrict xi = xim.get() + c * n;
-      std::copy(pre.get() + grp * parts * part_floats + row, pre.get() + grp * parts * part_floats + row + n, xr);
-      std::copy(pim.get() + grp * parts * part_floats + row, pim.get() + grp * parts * part_floats + row + n, xi);
-      for (int64_t part = 1; part < parts; ++part) {
+      for (int64_t part = 0; part < parts; ++part) {
         const float* __restrict ar = pre.get() + (grp * parts + part) * part_floats + row;
         const float* __restrict ai = pim.get() + (grp * parts + part) * part_floats + row;
+        if (part == 0) {
+          std::copy(ar, ar + n, xr);
+          std::copy(ai, ai + n, xi);
+          continue;
+        }
 #pragma omp simd
         for (int64_t k = 0; k < n; ++k) {
           xr[k] += ar[k];
