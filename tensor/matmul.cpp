@@ -405,10 +405,6 @@ int64_t operand_span(const Operand& o, const std::vector<int64_t>& bshape) {
   return last + 1;
 }
 
-// A 2-D bf16 product whose M, N, K and leading dimensions are given at execution (oneDNN's runtime dims):
-// one primitive per layout (transposes, accumulate) serves every shape. oneDNN builds it in ~0.2 ms where a
-// fixed-shape brgemm primitive takes 2-15 ms of JIT, so shapes seen only once or twice (masking changes the
-// number of visible patches every step) use it; it runs at ~80% of the fixed-shape kernel's rate.
 // A bf16 x bf16 -> float32 matmul primitive for the given descriptors (C = A B, or C += A B when accumulate);
 // `what` names the shape in the error when oneDNN has none.
 std::shared_ptr<MatmulPrim> make_bf16_prim(const memory::desc& a, const memory::desc& b, const memory::desc& c,
@@ -434,6 +430,10 @@ std::shared_ptr<MatmulPrim> make_bf16_prim(const memory::desc& a, const memory::
   return r;
 }
 
+// A 2-D bf16 product whose M, N, K and leading dimensions are given at execution (oneDNN's runtime dims):
+// one primitive per layout (transposes, accumulate) serves every shape. oneDNN builds it in ~0.2 ms where a
+// fixed-shape brgemm primitive takes 2-15 ms of JIT, so shapes seen only once or twice (masking changes the
+// number of visible patches every step) use it; it runs at ~80% of the fixed-shape kernel's rate.
 std::shared_ptr<MatmulPrim> bf16_runtime_prim(bool a_col, bool b_col, bool accumulate) {
   constexpr memory::dim R = DNNL_RUNTIME_DIM_VAL;
   dnnl_ctx::Key key("matmul_bf16_runtime");
