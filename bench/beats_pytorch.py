@@ -46,8 +46,9 @@ def _blas_threads_from_argv(argv):
     return None
 
 
-if _blas_threads_from_argv(sys.argv) is not None:
-    os.environ["OPENBLAS_NUM_THREADS"] = _blas_threads_from_argv(sys.argv)
+_BLAS_THREADS = _blas_threads_from_argv(sys.argv)
+if _BLAS_THREADS is not None:
+    os.environ["OPENBLAS_NUM_THREADS"] = _BLAS_THREADS
 
 import torch  # noqa: E402 (after OPENBLAS_NUM_THREADS)
 import torch.nn as nn
